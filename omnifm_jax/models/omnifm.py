@@ -1,0 +1,123 @@
+"""The OmniFM model (Fig. 3) and the plain backbone+head model used by the baselines.
+
+OmniFM forward pass for a batch ``x (B, H, W, C)`` and the server's bank:
+
+  r   = backbone(x)                          tokens (B, L, d)
+  s   = tokenizer(x)                         spectral tokens (B, d_s), unit norm (Eq. 3)
+  S_g = top-k(bank, s)                       retrieved prototypes (B, k, d_s), constants
+  Z   = ECA(r, S_g)                          (B, L, d)                           (Eq. 4)
+  r'  = [Z || r || c]                        (B, 2L + p, d)                      (PSP)
+  y   = head(r')
+
+The model returns ``(y, OmniFMAux)``; the auxiliaries carry what the local objective
+(Eq. 6, the SPAlign term Eq. 5), the bank's hit counts (Eq. 8) and the upload need.
+
+Table 8 ablations are switches:
+  * ``use_gskr=False`` (w/o GSKR): ``S_g`` is the batch's mean spectral embedding
+    (one prototype, stop-gradient) instead of a retrieval from the bank;
+  * ``use_eca=False`` (w/o ECA): ``Z = FiLM(r; mean S_g)``;
+  * ``use_psp=False`` (w/o PSP): ``r' = Proj([Z ; r])`` (L tokens, no suffix);
+  * w/o SPAlign is ``lambda = 0`` in the algorithm, not a model switch.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from omnifm_jax import bank as bank_lib
+from omnifm_jax.models.common import TokenLayout
+from omnifm_jax.modules import EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection
+from omnifm_jax.spectral import SpectralTokenizer
+
+
+class OmniFMAux(NamedTuple):
+    """What OmniFM's loss and the server need besides the prediction.
+
+    Attributes:
+      s: f32[B, d_s] unit-norm spectral tokens (differentiable).
+      prototypes: f32[B, k, d_s] retrieved ``S_g`` (stop-gradient; zero where missing).
+      valid: bool[B, k] which prototypes are real.
+      indices: int32[B, k] bank slots retrieved (-1: missing or not retrieved).
+    """
+    s: jax.Array
+    prototypes: jax.Array
+    valid: jax.Array
+    indices: jax.Array
+
+
+class OmniFM(nn.Module):
+    """OmniFM wrapper around any token backbone and task head.
+
+    Attributes:
+      backbone: module ``(x, train=) -> tokens (B, L, d)``.
+      head: module ``(tokens, layout=, train=) -> output``.
+      spectral_dim: ``d_s``, the tokenizer's and bank's width.
+      low_pass_ratio: ratio of P_LP.
+      log_magnitude: ``log1p`` magnitudes in the tokenizer.
+      attn_dim: ECA width ``d_h``.
+      num_heads: ECA heads.
+      num_suffix: ``p``, suffix prompt tokens.
+      top_k: prototypes retrieved (paper default 2).
+      use_gskr, use_eca, use_psp: Table 8 switches.
+    """
+    backbone: nn.Module
+    head: nn.Module
+    spectral_dim: int = 64
+    low_pass_ratio: float = 0.25
+    log_magnitude: bool = True
+    attn_dim: int = 64
+    num_heads: int = 1
+    num_suffix: int = 4
+    top_k: int = 2
+    use_gskr: bool = True
+    use_eca: bool = True
+    use_psp: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False):
+        r = self.backbone(x, train=train)
+        s = SpectralTokenizer(dim=self.spectral_dim, ratio=self.low_pass_ratio,
+                              log_magnitude=self.log_magnitude, name="tokenizer")(x)
+        if self.use_gskr:
+            frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, bank)
+            protos, idx, _ = bank_lib.retrieve(frozen, jax.lax.stop_gradient(s), self.top_k)
+            valid = idx >= 0
+        else:
+            mean_s = jax.lax.stop_gradient(jnp.mean(s, axis=0))
+            protos = jnp.broadcast_to(mean_s, (s.shape[0], 1, s.shape[-1]))
+            valid = jnp.ones((s.shape[0], 1), bool)
+            idx = jnp.full((s.shape[0], 1), bank_lib.MISSING, jnp.int32)
+        protos = protos.astype(r.dtype)
+        if self.use_eca:
+            z = EmbeddingCrossAttention(self.attn_dim, self.num_heads, out_dim=r.shape[-1], name="eca")(
+                r, protos, valid)
+        else:
+            cond, _ = bank_lib.mean_valid(protos, valid)
+            z = FiLM(name="film")(r, cond)
+        if self.use_psp:
+            tokens = PrefixSuffixPrompt(self.num_suffix, name="prompt")(z, r)
+            layout = TokenLayout(z.shape[-2], r.shape[-2], self.num_suffix, x.shape[-3:-1])
+        else:
+            tokens = TokenProjection(name="proj")(z, r)
+            layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
+        out = self.head(tokens, layout=layout, train=train)
+        return out, OmniFMAux(s=s, prototypes=protos, valid=valid, indices=idx)
+
+
+class TokenModel(nn.Module):
+    """Backbone + head, no OmniFM modules: the model of FedAvg, FedPer, Local, ...
+
+    Returns ``(output, None)`` so every model has the same ``(y, aux)`` signature.
+    """
+    backbone: nn.Module
+    head: nn.Module
+
+    @nn.compact
+    def __call__(self, x: jax.Array, bank: Any = None, *, train: bool = False):
+        del bank
+        r = self.backbone(x, train=train)
+        layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
+        return self.head(r, layout=layout, train=train), None

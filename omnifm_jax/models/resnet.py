@@ -1,0 +1,72 @@
+"""ResNet-18 backbone returning a token sequence (the flattened last feature map).
+
+Two stems:
+  * ``cifar``: 3x3 conv, stride 1, no max-pool (the usual choice for 28x28 MedMNIST);
+  * ``imagenet``: 7x7 conv, stride 2, then 3x3 max-pool stride 2 (torchvision's).
+Normalisation ``batch`` (BatchNorm; its running statistics live in the ``batch_stats``
+collection, per-client state the engine stacks like params) or ``group`` (GroupNorm).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from omnifm_jax.models.common import feature_map_to_tokens, make_norm
+
+STEMS = ("cifar", "imagenet")
+
+
+class BasicBlock(nn.Module):
+    features: int
+    strides: int = 1
+    norm: str = "batch"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        residual = x
+        y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), padding=1, use_bias=False,
+                    name="conv1")(x)
+        y = make_norm(self.norm, train=train, name="norm1")(y)
+        y = nn.relu(y)
+        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, name="conv2")(y)
+        y = make_norm(self.norm, train=train, name="norm2")(y)
+        if residual.shape != y.shape:
+            residual = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False,
+                               name="down_conv")(residual)
+            residual = make_norm(self.norm, train=train, name="down_norm")(residual)
+        return nn.relu(y + residual)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 trunk: ``(B, H, W, C) -> tokens (B, L, width*8)``.
+
+    Attributes:
+      stem: ``cifar`` or ``imagenet``.
+      norm: ``batch``, ``group`` or ``none``.
+      width: channels of the first stage (64 in the standard network).
+      stage_sizes: blocks per stage (2, 2, 2, 2 for ResNet-18).
+    """
+    stem: str = "cifar"
+    norm: str = "batch"
+    width: int = 64
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.stem == "cifar":
+            x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, name="stem_conv")(x)
+            x = nn.relu(make_norm(self.norm, train=train, name="stem_norm")(x))
+        elif self.stem == "imagenet":
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
+            x = nn.relu(make_norm(self.norm, train=train, name="stem_norm")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        else:
+            raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
+        for i, blocks in enumerate(self.stage_sizes):
+            for j in range(blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = BasicBlock(self.width * 2 ** i, strides, self.norm, name=f"stage{i + 1}_block{j + 1}")(
+                    x, train=train)
+        return feature_map_to_tokens(x)
