@@ -1,0 +1,44 @@
+"""Data: MedMNIST loaders, synthetic cross-modality images, client partitions, federations.
+
+Everything here is numpy on the host (no TensorFlow); arrays are built once and
+handed to the JAX engine as :class:`Federation` objects.
+"""
+
+from .federation import ClientArrays, Federation, federate, stack_clients, validate_federation
+from .medmnist import (
+    ChecksumError,
+    DatasetNotFoundError,
+    LabeledImages,
+    combine,
+    concat_splits,
+    load_cross_modality,
+    load_medmnist,
+    load_npz_images,
+    load_real4,
+)
+from .partition import PARTITIONS, partition, split_train_test
+from .registry import DATASETS, load_federation
+from .synthetic import make_cross_modality
+
+__all__ = [
+    "ClientArrays",
+    "Federation",
+    "federate",
+    "stack_clients",
+    "validate_federation",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "LabeledImages",
+    "combine",
+    "concat_splits",
+    "load_cross_modality",
+    "load_medmnist",
+    "load_npz_images",
+    "load_real4",
+    "PARTITIONS",
+    "partition",
+    "split_train_test",
+    "DATASETS",
+    "load_federation",
+    "make_cross_modality",
+]

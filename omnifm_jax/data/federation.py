@@ -10,9 +10,12 @@ plain numpy, built once on the host.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .medmnist import LabeledImages
 
 __all__ = [
     "ClientArrays",
@@ -150,9 +153,155 @@ def stack_clients(
     return ClientArrays(x=xs, y=ys, n=n, modality=ms)
 
 
-def federate(*args: Any, **kwargs: Any) -> Federation:  # placeholder, replaced below
-    raise NotImplementedError
+def federate(
+    data: "LabeledImages",
+    *,
+    num_clients: int,
+    partition: str = "dirichlet",
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    min_size: int = 10,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> Federation:
+    """Partition a labelled pool among clients and build padded train/test arrays.
+
+    Args:
+        data: the pool (all of it is distributed; PFLlib re-splits per client).
+        num_clients: number of clients ``K``.
+        partition: ``dirichlet``, ``pathological``, ``modality`` (single
+            modality per client) or ``iid``.
+        alpha: Dirichlet concentration (0.1 hard, 0.5 medium).
+        classes_per_client: classes per client for ``pathological``.
+        min_size: minimum samples per client for ``dirichlet``.
+        test_fraction: per-client held-out fraction (PFLlib: 0.25).
+        seed: seed of the partition and of the train/test split.
+
+    Returns:
+        A validated :class:`Federation`; ``info["train_indices"]`` and
+        ``info["test_indices"]`` hold each client's pool indices.
+    """
+    from . import partition as _partition
+
+    images = np.asarray(data.images)
+    labels = np.asarray(data.labels)
+    modality = np.asarray(data.modality)
+    num_classes = len(data.class_names)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8[N, H, W, C], got {images.dtype}{list(images.shape)}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be int[N] (single-label), got shape {labels.shape}")
+    if labels.shape[0] != images.shape[0] or modality.shape != labels.shape:
+        raise ValueError(
+            f"inconsistent sizes: {images.shape[0]} images, {labels.shape[0]} labels, "
+            f"{modality.shape} modality ids"
+        )
+    if num_classes < 1:
+        raise ValueError("data has no class names")
+    _partition._check_labels(labels, num_classes=num_classes)
+    _partition._check_labels(modality, num_classes=len(data.modality_names), what="modality ids")
+    scheme = _partition.canonical_partition_name(partition)
+    parts = _partition.partition(
+        labels,
+        num_clients=num_clients,
+        scheme=scheme,
+        modality=modality,
+        alpha=alpha,
+        classes_per_client=classes_per_client,
+        min_size=min_size,
+        num_classes=num_classes,
+        seed=seed,
+    )
+    train_idx, test_idx = _partition.split_train_test(parts, test_fraction=test_fraction, seed=seed + 1)
+    info = {
+        "partition": scheme,
+        "num_clients": int(num_clients),
+        "alpha": float(alpha) if scheme == "dirichlet" else None,
+        "classes_per_client": int(classes_per_client) if scheme == "pathological" else None,
+        "min_size": int(min_size) if scheme == "dirichlet" else None,
+        "test_fraction": float(test_fraction),
+        "seed": int(seed),
+        "num_samples": int(labels.shape[0]),
+        "image_shape": [int(v) for v in images.shape[1:]],
+        "train_indices": [i.tolist() for i in train_idx],
+        "test_indices": [i.tolist() for i in test_idx],
+    }
+    fed = Federation(
+        train=stack_clients(images, labels, modality, train_idx),
+        test=stack_clients(images, labels, modality, test_idx),
+        num_classes=num_classes,
+        class_names=tuple(data.class_names),
+        modality_names=tuple(data.modality_names),
+        info=info,
+    )
+    validate_federation(fed)
+    return fed
 
 
-def validate_federation(fed: Federation) -> None:  # placeholder, replaced below
-    raise NotImplementedError
+def _validate_arrays(a: ClientArrays, *, what: str, num_classes: int, num_modalities: int) -> None:
+    if not isinstance(a, ClientArrays):
+        raise ValueError(f"{what}: expected ClientArrays, got {type(a).__name__}")
+    x, y, n, m = (np.asarray(v) for v in a)
+    if x.dtype != np.uint8:
+        raise ValueError(f"{what}.x must be uint8, got {x.dtype}")
+    if x.ndim != 5:
+        raise ValueError(f"{what}.x must be [K, N_max, H, W, C], got shape {x.shape}")
+    k, n_max = x.shape[:2]
+    if n.dtype != np.int32 or n.shape != (k,):
+        raise ValueError(f"{what}.n must be int32[{k}], got {n.dtype}{list(n.shape)}")
+    if m.dtype != np.int32 or m.shape != (k, n_max):
+        raise ValueError(f"{what}.modality must be int32[{k}, {n_max}], got {m.dtype}{list(m.shape)}")
+    if np.any(n < 0) or np.any(n > n_max):
+        raise ValueError(f"{what}.n must lie in [0, N_max={n_max}], got min {n.min()}, max {n.max()}")
+    real = np.arange(n_max)[None, :] < n[:, None]
+    if np.any(m[~real] != -1):
+        raise ValueError(f"{what}.modality padding past n[k] must be -1")
+    if real.any() and (m[real].min() < 0 or m[real].max() >= max(num_modalities, 1)):
+        raise ValueError(f"{what}.modality ids out of range [0, {num_modalities})")
+    if np.any(x[~real] != 0):
+        raise ValueError(f"{what}.x padding past n[k] must be zero")
+    if num_classes > 0:
+        if y.dtype != np.int32 or y.shape != (k, n_max):
+            raise ValueError(f"{what}.y must be int32[{k}, {n_max}] labels, got {y.dtype}{list(y.shape)}")
+        if np.any(y[~real] != -1):
+            raise ValueError(f"{what}.y label padding past n[k] must be -1")
+        if real.any() and (y[real].min() < 0 or y[real].max() >= num_classes):
+            raise ValueError(
+                f"{what}.y labels out of range [0, {num_classes}): min {y[real].min()}, max {y[real].max()}"
+            )
+    else:
+        if y.dtype != np.uint8 or y.ndim != 5 or y.shape[:2] != (k, n_max):
+            raise ValueError(
+                f"{what}.y must be uint8[{k}, {n_max}, H2, W2, C] image targets, got {y.dtype}{list(y.shape)}"
+            )
+        if np.any(y[~real] != 0):
+            raise ValueError(f"{what}.y target padding past n[k] must be zero")
+
+
+def validate_federation(fed: Federation) -> None:
+    """Check dtypes, shapes, label ranges and padding of a :class:`Federation`.
+
+    Raises:
+        ValueError: naming the first problem found (wrong dtype/shape, labels
+            out of ``[0, num_classes)``, ``n > N_max``, a client with no
+            training samples, padding not ``-1``/zero, mismatched clients).
+    """
+    if not isinstance(fed, Federation):
+        raise ValueError(f"expected a Federation, got {type(fed).__name__}")
+    if not isinstance(fed.num_classes, (int, np.integer)) or fed.num_classes < 0:
+        raise ValueError(f"num_classes must be a non-negative int, got {fed.num_classes!r}")
+    if fed.num_classes and len(fed.class_names) != fed.num_classes:
+        raise ValueError(f"{len(fed.class_names)} class names for {fed.num_classes} classes")
+    num_mod = len(fed.modality_names)
+    _validate_arrays(fed.train, what="train", num_classes=fed.num_classes, num_modalities=num_mod)
+    _validate_arrays(fed.test, what="test", num_classes=fed.num_classes, num_modalities=num_mod)
+    k_tr, k_te = fed.train.n.shape[0], fed.test.n.shape[0]
+    if k_tr != k_te:
+        raise ValueError(f"train has {k_tr} clients but test has {k_te}")
+    if k_tr < 1:
+        raise ValueError("federation has no clients")
+    empty = np.flatnonzero(np.asarray(fed.train.n) == 0)
+    if empty.size:
+        raise ValueError(f"client(s) {empty.tolist()} have no training samples (n == 0)")
+    if fed.train.x.shape[2:] != fed.test.x.shape[2:]:
+        raise ValueError(f"train and test image shapes differ: {fed.train.x.shape[2:]} vs {fed.test.x.shape[2:]}")

@@ -1,0 +1,119 @@
+"""Single entry point from a data-set name to a :class:`Federation`.
+
+Names:
+
+* ``"synthetic"`` - :func:`omnifm_jax.data.synthetic.make_cross_modality`.
+* ``"medmnist:<subset>+<subset>..."`` - official MedMNIST v2 subsets merged
+  into one label space (e.g. ``"medmnist:pathmnist+dermamnist+bloodmnist"``).
+* ``"real4"`` - the local real four-modality set (blood microscopy, fundus,
+  chest X-ray, breast ultrasound).
+* ``"synthetic_sr"`` / ``"breakhis_sr"`` - super-resolution federations from
+  :mod:`omnifm_jax.data.superres` (imported lazily).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .federation import Federation, federate
+
+__all__ = ["DATASETS", "load_federation", "default_real_data_dir"]
+
+#: Known data-set names (``medmnist:`` takes ``+``-joined subsets after the colon).
+DATASETS: tuple[str, ...] = ("synthetic", "medmnist:<subset>+<subset>...", "real4", "synthetic_sr", "breakhis_sr")
+
+_FEDERATE_KEYS = ("partition", "alpha", "classes_per_client", "min_size", "test_fraction")
+
+
+def default_real_data_dir() -> Path:
+    """``$OMNIFM_REAL_DATA`` or ``../shared/data/real`` relative to the current directory."""
+    env = os.environ.get("OMNIFM_REAL_DATA")
+    return Path(env).expanduser() if env else Path.cwd().parent / "shared" / "data" / "real"
+
+
+def _split_kwargs(kwargs: dict, allowed: tuple[str, ...], name: str) -> tuple[dict, dict]:
+    fed_kw = {k: kwargs.pop(k) for k in _FEDERATE_KEYS if k in kwargs}
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed + _FEDERATE_KEYS)}"
+        )
+    return fed_kw, kwargs
+
+
+def _synthetic(num_clients: int, seed: int, kw: dict) -> Federation:
+    from .synthetic import make_cross_modality
+
+    allowed = ("num_modalities", "num_classes", "samples_per_class_per_modality", "image_size", "channels")
+    fed_kw, data_kw = _split_kwargs(kw, allowed, "synthetic")
+    data = make_cross_modality(seed, **data_kw)
+    fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
+    fed.info.update(dataset="synthetic", **data_kw)
+    return fed
+
+
+def _medmnist(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    from .medmnist import load_cross_modality
+
+    subsets = [s for s in spec.split("+") if s.strip()]
+    if not subsets:
+        raise ValueError("dataset 'medmnist:' needs subsets, e.g. 'medmnist:pathmnist+dermamnist+bloodmnist'")
+    fed_kw, data_kw = _split_kwargs(kw, ("size", "root", "splits", "download"), "medmnist")
+    data = load_cross_modality(subsets, **data_kw)
+    fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
+    fed.info.update(dataset="medmnist:" + "+".join(s.strip().lower() for s in subsets), size=data_kw.get("size", 28))
+    return fed
+
+
+def _real4(num_clients: int, seed: int, kw: dict) -> Federation:
+    from .medmnist import load_real4
+
+    fed_kw, data_kw = _split_kwargs(kw, ("root", "splits"), "real4")
+    root = data_kw.pop("root", None)
+    root = Path(root) if root is not None else default_real_data_dir()
+    data = load_real4(root, **data_kw)
+    fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
+    fed.info.update(dataset="real4", root=str(root))
+    return fed
+
+
+def _superres(func: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    module = importlib.import_module("omnifm_jax.data.superres")
+    fn: Callable[..., Federation] = getattr(module, func)
+    return fn(num_clients=num_clients, seed=seed, **kw)
+
+
+def load_federation(name: str, *, num_clients: int, seed: int = 0, **kwargs: Any) -> Federation:
+    """Build the federation called ``name``.
+
+    Args:
+        name: ``synthetic``, ``medmnist:<subset>+...``, ``real4``,
+            ``synthetic_sr`` or ``breakhis_sr``.
+        num_clients: number of clients.
+        seed: seed of data generation, partition and train/test split.
+        **kwargs: data-set options (e.g. ``size``, ``root``,
+            ``num_modalities``) and partition options (``partition``,
+            ``alpha``, ``classes_per_client``, ``min_size``, ``test_fraction``).
+
+    Raises:
+        ValueError: unknown name (listing the known ones) or unknown option.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {name!r}")
+    key = name.strip()
+    kw = dict(kwargs)
+    low = key.lower()
+    if low == "synthetic":
+        return _synthetic(num_clients, seed, kw)
+    if low.startswith("medmnist:"):
+        return _medmnist(key.split(":", 1)[1], num_clients, seed, kw)
+    if low == "real4":
+        return _real4(num_clients, seed, kw)
+    if low == "synthetic_sr":
+        return _superres("synthetic_sr_federation", num_clients, seed, kw)
+    if low == "breakhis_sr":
+        return _superres("breakhis_sr_federation", num_clients, seed, kw)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
