@@ -16,7 +16,7 @@ from .medmnist import (
     load_npz_images,
     load_real4,
 )
-from .partition import PARTITIONS, partition, split_train_test
+from .partition import PARTITIONS, split_train_test
 from .registry import DATASETS, load_federation
 from .synthetic import make_cross_modality
 
@@ -36,7 +36,6 @@ __all__ = [
     "load_npz_images",
     "load_real4",
     "PARTITIONS",
-    "partition",
     "split_train_test",
     "DATASETS",
     "load_federation",

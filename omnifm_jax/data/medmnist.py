@@ -403,6 +403,7 @@ def _ensure_file(subset: str, size: int, root: Path, *, download: bool) -> Path:
     if not download:
         raise DatasetNotFoundError(how)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _download(url, path)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise DatasetNotFoundError(f"{how} Automatic download failed: {exc}") from exc

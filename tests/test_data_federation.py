@@ -1,0 +1,285 @@
+"""Padded client arrays, federate/validate, the registry and the describe command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnifm_jax.data import describe as D
+from omnifm_jax.data import federation as F
+from omnifm_jax.data import registry as R
+from omnifm_jax.data.synthetic import make_cross_modality
+
+
+def _real_dir() -> Path:
+    env = os.environ.get("OMNIFM_REAL_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="module")
+def real() -> Path:
+    root = _real_dir()
+    if not (root / "blood_pbc").is_dir() or not (root / "medmnist").is_dir():
+        pytest.skip(f"real data not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def real4_pool(real):
+    from omnifm_jax.data.medmnist import load_real4
+
+    return load_real4(real)
+
+
+def _indices(fed):
+    return fed.info["train_indices"], fed.info["test_indices"]
+
+
+def _check_exactly_once(fed, n):
+    tr, te = _indices(fed)
+    allidx = np.concatenate([np.asarray(i, np.int64) for i in tr + te])
+    np.testing.assert_array_equal(np.sort(allidx), np.arange(n))
+
+
+def test_stack_clients_labels_and_padding():
+    x = np.arange(5 * 2 * 2 * 1, dtype=np.uint8).reshape(5, 2, 2, 1) + 1
+    y = np.array([0, 1, 2, 1, 0])
+    m = np.array([0, 0, 1, 1, 1])
+    a = F.stack_clients(x, y, m, [np.array([4, 0]), np.array([2]), np.array([], np.int64)])
+    assert a.x.shape == (3, 2, 2, 2, 1) and a.x.dtype == np.uint8
+    assert a.n.tolist() == [2, 1, 0] and a.n.dtype == np.int32
+    assert a.y.tolist() == [[0, 0], [2, -1], [-1, -1]] and a.y.dtype == np.int32
+    assert a.modality.tolist() == [[1, 0], [1, -1], [-1, -1]]
+    np.testing.assert_array_equal(a.x[0, 0], x[4])
+    assert not a.x[1, 1].any() and not a.x[2].any()
+
+
+def test_stack_clients_super_resolution_targets():
+    x = np.ones((4, 8, 8, 3), np.uint8)
+    y = np.full((4, 16, 16, 3), 7, np.uint8)
+    a = F.stack_clients(x, y, np.zeros(4, np.int32), [np.array([0, 1, 2]), np.array([3])])
+    assert a.y.shape == (2, 3, 16, 16, 3) and a.y.dtype == np.uint8
+    assert a.y[1, 0].min() == 7 and not a.y[1, 1:].any()
+    fed = F.Federation(train=a, test=a, num_classes=0, class_names=(), modality_names=("m",), info={})
+    F.validate_federation(fed)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((np.zeros((3, 4, 4), np.uint8), np.zeros(3, int), np.zeros(3, int)), r"\[N, H, W, C\]"),
+        ((np.zeros((3, 4, 4, 1), np.float32), np.zeros(3, int), np.zeros(3, int)), "uint8"),
+        ((np.zeros((3, 4, 4, 1), np.uint8), np.zeros(2, int), np.zeros(3, int)), "samples"),
+        ((np.zeros((3, 4, 4, 1), np.uint8), np.zeros(3), np.zeros(3, int)), "integers"),
+        ((np.zeros((3, 4, 4, 1), np.uint8), np.zeros((3, 2)), np.zeros(3, int)), "labels"),
+    ],
+)
+def test_stack_clients_bad_shapes(args, match):
+    with pytest.raises(ValueError, match=match):
+        F.stack_clients(*args, [np.array([0, 1, 2])])
+    with pytest.raises(ValueError, match="out of range"):
+        F.stack_clients(np.zeros((3, 4, 4, 1), np.uint8), np.zeros(3, int), np.zeros(3, int), [np.array([3])])
+
+
+@pytest.fixture(scope="module")
+def syn_fed():
+    return F.federate(make_cross_modality(0), num_clients=6, partition="dirichlet", alpha=0.5, seed=0)
+
+
+def test_federate_synthetic(syn_fed):
+    F.validate_federation(syn_fed)
+    assert syn_fed.num_clients == 6 and syn_fed.num_classes == 6
+    _check_exactly_once(syn_fed, 1080)
+    tr, te = _indices(syn_fed)
+    assert [len(t) for t in tr] == syn_fed.train.n.tolist()
+    for t, e in zip(tr, te):
+        assert len(t) == int(np.floor(0.75 * (len(t) + len(e))))
+    import json
+
+    json.dumps(syn_fed.info)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda a: a._replace(x=a.x.astype(np.float32)), "x must be uint8"),
+        (lambda a: a._replace(y=np.where(a.y >= 0, 99, a.y).astype(np.int32)), r"out of range \[0, 6\)"),
+        (lambda a: a._replace(n=(a.n + a.x.shape[1]).astype(np.int32)), "N_max"),
+        (lambda a: a._replace(n=np.where(np.arange(len(a.n)) == 2, 0, a.n).astype(np.int32)), "no training samples|padding"),
+        (lambda a: a._replace(y=np.where(a.y < 0, 0, a.y).astype(np.int32)), "padding"),
+        (lambda a: a._replace(n=a.n.astype(np.int64)), "n must be int32"),
+        (lambda a: a._replace(modality=a.modality[:, :-1]), "modality must be int32"),
+    ],
+)
+def test_validate_federation_catches_problems(syn_fed, mutate, match):
+    import dataclasses
+
+    bad = dataclasses.replace(syn_fed, train=mutate(syn_fed.train))
+    with pytest.raises(ValueError, match=match):
+        F.validate_federation(bad)
+
+
+def test_validate_federation_empty_client(syn_fed):
+    import dataclasses
+
+    t = syn_fed.train
+    real = np.arange(t.x.shape[1])[None, :] < np.where(np.arange(6) == 3, 0, t.n)[:, None]
+    empty = t._replace(
+        x=np.where(real[..., None, None, None], t.x, 0).astype(np.uint8),
+        y=np.where(real, t.y, -1).astype(np.int32),
+        modality=np.where(real, t.modality, -1).astype(np.int32),
+        n=np.where(np.arange(6) == 3, 0, t.n).astype(np.int32),
+    )
+    with pytest.raises(ValueError, match=r"client\(s\) \[3\] have no training samples"):
+        F.validate_federation(dataclasses.replace(syn_fed, train=empty))
+
+
+def test_federate_bad_input():
+    d = make_cross_modality(0, samples_per_class_per_modality=4)
+    with pytest.raises(ValueError, match="out of range"):
+        F.federate(d._replace(labels=d.labels + 3), num_clients=2)
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        F.federate(d._replace(labels=d.labels[:-1]), num_clients=2)
+    with pytest.raises(ValueError, match="uint8"):
+        F.federate(d._replace(images=d.images[..., 0]), num_clients=2)
+    with pytest.raises(ValueError, match="unknown partition"):
+        F.federate(d, num_clients=2, partition="nope")
+    with pytest.raises(ValueError, match="more clients"):
+        F.federate(d, num_clients=1000, partition="iid")
+
+
+def test_registry_synthetic_and_unknown():
+    fed = R.load_federation("synthetic", num_clients=4, seed=1, partition="modality", num_modalities=2,
+                            samples_per_class_per_modality=10)
+    assert fed.info["dataset"] == "synthetic" and fed.info["partition"] == "modality"
+    for k in range(4):
+        mods = fed.train.modality[k, : fed.train.n[k]]
+        assert np.unique(mods).size == 1
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*synthetic.*real4.*breakhis_sr"):
+        R.load_federation("imagenet", num_clients=2)
+    with pytest.raises(ValueError, match="unknown option"):
+        R.load_federation("synthetic", num_clients=2, colour="red")
+    with pytest.raises(ValueError, match="unknown MedMNIST subset 'fakemnist'"):
+        R.load_federation("medmnist:pathmnist+fakemnist", num_clients=2)
+
+
+def test_registry_superres_is_forwarded(monkeypatch):
+    calls = []
+    fake = types.ModuleType("omnifm_jax.data.superres")
+    fake.synthetic_sr_federation = lambda **kw: calls.append(("synthetic", kw)) or "SYN"
+    fake.breakhis_sr_federation = lambda **kw: calls.append(("breakhis", kw)) or "BRK"
+    monkeypatch.setitem(sys.modules, "omnifm_jax.data.superres", fake)
+    assert R.load_federation("synthetic_sr", num_clients=3, seed=2, scale=2) == "SYN"
+    assert R.load_federation("breakhis_sr", num_clients=4) == "BRK"
+    assert calls == [("synthetic", {"num_clients": 3, "seed": 2, "scale": 2}), ("breakhis", {"num_clients": 4, "seed": 0})]
+
+
+def test_registry_medmnist_offline_missing(monkeypatch, tmp_path):
+    import urllib.error
+
+    from omnifm_jax.data import medmnist as mm
+
+    def offline(url, dest, **kw):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(mm, "_download", offline)
+    with pytest.raises(FileNotFoundError, match="pathmnist.npz"):
+        R.load_federation("medmnist:pathmnist+dermamnist+bloodmnist", num_clients=3, root=tmp_path)
+
+
+@pytest.mark.real_data
+def test_registry_medmnist_from_real_files(real):
+    fed = R.load_federation("medmnist:breastmnist+pneumoniamnist", num_clients=5, root=real / "medmnist",
+                            download=False, alpha=0.5)
+    assert fed.num_classes == 4 and fed.modality_names == ("breast ultrasound", "chest X-ray")
+    _check_exactly_once(fed, 780 + 5856)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("partition, alpha", [("dirichlet", 0.1), ("dirichlet", 0.5), ("modality", 0.5)])
+def test_real4_federation(real4_pool, partition, alpha):
+    n = real4_pool.labels.size
+    fed = F.federate(real4_pool, num_clients=20, partition=partition, alpha=alpha, seed=0)
+    F.validate_federation(fed)
+    assert fed.num_clients == 20 and fed.num_classes == 17 and len(fed.modality_names) == 4
+    _check_exactly_once(fed, n)
+    tr, te = _indices(fed)
+    for k in range(20):  # the stacked arrays hold exactly the indexed samples
+        np.testing.assert_array_equal(fed.train.y[k, : fed.train.n[k]], real4_pool.labels[tr[k]])
+        np.testing.assert_array_equal(fed.test.modality[k, : fed.test.n[k]], real4_pool.modality[te[k]])
+    if partition == "modality":
+        for k in range(20):
+            mods = np.concatenate([fed.train.modality[k, : fed.train.n[k]], fed.test.modality[k, : fed.test.n[k]]])
+            assert np.unique(mods).size == 1
+        assert {int(fed.train.modality[k, 0]) for k in range(20)} == {0, 1, 2, 3}
+    else:
+        assert min(len(a) + len(b) for a, b in zip(tr, te)) >= 10
+    same = F.federate(real4_pool, num_clients=20, partition=partition, alpha=alpha, seed=0)
+    other = F.federate(real4_pool, num_clients=20, partition=partition, alpha=alpha, seed=1)
+    assert same.info["train_indices"] == fed.info["train_indices"]
+    np.testing.assert_array_equal(same.train.x, fed.train.x)
+    assert other.info["train_indices"] != fed.info["train_indices"]
+    text = D.describe(fed)
+    assert len(text.splitlines()) == 3 + 2 + 20 + 2  # header, column header + rule, clients, rule + total
+    assert f"partition: {partition}" in text and "breast ultrasound" in text
+    assert f" total  {int(fed.train.n.sum())}  {int(fed.test.n.sum())}" in text
+
+
+@pytest.mark.real_data
+def test_real4_dirichlet_skew(real4_pool):
+    def skew(alpha):
+        fed = F.federate(real4_pool, num_clients=20, alpha=alpha, seed=0)
+        ent = []
+        for k in range(20):
+            q = np.bincount(fed.train.y[k, : fed.train.n[k]], minlength=17) / fed.train.n[k]
+            q = q[q > 0]
+            ent.append(-(q * np.log(q)).sum())
+        return np.mean(ent)
+
+    assert skew(0.1) < skew(0.5)
+
+
+@pytest.mark.real_data
+def test_registry_real4_env(real, monkeypatch):
+    monkeypatch.setenv("OMNIFM_REAL_DATA", str(real))
+    fed = R.load_federation("real4", num_clients=4, partition="iid")
+    assert fed.info["root"] == str(real) and fed.train.n.sum() + fed.test.n.sum() == 16782
+    monkeypatch.setenv("OMNIFM_REAL_DATA", str(real / "absent"))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        R.load_federation("real4", num_clients=4)
+
+
+def test_describe_main_synthetic(capsys):
+    assert D.main(["--dataset", "synthetic", "--clients", "5", "--set", "num_modalities=2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("dataset: synthetic  partition: dirichlet  alpha: 0.5  seed: 3  clients: 5")
+    assert len(lines) == 3 + 2 + 5 + 2 and lines[-1].split()[0] == "total"
+    train_total = sum(int(l.split()[1]) for l in lines[5:10])
+    assert int(lines[-1].split()[1]) == train_total
+    assert int(lines[-1].split()[1]) + int(lines[-1].split()[2]) == 2 * 6 * 60
+
+
+def test_describe_errors_and_mounting(capsys):
+    with pytest.raises(SystemExit) as ex:
+        D.main(["--dataset", "nope"])
+    assert ex.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "unknown dataset 'nope'" in captured.err
+    parser = argparse.ArgumentParser(prog="omnifm")
+    sub = parser.add_subparsers(dest="cmd")
+    data = sub.add_parser("data").add_subparsers(dest="data_cmd")
+    D.add_data_parser(data)
+    args = parser.parse_args(["data", "describe", "--dataset", "synthetic", "--clients", "3", "--partition", "iid",
+                              "--set", "samples_per_class_per_modality=5", "--set", "image_size=16"])
+    assert args.func(args) == 0
+    assert "partition: iid" in capsys.readouterr().out
+    assert D.parse_set_options(["a=1", "b=[1, 2]", "c=hello", "d=0.5"]) == {"a": 1, "b": [1, 2], "c": "hello", "d": 0.5}
+    with pytest.raises(ValueError, match="key=value"):
+        D.parse_set_options(["novalue"])
