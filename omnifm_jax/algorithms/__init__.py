@@ -1,0 +1,22 @@
+"""Federated algorithms, each a factory in its own module returning a FederatedAlgorithm.
+
+Every factory takes ``task, backbone, optimizer, local_epochs, batch_size`` and its own
+hyper-parameters as keyword arguments: ``build("fedavg", task=..., backbone=..., ...)``.
+"""
+import importlib
+import pkgutil
+
+from omnifm_jax.algorithms.base import ClientData, ClientResult, FederatedAlgorithm
+from omnifm_jax.algorithms.registry import available, get, register
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in ("base", "registry", "sgd"):
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+
+def build(name: str, **kwargs) -> FederatedAlgorithm:
+    """Build the algorithm ``name`` with the factory's keyword arguments."""
+    return get(name)(**kwargs)
+
+
+__all__ = ["ClientData", "ClientResult", "FederatedAlgorithm", "available", "build", "get", "register"]

@@ -1,0 +1,20 @@
+"""Federated super-resolution on BreaKHis (paper Sec. 4.2): 3 clients split by
+magnification, x2, EDSR-style backbone. Needs the BreaKHis images (see README)."""
+
+
+def get_config():
+    return {
+        "algorithm": "omnifm",
+        "task": "super_resolution",
+        "dataset": "breakhis_sr",
+        "dataset_kwargs": {"scale": 2, "patch": 64, "split_by": "magnification", "max_patches_per_image": 8},
+        "backbone": "edsr",
+        "backbone_kwargs": {"features": 32, "num_blocks": 4},
+        "scale": 2,
+        "num_clients": 3,
+        "rounds": 50,
+        "local_epochs": 1,
+        "batch_size": 16,
+        "lr": 0.1,
+        "seed": 0,
+    }

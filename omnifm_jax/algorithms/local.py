@@ -1,0 +1,12 @@
+"""Local: every client trains alone; nothing is uploaded and the server never changes."""
+from omnifm_jax.algorithms.registry import register
+from omnifm_jax.algorithms.sgd import personalized_sgd
+from omnifm_jax.models.omnifm import TokenModel
+
+
+@register("local")
+def local(*, task, backbone, optimizer, local_epochs, batch_size):
+    model = TokenModel(backbone=backbone, head=task.make_head())
+    return personalized_sgd(name="local", model=model, task=task, optimizer=optimizer,
+                            personal_patterns=(r".*",), local_epochs=local_epochs,
+                            batch_size=batch_size, communicate=False)

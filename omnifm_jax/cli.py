@@ -1,0 +1,57 @@
+"""The ``omnifm`` command.
+
+  omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR]
+  omnifm data describe --dataset NAME --clients K [...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+from omnifm_jax.config import ConfigError
+
+
+def _train(args) -> int:
+    from omnifm_jax import config as config_lib
+    from omnifm_jax.experiment import run
+
+    cfg = config_lib.apply_overrides(config_lib.load_config(args.config), args.set)
+    config_lib.validate(cfg)
+    out = args.out or f"runs/{cfg['algorithm']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run(cfg, out, progress=not args.quiet)
+    print(f"outputs in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from omnifm_jax.data.describe import add_data_parser
+
+    parser = argparse.ArgumentParser(prog="omnifm", description="Personalized federated learning for "
+                                     "heterogeneous medical imaging (OmniFM and baselines) in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one configuration")
+    train.add_argument("--config", default=None, help="name in experiments/configs or a path (default: default)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable), e.g. --set rounds=3")
+    train.add_argument("--out", default=None, help="output directory (default runs/<algorithm>-<time>)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+    data = sub.add_parser("data", help="inspect data sets and federations")
+    add_data_parser(data.add_subparsers(dest="data_command", required=True))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"omnifm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Run configurations: plain dicts from ``get_config()`` files (big_vision / flax examples
+style), overridden with ``key=value`` strings and validated before any work starts."""
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+#: Every key a run understands, with its default. Configs may only set these.
+DEFAULTS: Dict[str, Any] = {
+    "algorithm": "omnifm",          # omnifm, fedavg, fedper, local, ...
+    "task": "classification",       # classification or super_resolution
+    "dataset": "synthetic",         # see omnifm_jax.data.registry
+    "dataset_kwargs": {},           # extra options of the data set / partition
+    "backbone": "cnn",              # cnn, resnet18, edsr
+    "backbone_kwargs": {},
+    "scale": 2,                     # super-resolution factor
+    "num_clients": 8,
+    "participation": 1.0,           # fraction of clients per round
+    "rounds": 10,
+    "local_epochs": 1,
+    "batch_size": 16,
+    "lr": 0.05,
+    "momentum": 0.0,
+    "eval_every": 1,
+    "eval_batch_size": 128,
+    "client_chunk": None,           # clients per vmapped chunk (None: all at once)
+    "seed": 0,
+    # OmniFM
+    "lambda_align": 0.1,
+    "top_k": 2,
+    "bank_capacity": 256,
+    "rho": 1.0,
+    "min_hits": 1,
+    "prune_warmup": 2,
+    "low_pass_ratio": 0.25,
+    "log_magnitude": True,
+    "spectral_dim": 64,
+    "attn_dim": 64,
+    "num_heads": 1,
+    "num_suffix": 4,
+    "sharing": "fedper",
+    "use_gskr": True,
+    "use_eca": True,
+    "use_psp": True,
+}
+
+TASKS = ("classification", "super_resolution")
+BACKBONES = ("cnn", "resnet18", "edsr")
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid (unknown key, impossible value)."""
+
+
+def load_config(name_or_path: str | None = None) -> Dict[str, Any]:
+    """A full config: DEFAULTS updated by ``get_config()`` of a file in experiments/configs
+    (by name, e.g. ``"default"``) or at a path."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if name_or_path is None:
+        name_or_path = "default"
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+        raise ConfigError(f"config {name_or_path!r} not found (looked for {path}); known configs: {known}")
+    spec = importlib.util.spec_from_file_location(f"omnifm_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} has no get_config()")
+    update(cfg, module.get_config(), where=str(path))
+    return cfg
+
+
+def update(cfg: Dict[str, Any], values: Dict[str, Any], *, where: str = "config") -> Dict[str, Any]:
+    unknown = sorted(set(values) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+    cfg.update(copy.deepcopy(values))
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """``"3" -> 3``, ``"0.1" -> 0.1``, ``"True" -> True``, ``"None" -> None``, else the string."""
+    lowered = text.strip()
+    if lowered.lower() in ("true", "false"):
+        return lowered.lower() == "true"
+    if lowered.lower() in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(lowered)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``key=value`` (or ``dict_key.sub=value``) overrides."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        value = parse_value(text)
+        top, _, sub = key.partition(".")
+        if top not in DEFAULTS:
+            raise ConfigError(f"unknown config key {top!r}; known keys: {sorted(DEFAULTS)}")
+        if sub:
+            if not isinstance(cfg[top], dict):
+                raise ConfigError(f"{top!r} is not a dict; cannot set {key!r}")
+            cfg[top] = dict(cfg[top], **{sub: value})
+        else:
+            cfg[top] = value
+    return cfg
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the first impossible value."""
+    from omnifm_jax import algorithms
+
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    _require(not unknown, f"unknown key(s) {unknown}")
+    _require(cfg["algorithm"] in algorithms.available(),
+             f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
+    _require(cfg["task"] in TASKS, f"task must be one of {TASKS}, got {cfg['task']!r}")
+    _require(cfg["backbone"] in BACKBONES, f"backbone must be one of {BACKBONES}, got {cfg['backbone']!r}")
+    for key in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every", "eval_batch_size",
+                "top_k", "bank_capacity", "spectral_dim", "attn_dim", "num_heads"):
+        _require(isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= 1,
+                 f"{key} must be an integer >= 1, got {cfg[key]!r}")
+    for key in ("num_suffix", "min_hits", "prune_warmup", "seed"):
+        _require(isinstance(cfg[key], int) and cfg[key] >= 0, f"{key} must be an integer >= 0, got {cfg[key]!r}")
+    _require(isinstance(cfg["participation"], (int, float)) and 0 < cfg["participation"] <= 1,
+             f"participation must be in (0, 1], got {cfg['participation']!r}")
+    _require(isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0, f"lr must be > 0, got {cfg['lr']!r}")
+    _require(0 <= cfg["momentum"] < 1, f"momentum must be in [0, 1), got {cfg['momentum']!r}")
+    _require(0 < cfg["low_pass_ratio"] <= 1, f"low_pass_ratio must be in (0, 1], got {cfg['low_pass_ratio']!r}")
+    _require(cfg["rho"] > 0, f"rho must be > 0, got {cfg['rho']!r}")
+    _require(cfg["lambda_align"] >= 0, f"lambda_align must be >= 0, got {cfg['lambda_align']!r}")
+    _require(cfg["top_k"] <= cfg["bank_capacity"],
+             f"top_k={cfg['top_k']} is larger than bank_capacity={cfg['bank_capacity']}")
+    _require(cfg["attn_dim"] % cfg["num_heads"] == 0,
+             f"attn_dim={cfg['attn_dim']} is not divisible by num_heads={cfg['num_heads']}")
+    _require(cfg["scale"] in (2, 4, 8), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
+    _require(cfg["client_chunk"] is None or (isinstance(cfg["client_chunk"], int) and cfg["client_chunk"] >= 1),
+             f"client_chunk must be None or an integer >= 1, got {cfg['client_chunk']!r}")
+    _require(isinstance(cfg["dataset_kwargs"], dict) and isinstance(cfg["backbone_kwargs"], dict),
+             "dataset_kwargs and backbone_kwargs must be dicts")
+    m = max(1, int(round(cfg["participation"] * cfg["num_clients"])))
+    if cfg["algorithm"] == "omnifm":
+        _require(m <= cfg["bank_capacity"],
+                 f"{m} participants per round upload more embeddings than bank_capacity={cfg['bank_capacity']}")
+
+
+def algorithm_kwargs(cfg: Dict[str, Any], factory) -> Dict[str, Any]:
+    """The config values the algorithm factory accepts (its keyword-only hyper-parameters)."""
+    params = inspect.signature(factory).parameters
+    fixed = {"task", "backbone", "optimizer", "local_epochs", "batch_size"}
+    return {k: cfg[k] for k in params if k not in fixed and k in cfg}

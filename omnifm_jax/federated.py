@@ -1,0 +1,226 @@
+"""The federated engine: one jitted, vmapped round for any algorithm and any task.
+
+State is one pytree, :class:`FederatedState`: the round counter, the algorithm's server
+state (shared parameters, OmniFM's knowledge bank, ...), every client's personal state
+stacked on a leading client axis, and the PRNG key. A round is ONE ``jax.jit``:
+
+  1. ``key_r = fold_in(key, round)``; sample ``m = max(1, round(ratio * K))`` distinct
+     participants;
+  2. gather their personal states and data (uint8, on the device);
+  3. ``vmap`` the algorithm's single-client ``client_update`` over them (optionally in
+     chunks of ``client_chunk`` clients with ``lax.map`` to bound memory);
+  4. a participant whose upload contains NaN/Inf gets weight 0 and keeps its old
+     personal state; the others are weighted by ``n_k``;
+  5. ``server_update(server, uploads, weights)``: the server sees the uploads only;
+  6. scatter the participants' new personal states back.
+
+:func:`sequential_round` runs the same single-client update in a Python loop over the
+participants (the reference for tests and benchmarks). :func:`make_evaluate` evaluates
+ALL clients, each with its personalised model on its own held-out split.
+
+The engine knows nothing about which algorithm or task it runs.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omnifm_jax.algorithms.base import ClientData, FederatedAlgorithm, normalize_images
+from omnifm_jax.tasks.base import Task
+
+
+class FederatedState(NamedTuple):
+    """Everything a run needs to continue.
+
+    Attributes:
+      round: int32[] rounds completed.
+      server: the algorithm's server state.
+      clients: the algorithm's client states, stacked with a leading ``[K]`` axis.
+      key: the run's PRNG key (per round: ``fold_in(key, round)``).
+    """
+    round: jax.Array
+    server: Any
+    clients: Any
+    key: jax.Array
+
+
+class RoundMetrics(NamedTuple):
+    participants: jax.Array   # int32[m] client ids
+    weights: jax.Array        # f32[m] aggregation weights (0: excluded)
+    faulty: jax.Array         # int32[] participants excluded for NaN/Inf
+    client_metrics: Any       # per-participant training metrics (stacked)
+
+
+def num_participants(num_clients: int, participation: float) -> int:
+    """``m = max(1, round(participation * K))``."""
+    if not 0.0 < participation <= 1.0:
+        raise ValueError(f"participation must be in (0, 1], got {participation}")
+    if num_clients < 1:
+        raise ValueError(f"need at least one client, got {num_clients}")
+    return max(1, int(round(participation * num_clients)))
+
+
+def sample_participants(key: jax.Array, num_clients: int, m: int) -> jax.Array:
+    """``m`` distinct client ids in increasing order, drawn uniformly with ``key``."""
+    return jnp.sort(jax.random.permutation(key, num_clients)[:m]).astype(jnp.int32)
+
+
+def _round_keys(state: FederatedState):
+    key_r = jax.random.fold_in(state.key, state.round)
+    return jax.random.split(key_r)
+
+
+def _client_key(client_key: jax.Array, client_id: jax.Array) -> jax.Array:
+    return jax.random.fold_in(client_key, client_id)
+
+
+def _take(tree: Any, idx: jax.Array) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _client_data(train, idx) -> ClientData:
+    return ClientData(x=train.x[idx], y=train.y[idx], n=train.n[idx])
+
+
+def map_clients(fn: Callable, xs: Any, chunk: Optional[int]) -> Any:
+    """``vmap(fn)(xs)`` over the leading axis, or ``lax.map`` in chunks of ``chunk`` clients."""
+    if chunk is None:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)
+
+
+def init(algorithm: FederatedAlgorithm, key: jax.Array, train, *, num_clients: Optional[int] = None
+         ) -> FederatedState:
+    """Initial state for the clients of ``train`` (a :class:`ClientArrays`-like)."""
+    k = int(train.x.shape[0]) if num_clients is None else num_clients
+    x_example = jnp.zeros((1,) + tuple(train.x.shape[2:]), jnp.float32)
+    k_server, k_clients, k_run = jax.random.split(key, 3)
+    server = algorithm.init_server(k_server, x_example)
+    keys = jax.random.split(k_clients, k)
+    clients = jax.vmap(lambda kk: algorithm.init_client(kk, server, x_example))(keys)
+    return FederatedState(round=jnp.zeros((), jnp.int32), server=server, clients=clients, key=k_run)
+
+
+def _finish_round(algorithm, state, idx, data_n, results, old_clients):
+    finite = participants_finite(results.upload, idx.shape[0])
+    weights = jnp.where(finite, data_n.astype(jnp.float32), 0.0)
+    server = algorithm.server_update(state.server, results.upload, weights)
+    keep = lambda new, old: jnp.where(finite.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    new_clients = jax.tree_util.tree_map(keep, results.state, old_clients)
+    clients = jax.tree_util.tree_map(lambda all_, upd: all_.at[idx].set(upd), state.clients, new_clients)
+    metrics = RoundMetrics(participants=idx, weights=weights,
+                           faulty=jnp.sum(~finite).astype(jnp.int32), client_metrics=results.metrics)
+    return FederatedState(state.round + 1, server, clients, state.key), metrics
+
+
+def participants_finite(uploads: Any, m: int) -> jax.Array:
+    """``bool[m]``: participant i's upload has no NaN/Inf (True when nothing is uploaded)."""
+    ok = jnp.ones((m,), bool)
+    for leaf in jax.tree_util.tree_leaves(uploads):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf.reshape(m, -1)), axis=1)
+    return ok
+
+
+def make_round(algorithm: FederatedAlgorithm, *, num_clients: int, participation: float = 1.0,
+               client_chunk: Optional[int] = None, donate: bool = True) -> Callable:
+    """The jitted round: ``round_fn(state, train) -> (state, RoundMetrics)``."""
+    m = num_participants(num_clients, participation)
+    if client_chunk is not None and client_chunk < 1:
+        raise ValueError(f"client_chunk must be >= 1, got {client_chunk}")
+
+    def round_fn(state: FederatedState, train):
+        sample_key, client_key = _round_keys(state)
+        idx = sample_participants(sample_key, num_clients, m)
+        clients = _take(state.clients, idx)
+        data = _client_data(train, idx)
+        keys = jax.vmap(lambda i: _client_key(client_key, i))(idx)
+        update = lambda c, d, k: algorithm.client_update(state.server, c, d, k)
+        results = map_clients(update, (clients, data, keys), client_chunk)
+        return _finish_round(algorithm, state, idx, data.n, results, clients)
+
+    return jax.jit(round_fn, donate_argnums=(0,) if donate else ())
+
+
+def sequential_round(algorithm: FederatedAlgorithm, state: FederatedState, train, *, num_clients: int,
+                     participation: float = 1.0, client_update: Optional[Callable] = None):
+    """Reference path: the same round with a Python loop over participants.
+
+    ``client_update`` may be a pre-jitted ``algorithm.client_update`` (pass one to avoid
+    re-tracing every call). Returns ``(state, RoundMetrics)`` like :func:`make_round`.
+    """
+    m = num_participants(num_clients, participation)
+    sample_key, client_key = _round_keys(state)
+    idx = sample_participants(sample_key, num_clients, m)
+    update = client_update or jax.jit(algorithm.client_update)
+    outs = []
+    for i in np.asarray(idx):
+        c = _take(state.clients, i)
+        d = _client_data(train, i)
+        outs.append(update(state.server, c, d, _client_key(client_key, jnp.int32(i))))
+    results = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+    clients = _take(state.clients, idx)
+    return jax.jit(_finish_round, static_argnums=0)(algorithm, state, idx, train.n[idx], results, clients)
+
+
+def make_evaluate(algorithm: FederatedAlgorithm, task: Task, *, batch_size: int = 256,
+                  client_chunk: Optional[int] = None, predict: Optional[Callable] = None) -> Callable:
+    """Jitted ``evaluate(state, test) -> stats stacked over ALL clients``.
+
+    Each client is evaluated with its personalised model (shared part from the server,
+    personal part its own) on its own held-out split, in batches of ``batch_size``.
+    Turn the stats into numbers with ``task.summarize`` / ``task.client_metrics``.
+    ``predict`` overrides ``algorithm.predict`` (e.g. a model-free baseline).
+    """
+    predict = predict or algorithm.predict
+
+    def one_client(server, client, x, y, n):
+        n_max = x.shape[0]
+        nb = max(1, -(-n_max // batch_size))
+        pad = nb * batch_size - n_max
+        xp = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        yp = jnp.pad(y, ((0, pad),) + ((0, 0),) * (y.ndim - 1))
+
+        def batch_stats(b):
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a, b * batch_size, batch_size)
+            mask = (b * batch_size + jnp.arange(batch_size)) < n
+            pred = predict(server, client, normalize_images(sl(xp)))
+            return task.eval_stats(pred, task.prepare_targets(sl(yp)), mask)
+
+        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                      jax.eval_shape(batch_stats, 0))
+        acc, _ = jax.lax.scan(lambda acc, b: (jax.tree_util.tree_map(jnp.add, acc, batch_stats(b)), None),
+                              zero, jnp.arange(nb))
+        return acc
+
+    def evaluate(state: FederatedState, test):
+        fn = lambda c, x, y, n: one_client(state.server, c, x, y, n)
+        return map_clients(fn, (state.clients, test.x, test.y, test.n), client_chunk)
+
+    return jax.jit(evaluate)
+
+
+def summarize(task: Task, stats: Any) -> dict:
+    """Federation metrics plus per-client metrics from :func:`make_evaluate`'s stats."""
+    stats = jax.tree_util.tree_map(np.asarray, stats)
+    out = dict(task.summarize(stats))
+    k = jax.tree_util.tree_leaves(stats)[0].shape[0]
+    out["clients"] = [task.client_metrics(jax.tree_util.tree_map(lambda a: a[i], stats)) for i in range(k)]
+    return out
+
+
+def state_hash(state: Any) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (typed keys included)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(state):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        arr = np.asarray(leaf)
+        h.update(str(arr.dtype).encode())
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
