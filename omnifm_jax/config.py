@@ -25,6 +25,7 @@ DEFAULTS: Dict[str, Any] = {
     "rounds": 10,
     "local_epochs": 1,
     "batch_size": 16,
+    "optimizer": "sgd",             # sgd (PFLlib's client optimizer) or adam
     "lr": 0.05,
     "momentum": 0.0,
     "eval_every": 1,
@@ -51,6 +52,7 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 TASKS = ("classification", "super_resolution")
+OPTIMIZERS = ("sgd", "adam")
 BACKBONES = ("cnn", "resnet18", "edsr")
 
 
@@ -135,6 +137,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     _require(cfg["algorithm"] in algorithms.available(),
              f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
     _require(cfg["task"] in TASKS, f"task must be one of {TASKS}, got {cfg['task']!r}")
+    _require(cfg["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {cfg['optimizer']!r}")
     _require(cfg["backbone"] in BACKBONES, f"backbone must be one of {BACKBONES}, got {cfg['backbone']!r}")
     for key in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every", "eval_batch_size",
                 "top_k", "bank_capacity", "spectral_dim", "attn_dim", "num_heads"):

@@ -47,8 +47,10 @@ def build_task(cfg: Dict[str, Any], fed):
 
 def build_algorithm(cfg: Dict[str, Any], task):
     factory = algorithms.get(cfg["algorithm"])
-    momentum = cfg["momentum"] or None
-    tx = optax.sgd(cfg["lr"], momentum=momentum)
+    if cfg["optimizer"] == "adam":
+        tx = optax.adam(cfg["lr"])
+    else:
+        tx = optax.sgd(cfg["lr"], momentum=cfg["momentum"] or None)
     return factory(task=task, backbone=build_backbone(cfg), optimizer=tx, local_epochs=cfg["local_epochs"],
                    batch_size=cfg["batch_size"], **config_lib.algorithm_kwargs(cfg, factory))
 

@@ -13,9 +13,9 @@ def get_config():
         "num_clients": 8,
         "participation": 1.0,
         "rounds": 10,
-        "local_epochs": 1,
+        "local_epochs": 2,
         "batch_size": 16,
-        "lr": 0.05,
+        "lr": 0.1,
         "eval_every": 1,
         "seed": 0,
     }

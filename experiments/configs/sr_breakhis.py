@@ -15,6 +15,7 @@ def get_config():
         "rounds": 50,
         "local_epochs": 1,
         "batch_size": 16,
-        "lr": 0.1,
+        "optimizer": "adam",
+        "lr": 1e-3,
         "seed": 0,
     }

@@ -78,4 +78,6 @@ class PixelShuffleHead(nn.Module):
         for i in range(int(math.log2(self.scale))):
             y = nn.Conv(4 * d, (3, 3), padding=1, name=f"up{i + 1}")(y)
             y = pixel_shuffle(y, 2)
-        return nn.Conv(self.channels, (3, 3), padding=1, name="conv_out")(y)
+        # Zero-initialised: the model starts exactly at the task's bicubic skip connection.
+        return nn.Conv(self.channels, (3, 3), padding=1, kernel_init=nn.initializers.zeros,
+                       name="conv_out")(y)
