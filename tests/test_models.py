@@ -307,9 +307,14 @@ def test_omnifm_variants_build_run_and_wire_correctly(variant):
         w = np.asarray(p["proj"]["proj"]["kernel"], np.float64)
         np.testing.assert_allclose(tokens, z @ w[:64] + r @ w[64:] + np.asarray(p["proj"]["proj"]["bias"]),
                                    rtol=1e-3, atol=1e-4)
-    # ClassificationHead: mean over all tokens, then the linear layer
+    # ClassificationHead: each segment of r' (prefix Z, body r, suffix c) mean-pooled on
+    # its own, concatenated, then the linear layer
     fc = p["head"]["fc"]
-    want = tokens.mean(1) @ np.asarray(fc["kernel"], np.float64) + np.asarray(fc["bias"], np.float64)
+    if model.use_psp:
+        pooled = np.concatenate([tokens[:, :16].mean(1), tokens[:, 16:32].mean(1), tokens[:, 32:].mean(1)], -1)
+    else:
+        pooled = tokens.mean(1)
+    want = pooled @ np.asarray(fc["kernel"], np.float64) + np.asarray(fc["bias"], np.float64)
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-3, atol=1e-4)
 
 
