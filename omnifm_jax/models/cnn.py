@@ -9,6 +9,8 @@ feature map as ``h*w`` tokens of width 64 (no fc1).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,18 +22,20 @@ class FedAvgCNN(nn.Module):
     """``(B, H, W, C) -> (B, 1, hidden)`` (``tokens="fc"``) or ``(B, h*w, 64)`` (``"map"``)."""
     hidden: int = 512
     tokens: str = "fc"
+    dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout or normalisation
-        x = nn.relu(nn.Conv(32, (5, 5), padding="VALID", name="conv1")(x))
+        dtype = jnp.dtype(self.dtype)
+        x = nn.relu(nn.Conv(32, (5, 5), padding="VALID", dtype=dtype, name="conv1")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Conv(64, (5, 5), padding="VALID", name="conv2")(x))
+        x = nn.relu(nn.Conv(64, (5, 5), padding="VALID", dtype=dtype, name="conv2")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         if self.tokens == "map":
-            return feature_map_to_tokens(x)
+            return feature_map_to_tokens(x).astype(jnp.float32)
         if self.tokens != "fc":
             raise ValueError(f"tokens must be 'fc' or 'map', got {self.tokens!r}")
         x = jnp.reshape(x, (x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
-        return x[:, None, :]
+        x = nn.relu(nn.Dense(self.hidden, dtype=dtype, name="fc1")(x))
+        return x[:, None, :].astype(jnp.float32)

@@ -8,10 +8,11 @@ collection, per-client state the engine stacks like params) or ``group`` (GroupN
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from omnifm_jax.models.common import feature_map_to_tokens, make_norm
 
@@ -22,19 +23,20 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     norm: str = "batch"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         residual = x
         y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), padding=1, use_bias=False,
-                    name="conv1")(x)
+                    dtype=self.dtype, name="conv1")(x)
         y = make_norm(self.norm, train=train, name="norm1")(y)
         y = nn.relu(y)
-        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, name="conv2")(y)
+        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
         y = make_norm(self.norm, train=train, name="norm2")(y)
         if residual.shape != y.shape:
             residual = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False,
-                               name="down_conv")(residual)
+                               dtype=self.dtype, name="down_conv")(residual)
             residual = make_norm(self.norm, train=train, name="down_norm")(residual)
         return nn.relu(y + residual)
 
@@ -47,19 +49,24 @@ class ResNet18(nn.Module):
       norm: ``batch``, ``group`` or ``none``.
       width: channels of the first stage (64 in the standard network).
       stage_sizes: blocks per stage (2, 2, 2, 2 for ResNet-18).
+      dtype: computation dtype (e.g. ``"bfloat16"``); parameters stay float32 (master
+        weights), tokens are returned in float32.
     """
     stem: str = "cifar"
     norm: str = "batch"
     width: int = 64
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        dtype = jnp.dtype(self.dtype)
         if self.stem == "cifar":
-            x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, name="stem_conv")(x)
+            x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=dtype, name="stem_conv")(x)
             x = nn.relu(make_norm(self.norm, train=train, name="stem_norm")(x))
         elif self.stem == "imagenet":
-            x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=dtype,
+                        name="stem_conv")(x)
             x = nn.relu(make_norm(self.norm, train=train, name="stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
@@ -67,6 +74,6 @@ class ResNet18(nn.Module):
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(self.width * 2 ** i, strides, self.norm, name=f"stage{i + 1}_block{j + 1}")(
-                    x, train=train)
-        return feature_map_to_tokens(x)
+                x = BasicBlock(self.width * 2 ** i, strides, self.norm, dtype,
+                               name=f"stage{i + 1}_block{j + 1}")(x, train=train)
+        return feature_map_to_tokens(x).astype(jnp.float32)
