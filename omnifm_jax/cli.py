@@ -1,13 +1,15 @@
 """The ``omnifm`` command.
 
-  omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR]
+  omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR] [--resume]
   omnifm data describe --dataset NAME --clients K [...]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 from omnifm_jax.config import ConfigError
@@ -17,12 +19,30 @@ def _train(args) -> int:
     from omnifm_jax import config as config_lib
     from omnifm_jax.experiment import run
 
-    cfg = config_lib.apply_overrides(config_lib.load_config(args.config), args.set)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out, the output directory of the run to continue")
+    if args.resume and args.config is None:
+        base = _saved_config(Path(args.out))
+    else:
+        base = config_lib.load_config(args.config)
+    cfg = config_lib.apply_overrides(base, args.set)
     config_lib.validate(cfg)
     out = args.out or f"runs/{cfg['algorithm']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run(cfg, out, progress=not args.quiet)
+    run(cfg, out, progress=not args.quiet, resume=args.resume)
     print(f"outputs in {out}")
     return 0
+
+
+def _saved_config(out: Path) -> dict:
+    """The config a run in ``out`` was started with (``out/config.json``) on top of DEFAULTS."""
+    import copy
+
+    from omnifm_jax import config as config_lib
+
+    path = out / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} not found (pass --config to name the config)")
+    return config_lib.update(copy.deepcopy(config_lib.DEFAULTS), json.loads(path.read_text()), where=str(path))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key (repeatable), e.g. --set rounds=3")
     train.add_argument("--out", default=None, help="output directory (default runs/<algorithm>-<time>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its newest good checkpoint (config from "
+                            "OUT/config.json unless --config is given; --set rounds=N trains further)")
     train.set_defaults(func=_train)
     data = sub.add_parser("data", help="inspect data sets and federations")
     add_data_parser(data.add_subparsers(dest="data_command", required=True))

@@ -32,6 +32,9 @@ DEFAULTS: Dict[str, Any] = {
     "eval_batch_size": 128,
     "client_chunk": None,           # clients per vmapped chunk (None: all at once)
     "seed": 0,
+    "dropout": 0.0,                 # fraction of each round's participants that fail to report
+    "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
+    "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
     # OmniFM
     "lambda_align": 0.1,
     "top_k": 2,
@@ -128,36 +131,60 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+
+def _in_range(cfg: Dict[str, Any], key: str, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> None:
+    v = cfg[key]
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    ok = _is_number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    _require(ok, f"{key} must be a number in {interval}, got {v!r}")
+
+
 def validate(cfg: Dict[str, Any]) -> None:
     """Raise :class:`ConfigError` naming the first impossible value."""
     from omnifm_jax import algorithms
+    from omnifm_jax.algorithms.omnifm import SHARING
 
+    _require(isinstance(cfg, dict), f"a config is a dict, got {type(cfg).__name__}")
     unknown = sorted(set(cfg) - set(DEFAULTS))
-    _require(not unknown, f"unknown key(s) {unknown}")
+    _require(not unknown, f"unknown key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+    missing = sorted(set(DEFAULTS) - set(cfg))
+    _require(not missing, f"missing key(s) {missing} (start from load_config() or DEFAULTS)")
     _require(cfg["algorithm"] in algorithms.available(),
              f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
     _require(cfg["task"] in TASKS, f"task must be one of {TASKS}, got {cfg['task']!r}")
     _require(cfg["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {cfg['optimizer']!r}")
     _require(cfg["backbone"] in BACKBONES, f"backbone must be one of {BACKBONES}, got {cfg['backbone']!r}")
+    _require(isinstance(cfg["dataset"], str) and cfg["dataset"] != "",
+             f"dataset must be a non-empty string, got {cfg['dataset']!r}")
+    _require(cfg["sharing"] in SHARING, f"sharing must be one of {sorted(SHARING)}, got {cfg['sharing']!r}")
     for key in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every", "eval_batch_size",
-                "top_k", "bank_capacity", "spectral_dim", "attn_dim", "num_heads"):
-        _require(isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= 1,
-                 f"{key} must be an integer >= 1, got {cfg[key]!r}")
-    for key in ("num_suffix", "min_hits", "prune_warmup", "seed"):
-        _require(isinstance(cfg[key], int) and cfg[key] >= 0, f"{key} must be an integer >= 0, got {cfg[key]!r}")
-    _require(isinstance(cfg["participation"], (int, float)) and 0 < cfg["participation"] <= 1,
-             f"participation must be in (0, 1], got {cfg['participation']!r}")
-    _require(isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0, f"lr must be > 0, got {cfg['lr']!r}")
-    _require(0 <= cfg["momentum"] < 1, f"momentum must be in [0, 1), got {cfg['momentum']!r}")
-    _require(0 < cfg["low_pass_ratio"] <= 1, f"low_pass_ratio must be in (0, 1], got {cfg['low_pass_ratio']!r}")
-    _require(cfg["rho"] > 0, f"rho must be > 0, got {cfg['rho']!r}")
-    _require(cfg["lambda_align"] >= 0, f"lambda_align must be >= 0, got {cfg['lambda_align']!r}")
+                "top_k", "bank_capacity", "spectral_dim", "attn_dim", "num_heads", "checkpoint_keep"):
+        _require(_is_int(cfg[key]) and cfg[key] >= 1, f"{key} must be an integer >= 1, got {cfg[key]!r}")
+    for key in ("num_suffix", "min_hits", "prune_warmup", "seed", "checkpoint_every"):
+        _require(_is_int(cfg[key]) and cfg[key] >= 0, f"{key} must be an integer >= 0, got {cfg[key]!r}")
+    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp"):
+        _require(isinstance(cfg[key], bool), f"{key} must be True or False, got {cfg[key]!r}")
+    _in_range(cfg, "participation", 0, 1, lo_open=True, hi_open=False)
+    _in_range(cfg, "dropout", 0, 1, lo_open=False, hi_open=True)
+    _in_range(cfg, "momentum", 0, 1, lo_open=False, hi_open=True)
+    _in_range(cfg, "low_pass_ratio", 0, 1, lo_open=True, hi_open=False)
+    _require(_is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"), f"lr must be a finite number > 0, got {cfg['lr']!r}")
+    _require(_is_number(cfg["rho"]) and 0 < cfg["rho"] < float("inf"), f"rho must be a finite number > 0, got {cfg['rho']!r}")
+    _require(_is_number(cfg["lambda_align"]) and 0 <= cfg["lambda_align"] < float("inf"),
+             f"lambda_align must be a finite number >= 0, got {cfg['lambda_align']!r}")
     _require(cfg["top_k"] <= cfg["bank_capacity"],
              f"top_k={cfg['top_k']} is larger than bank_capacity={cfg['bank_capacity']}")
     _require(cfg["attn_dim"] % cfg["num_heads"] == 0,
              f"attn_dim={cfg['attn_dim']} is not divisible by num_heads={cfg['num_heads']}")
-    _require(cfg["scale"] in (2, 4, 8), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
-    _require(cfg["client_chunk"] is None or (isinstance(cfg["client_chunk"], int) and cfg["client_chunk"] >= 1),
+    _require(cfg["scale"] in (2, 4, 8) and _is_int(cfg["scale"]), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
+    _require(cfg["client_chunk"] is None or (_is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
              f"client_chunk must be None or an integer >= 1, got {cfg['client_chunk']!r}")
     _require(isinstance(cfg["dataset_kwargs"], dict) and isinstance(cfg["backbone_kwargs"], dict),
              "dataset_kwargs and backbone_kwargs must be dicts")

@@ -1,5 +1,13 @@
 """Build a run from a config and execute it: data, task, backbone, algorithm, rounds,
-evaluation, and the output directory (metrics.jsonl, summary.json, config.json, curves.png).
+evaluation, checkpoints, and the output directory (config.json, metrics.jsonl,
+timings.jsonl, summary.json, curves.png, checkpoints/).
+
+Everything is validated before any work: the config (:func:`omnifm_jax.config.validate`),
+the backbone, the data (:func:`validate_data`) and, on resume, the checkpoint against
+the config and the data (:func:`omnifm_jax.checkpoint.check_resumable`).
+
+``metrics.jsonl`` holds only what the run computes (no wall time), so a resumed run
+writes the same lines as an uninterrupted one; wall times go to ``timings.jsonl``.
 
 Kept apart from ``cli.py`` so notebooks call :func:`run` directly.
 """
@@ -14,7 +22,8 @@ import jax
 import numpy as np
 import optax
 
-from omnifm_jax import algorithms, config as config_lib, federated
+from omnifm_jax import algorithms, checkpoint as ckpt_lib, config as config_lib, federated
+from omnifm_jax.data.federation import Federation, validate_federation
 from omnifm_jax.data.registry import load_federation
 from omnifm_jax.models import FedAvgCNN, ResNet18
 from omnifm_jax.models.sr import EDSRBackbone
@@ -60,36 +69,131 @@ def load_data(cfg: Dict[str, Any]):
                            **dict(cfg["dataset_kwargs"]))
 
 
+def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
+    """Check a federation before any work; raises ``ValueError`` naming the problem.
+
+    Images must be ``uint8`` (float images, with or without NaN, are refused: the engine
+    normalises ``uint8`` itself), labels in range, no client without training samples,
+    train/test consistent (:func:`~omnifm_jax.data.federation.validate_federation`),
+    the number of clients the config asks for, and images the backbone can take.
+    """
+    if not isinstance(fed, Federation):
+        raise ValueError(f"data: expected a Federation, got {type(fed).__name__}")
+    for split in ("train", "test"):
+        arrays = getattr(fed, split)
+        for name in ("x", "y"):
+            a = np.asarray(getattr(arrays, name))
+            if np.issubdtype(a.dtype, np.floating):
+                bad = int(np.count_nonzero(~np.isfinite(a)))
+                what = "images" if name == "x" or a.ndim == 5 else "labels"
+                need = "uint8" if what == "images" else "int32"
+                raise ValueError(f"data: {split}.{name} {what} must be {need}, got {a.dtype}"
+                                 + (f" with {bad} NaN/Inf values" if bad else "")
+                                 + " (convert them first; the engine normalises uint8 images itself)")
+    validate_federation(fed)
+    if fed.num_clients != cfg["num_clients"]:
+        raise config_lib.ConfigError(f"dataset built {fed.num_clients} clients, config asks {cfg['num_clients']}")
+    if cfg["task"] == "classification" and fed.num_classes >= 2:
+        present = np.unique(np.asarray(fed.train.y)[np.asarray(fed.train.y) >= 0])
+        if present.size < 2:
+            raise ValueError(f"data: the training labels hold only class(es) {present.tolist()}; "
+                             "classification needs at least two")
+    _check_backbone_input(cfg, tuple(fed.train.x.shape[2:]))
+
+
+def _check_backbone_input(cfg: Dict[str, Any], image_shape) -> None:
+    backbone = build_backbone(cfg)
+    x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), np.float32)
+    try:
+        tokens = jax.eval_shape(lambda x: backbone.init_with_output(jax.random.key(0), x)[0], x)
+    except Exception as exc:  # flax raises many kinds for an input that does not fit
+        raise config_lib.ConfigError(f"backbone {cfg['backbone']!r} cannot take images of shape "
+                                     f"{tuple(image_shape)} (too small for its convolutions and pooling?): "
+                                     f"{type(exc).__name__}: {exc}") from None
+    if any(d == 0 for d in jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda t: t.size, tokens))):
+        raise config_lib.ConfigError(f"images of shape {tuple(image_shape)} are too small for backbone "
+                                     f"{cfg['backbone']!r} (it produces no features)")
+
+
 def _fmt(metrics: Dict[str, Any]) -> Dict[str, str]:
     return {k: f"{v:.4f}" for k, v in metrics.items() if isinstance(v, float)}
 
 
+def _reporting_mean(values, weights) -> Optional[float]:
+    """Mean of a per-participant metric over the participants that reported (weight > 0)."""
+    values, ok = np.asarray(values, np.float64), np.asarray(weights) > 0
+    return float(np.mean(values[ok])) if ok.any() else None
+
+
 def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: bool = True,
-        log: Callable[[str], None] = print) -> Dict[str, Any]:
+        log: Callable[[str], None] = print, resume: bool = False) -> Dict[str, Any]:
     """Train and evaluate one configuration; returns the summary dict.
 
     With ``out_dir``, writes ``config.json``, ``metrics.jsonl`` (one line per eval round),
-    ``summary.json`` and ``curves.png`` there.
+    ``timings.jsonl``, ``summary.json`` and ``curves.png`` there, and (``checkpoint_every
+    > 0``) a checkpoint every ``checkpoint_every`` rounds and after the last round under
+    ``out_dir/checkpoints``. With ``resume=True`` the run continues from the newest good
+    checkpoint there (``rounds`` may be raised to train further); the result is
+    bit-identical to an uninterrupted run.
+
+    Raises:
+      ConfigError: invalid config, or a checkpoint that does not fit it.
+      ValueError: invalid data.
+      CheckpointError: ``resume`` without a usable checkpoint.
     """
     from tqdm.auto import tqdm
 
     config_lib.validate(cfg)
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise config_lib.ConfigError("resume needs the output directory of the run to continue")
+    build_backbone(cfg)
     fed = load_data(cfg)
-    if fed.num_clients != cfg["num_clients"]:
-        raise config_lib.ConfigError(f"dataset built {fed.num_clients} clients, config asks {cfg['num_clients']}")
+    validate_data(cfg, fed)
     task = build_task(cfg, fed)
     algorithm = build_algorithm(cfg, task)
-    out = Path(out_dir) if out_dir is not None else None
+    ckpt = None
+    ckpt_dir = out / ckpt_lib.CHECKPOINT_SUBDIR if out is not None else None
+    if out is not None and (cfg["checkpoint_every"] > 0 or resume):
+        ckpt = ckpt_lib.RunCheckpointer(ckpt_dir, keep=cfg["checkpoint_keep"])
+        existing = ckpt.steps()
+        if not resume and existing:
+            ckpt.close()
+            raise config_lib.ConfigError(
+                f"{ckpt_dir} already holds checkpoints (rounds {existing}); resume that run "
+                "(--resume) or choose another output directory")
+    data_sha = ckpt_lib.data_fingerprint(fed.train, fed.test) if ckpt is not None else None
+    train = jax.device_put(fed.train)
+    test = jax.device_put(fed.test)
+    history, totals, resumed_from = [], {"faulty": 0, "dropped": 0}, None
+    init_fn = jax.jit(lambda key: federated.init(algorithm, key, train))
+    init_key = jax.random.key(cfg["seed"])
+    if resume:
+        template = jax.eval_shape(init_fn, init_key)
+        try:
+            state, meta = ckpt.restore_latest(template, check=lambda m: ckpt_lib.check_resumable(
+                m, cfg, data_sha256=data_sha, where=str(ckpt_dir)))
+        except BaseException:
+            ckpt.close()
+            raise
+        history, totals = meta["history"], dict(meta["totals"])
+        resumed_from = int(meta["round"])
+        log(f"resuming from the checkpoint of round {resumed_from} in {ckpt_dir}")
+    else:
+        # Jitted: an eager init of the vmapped model runs op by op (minutes for OmniFM on CPU).
+        state = init_fn(init_key)
+    start_round = int(state.round)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         metrics_file = (out / "metrics.jsonl").open("w")
+        for line in history:  # the lines up to the checkpoint; later ones of a killed run are redone
+            metrics_file.write(json.dumps(line) + "\n")
+        metrics_file.flush()
+        timings_file = (out / "timings.jsonl").open("a" if resume else "w")
     start = time.time()
-    train = jax.device_put(fed.train)
-    test = jax.device_put(fed.test)
-    state = federated.init(algorithm, jax.random.key(cfg["seed"]), train)
-    round_fn = federated.make_round(algorithm, num_clients=cfg["num_clients"],
-                                    participation=cfg["participation"], client_chunk=cfg["client_chunk"])
+    round_fn = federated.make_round(algorithm, num_clients=cfg["num_clients"], participation=cfg["participation"],
+                                    client_chunk=cfg["client_chunk"], dropout=cfg["dropout"])
     evaluate = federated.make_evaluate(algorithm, task, batch_size=cfg["eval_batch_size"],
                                        client_chunk=cfg["client_chunk"])
     baseline = None
@@ -98,32 +202,46 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
                                                 client_chunk=cfg["client_chunk"],
                                                 predict=lambda server, client, x: task.baseline(x))
         baseline = federated.summarize(task, baseline_eval(state, test))
-    history = []
-    faulty_total = 0
-    bar = tqdm(range(cfg["rounds"]), desc=f"{cfg['algorithm']}/{cfg['task']}", disable=not progress)
+    every = cfg["checkpoint_every"]
+    bar = tqdm(range(start_round, cfg["rounds"]), initial=start_round, total=cfg["rounds"],
+               desc=f"{cfg['algorithm']}/{cfg['task']}", disable=not progress)
     for r in bar:
         state, rm = round_fn(state, train)
-        faulty_total += int(rm.faulty)
-        if (r + 1) % cfg["eval_every"] == 0 or r + 1 == cfg["rounds"]:
+        faulty, dropped = int(rm.faulty), int(rm.dropped)
+        totals["faulty"] += faulty
+        totals["dropped"] += dropped
+        if faulty:
+            log(f"round {r + 1}: {faulty} client(s) sent a non-finite update and were left out")
+        last = r + 1 == cfg["rounds"]
+        if (r + 1) % cfg["eval_every"] == 0 or last:
             summary = federated.summarize(task, evaluate(state, test))
             line = {"round": r + 1, **{k: v for k, v in summary.items() if k != "clients"},
-                    "train_loss": float(np.mean(np.asarray(rm.client_metrics["train_loss"]))),
-                    "faulty_clients": int(rm.faulty), "clients": summary["clients"],
-                    "elapsed_s": round(time.time() - start, 3)}
+                    "train_loss": _reporting_mean(rm.client_metrics["train_loss"], rm.weights),
+                    "faulty_clients": faulty, "dropped_clients": dropped, "clients": summary["clients"]}
             history.append(line)
             if out is not None:
                 metrics_file.write(json.dumps(line) + "\n")
                 metrics_file.flush()
             bar.set_postfix(_fmt({k: v for k, v in line.items() if k != "clients"}))
+        if ckpt is not None and every > 0 and ((r + 1) % every == 0 or last):
+            ckpt.save(state, {"config": cfg, "data_sha256": data_sha, "history": history, "totals": totals})
+        if out is not None:
+            timings_file.write(json.dumps({"round": r + 1, "elapsed_s": round(time.time() - start, 3),
+                                           "resumed_from": resumed_from}) + "\n")
+            timings_file.flush()
     jax.block_until_ready(state)
     wall = time.time() - start
+    if not history:
+        raise ckpt_lib.CheckpointError(f"nothing to do: the checkpoint is at round {start_round} = rounds "
+                                       "and holds no metric history")
     key = task.primary_metric
     best = max(history, key=lambda h: h[key])
     strip = lambda h: {k: v for k, v in h.items() if k not in ("clients",)}
     summary = {
         "algorithm": cfg["algorithm"], "task": cfg["task"], "dataset": cfg["dataset"],
         "primary_metric": key, "best": strip(best), "last": strip(history[-1]),
-        "last_clients": history[-1]["clients"], "faulty_clients_total": faulty_total,
+        "last_clients": history[-1]["clients"], "faulty_clients_total": totals["faulty"],
+        "dropped_clients_total": totals["dropped"], "resumed_from_round": resumed_from,
         "wall_time_s": round(wall, 3), "rounds": cfg["rounds"],
         "params_sha256": federated.state_hash(state), "device": str(jax.devices()[0]),
         "config": cfg,
@@ -131,8 +249,11 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     if baseline is not None:
         summary["baseline"] = {k: v for k, v in baseline.items() if k != "clients"}
         summary["baseline_clients"] = baseline["clients"]
+    if ckpt is not None:
+        ckpt.close()
     if out is not None:
         metrics_file.close()
+        timings_file.close()
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         plot_curves(history, out / "curves.png", title=f"{cfg['algorithm']} / {cfg['dataset']}")
     log(result_table(summary))
@@ -140,15 +261,19 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     return summary
 
 
+def _num(v) -> float:
+    return v if isinstance(v, float) else float("nan")
+
+
 def result_table(summary: Dict[str, Any]) -> str:
     """A short text table of best and last metrics."""
-    names = [k for k, v in summary["last"].items() if isinstance(v, float) and k != "elapsed_s"]
+    names = [k for k, v in summary["last"].items() if isinstance(v, float)]
     rows = [f"{summary['algorithm']} on {summary['dataset']} ({summary['task']}), "
             f"{summary['rounds']} rounds in {summary['wall_time_s']:.1f} s"]
     rows.append(f"{'':10s}" + "".join(f"{n:>14s}" for n in names))
     for label in ("best", "last"):
         rows.append(f"{label + ' (r' + str(summary[label]['round']) + ')':10s}"
-                    + "".join(f"{summary[label][n]:14.4f}" for n in names))
+                    + "".join(f"{_num(summary[label].get(n)):14.4f}" for n in names))
     if "baseline" in summary:
         rows.append(f"{'bicubic':10s}" + "".join(
             f"{summary['baseline'].get(n, float('nan')):14.4f}" for n in names))
@@ -162,11 +287,12 @@ def plot_curves(history, path: Path, *, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k, v in history[0].items() if isinstance(v, float) and k not in ("elapsed_s",)]
+    names = [k for k in history[0] if any(isinstance(h.get(k), float) for h in history)]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
     rounds = [h["round"] for h in history]
     for ax, name in zip(axes[0], names):
-        ax.plot(rounds, [h[name] for h in history], marker="o", ms=3)
+        ax.plot(rounds, [h[name] if isinstance(h.get(name), float) else float("nan") for h in history],
+                marker="o", ms=3)
         ax.set_xlabel("round")
         ax.set_title(name)
         ax.grid(alpha=0.3)

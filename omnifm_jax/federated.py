@@ -9,8 +9,9 @@ stacked on a leading client axis, and the PRNG key. A round is ONE ``jax.jit``:
   2. gather their personal states and data (uint8, on the device);
   3. ``vmap`` the algorithm's single-client ``client_update`` over them (optionally in
      chunks of ``client_chunk`` clients with ``lax.map`` to bound memory);
-  4. a participant whose upload contains NaN/Inf gets weight 0 and keeps its old
-     personal state; the others are weighted by ``n_k``;
+  4. a participant that drops out (``dropout``: a fixed fraction of the ``m``, drawn with
+     its own key) or whose upload contains NaN/Inf gets weight 0 and keeps its old
+     personal state (it did not report); the others are weighted by ``n_k``;
   5. ``server_update(server, uploads, weights)``: the server sees the uploads only;
   6. scatter the participants' new personal states back.
 
@@ -23,6 +24,7 @@ The engine knows nothing about which algorithm or task it runs.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -51,8 +53,9 @@ class FederatedState(NamedTuple):
 class RoundMetrics(NamedTuple):
     participants: jax.Array   # int32[m] client ids
     weights: jax.Array        # f32[m] aggregation weights (0: excluded)
-    faulty: jax.Array         # int32[] participants excluded for NaN/Inf
+    faulty: jax.Array         # int32[] reporting participants excluded for NaN/Inf
     client_metrics: Any       # per-participant training metrics (stacked)
+    dropped: Any = None       # int32[] participants that did not report (dropout)
 
 
 def num_participants(num_clients: int, participation: float) -> int:
@@ -69,9 +72,31 @@ def sample_participants(key: jax.Array, num_clients: int, m: int) -> jax.Array:
     return jnp.sort(jax.random.permutation(key, num_clients)[:m]).astype(jnp.int32)
 
 
+def num_dropped(m: int, dropout: float) -> int:
+    """Participants per round that fail to report: ``round(dropout * m)`` (halves up),
+    at most ``m - 1`` so that someone always reports."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return min(m - 1, int(math.floor(dropout * m + 0.5)))
+
+
+def dropout_mask(key: jax.Array, m: int, n_drop: int) -> jax.Array:
+    """``bool[m]``: exactly ``n_drop`` participants (uniformly chosen with ``key``) drop out."""
+    if n_drop == 0:
+        return jnp.zeros((m,), bool)
+    return jax.random.permutation(key, m) < n_drop
+
+
+_DROPOUT_STREAM = 0x64726F70  # "drop": a stream of its own, so sampling and client keys stay as they are
+
+
 def _round_keys(state: FederatedState):
     key_r = jax.random.fold_in(state.key, state.round)
     return jax.random.split(key_r)
+
+
+def _dropout_key(state: FederatedState) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(state.key, state.round), _DROPOUT_STREAM)
 
 
 def _client_key(client_key: jax.Array, client_id: jax.Array) -> jax.Array:
@@ -105,15 +130,19 @@ def init(algorithm: FederatedAlgorithm, key: jax.Array, train, *, num_clients: O
     return FederatedState(round=jnp.zeros((), jnp.int32), server=server, clients=clients, key=k_run)
 
 
-def _finish_round(algorithm, state, idx, data_n, results, old_clients):
+def _finish_round(algorithm, state, idx, data_n, results, old_clients, dropped):
     finite = participants_finite(results.upload, idx.shape[0])
-    weights = jnp.where(finite, data_n.astype(jnp.float32), 0.0)
+    reported = ~dropped
+    accepted = finite & reported
+    weights = jnp.where(accepted, data_n.astype(jnp.float32), 0.0)
+    # The privacy boundary: the server sees its own state, the uploads and the weights.
     server = algorithm.server_update(state.server, results.upload, weights)
-    keep = lambda new, old: jnp.where(finite.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    keep = lambda new, old: jnp.where(accepted.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
     new_clients = jax.tree_util.tree_map(keep, results.state, old_clients)
     clients = jax.tree_util.tree_map(lambda all_, upd: all_.at[idx].set(upd), state.clients, new_clients)
     metrics = RoundMetrics(participants=idx, weights=weights,
-                           faulty=jnp.sum(~finite).astype(jnp.int32), client_metrics=results.metrics)
+                           faulty=jnp.sum(~finite & reported).astype(jnp.int32),
+                           client_metrics=results.metrics, dropped=jnp.sum(dropped).astype(jnp.int32))
     return FederatedState(state.round + 1, server, clients, state.key), metrics
 
 
@@ -127,9 +156,14 @@ def participants_finite(uploads: Any, m: int) -> jax.Array:
 
 
 def make_round(algorithm: FederatedAlgorithm, *, num_clients: int, participation: float = 1.0,
-               client_chunk: Optional[int] = None, donate: bool = True) -> Callable:
-    """The jitted round: ``round_fn(state, train) -> (state, RoundMetrics)``."""
+               client_chunk: Optional[int] = None, donate: bool = True, dropout: float = 0.0) -> Callable:
+    """The jitted round: ``round_fn(state, train) -> (state, RoundMetrics)``.
+
+    ``dropout``: fraction of the ``m`` participants that fail to report each round
+    (:func:`num_dropped`); they get weight 0 and keep their personal state.
+    """
     m = num_participants(num_clients, participation)
+    n_drop = num_dropped(m, dropout)
     if client_chunk is not None and client_chunk < 1:
         raise ValueError(f"client_chunk must be >= 1, got {client_chunk}")
 
@@ -141,21 +175,25 @@ def make_round(algorithm: FederatedAlgorithm, *, num_clients: int, participation
         keys = jax.vmap(lambda i: _client_key(client_key, i))(idx)
         update = lambda c, d, k: algorithm.client_update(state.server, c, d, k)
         results = map_clients(update, (clients, data, keys), client_chunk)
-        return _finish_round(algorithm, state, idx, data.n, results, clients)
+        dropped = dropout_mask(_dropout_key(state), m, n_drop)
+        return _finish_round(algorithm, state, idx, data.n, results, clients, dropped)
 
     return jax.jit(round_fn, donate_argnums=(0,) if donate else ())
 
 
 def sequential_round(algorithm: FederatedAlgorithm, state: FederatedState, train, *, num_clients: int,
-                     participation: float = 1.0, client_update: Optional[Callable] = None):
+                     participation: float = 1.0, client_update: Optional[Callable] = None,
+                     dropout: float = 0.0):
     """Reference path: the same round with a Python loop over participants.
 
     ``client_update`` may be a pre-jitted ``algorithm.client_update`` (pass one to avoid
     re-tracing every call). Returns ``(state, RoundMetrics)`` like :func:`make_round`.
     """
     m = num_participants(num_clients, participation)
+    n_drop = num_dropped(m, dropout)
     sample_key, client_key = _round_keys(state)
     idx = sample_participants(sample_key, num_clients, m)
+    dropped = dropout_mask(_dropout_key(state), m, n_drop)
     update = client_update or jax.jit(algorithm.client_update)
     outs = []
     for i in np.asarray(idx):
@@ -164,7 +202,8 @@ def sequential_round(algorithm: FederatedAlgorithm, state: FederatedState, train
         outs.append(update(state.server, c, d, _client_key(client_key, jnp.int32(i))))
     results = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
     clients = _take(state.clients, idx)
-    return jax.jit(_finish_round, static_argnums=0)(algorithm, state, idx, train.n[idx], results, clients)
+    return jax.jit(_finish_round, static_argnums=0)(algorithm, state, idx, train.n[idx], results, clients,
+                                                        dropped)
 
 
 def make_evaluate(algorithm: FederatedAlgorithm, task: Task, *, batch_size: int = 256,
