@@ -1,0 +1,292 @@
+"""Algorithms: FedAvg aggregation vs a float64 NumPy weighted mean, personal parameters
+(FedPer, OmniFM) that never leave the client, Local that never communicates, and OmniFM's
+knowledge bank growing by the participants' uploads.
+
+Tiny federations (8x8 images, <= 10 samples per client) and a one-convolution backbone.
+"""
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from omnifm_jax import algorithms, federated
+from omnifm_jax.algorithms import base
+from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.tasks import classification
+
+NUM_CLASSES = 3
+OMNIFM_KW = dict(spectral_dim=8, attn_dim=8, bank_capacity=8, num_suffix=2, top_k=2)
+
+
+class TinyBackbone(nn.Module):
+    """One 3x3 convolution (stride 2) + ReLU, flattened into tokens ``(B, L, d)``."""
+    features: int = 4
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        del train
+        h = nn.relu(nn.Conv(self.features, (3, 3), strides=(2, 2), name="conv")(x))
+        b, hh, ww, d = h.shape
+        return h.reshape(b, hh * ww, d)
+
+
+def make_clients(ns, n_max, *, size=8, seed=0) -> ClientArrays:
+    rng = np.random.default_rng(seed)
+    k = len(ns)
+    x = np.zeros((k, n_max, size, size, 3), np.uint8)
+    y = np.full((k, n_max), -1, np.int32)
+    for i, n in enumerate(ns):
+        x[i, :n] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        y[i, :n] = rng.integers(0, NUM_CLASSES, n)
+    return ClientArrays(x=x, y=y, n=np.asarray(ns, np.int32), modality=np.where(y >= 0, 0, -1).astype(np.int32))
+
+
+def build(name, **kw):
+    return algorithms.build(name, task=classification(NUM_CLASSES), backbone=TinyBackbone(),
+                            optimizer=optax.sgd(0.1), local_epochs=1, batch_size=4, **kw)
+
+
+TRAIN = make_clients([10, 7, 5, 9], 10, seed=2)
+
+
+def client(tree, k):
+    return jax.tree_util.tree_map(lambda a: a[k], tree)
+
+
+def client_data(train, k):
+    return base.ClientData(jnp.asarray(train.x[k]), jnp.asarray(train.y[k]), jnp.asarray(train.n[k]))
+
+
+def named_leaves(tree):
+    """{path: leaf} of the non-None leaves."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {base.path_name(p): np.asarray(v) for p, v in flat}
+
+
+def array_leaves(tree):
+    return [x for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "shape")]
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+@pytest.fixture(scope="module")
+def fedavg_uploads():
+    alg = build("fedavg")
+    state = federated.init(alg, jax.random.key(0), TRAIN)
+    update = jax.jit(alg.client_update)
+    res = [update(state.server, client(state.clients, k), client_data(TRAIN, k), jax.random.key(100 + k))
+           for k in range(4)]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[r.upload for r in res])
+    return alg, state, stacked
+
+
+def test_server_update_is_numpy_weighted_mean(fedavg_uploads):
+    alg, state, uploads = fedavg_uploads
+    w = TRAIN.n.astype(np.float64)
+    new = jax.jit(alg.server_update)(state.server, uploads, jnp.asarray(w, jnp.float32))
+    got, shared = named_leaves(new.params), named_leaves(uploads.shared)
+    assert set(got) == set(shared) and got
+    for path, stack in shared.items():
+        ref = np.tensordot(w, stack.astype(np.float64), axes=1) / w.sum()
+        np.testing.assert_allclose(got[path].astype(np.float64), ref, rtol=1e-5, atol=1e-7, err_msg=path)
+    # the uploads differ between clients, so a plain mean would not do
+    stack = next(iter(shared.values())).astype(np.float64)
+    assert np.max(np.abs(stack.mean(0) - np.tensordot(w, stack, axes=1) / w.sum())) > 1e-7
+
+
+def test_weight_zero_participant_with_nan_is_excluded(fedavg_uploads):
+    alg, state, uploads = fedavg_uploads
+    poisoned = jax.tree_util.tree_map(lambda a: a.at[1].set(jnp.nan), uploads)
+    w = np.array([10, 0, 5, 9], np.float64)
+    new = jax.jit(alg.server_update)(state.server, poisoned, jnp.asarray(w, jnp.float32))
+    got = named_leaves(new.params)
+    for path, stack in named_leaves(uploads.shared).items():
+        keep = [0, 2, 3]
+        ref = np.tensordot(w[keep], stack[keep].astype(np.float64), axes=1) / w[keep].sum()
+        assert np.all(np.isfinite(got[path])), path
+        np.testing.assert_allclose(got[path].astype(np.float64), ref, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_weighted_mean_falls_back_when_all_weights_zero():
+    stacked = {"a": jnp.array([[1.0, 2.0], [jnp.nan, 4.0]]), "b": jnp.array([[3], [5]], jnp.int32)}
+    fallback = {"a": jnp.array([7.0, 8.0]), "b": jnp.array([9], jnp.int32)}
+    out = base.weighted_mean(stacked, jnp.zeros(2), fallback)
+    np.testing.assert_array_equal(np.asarray(out["a"]), [7.0, 8.0])
+    np.testing.assert_array_equal(np.asarray(out["b"]), [9])
+    assert out["b"].dtype == jnp.int32
+    out = base.weighted_mean(stacked, jnp.array([1.0, 3.0]), fallback)
+    a = np.asarray(out["a"])  # a NaN with a positive weight is not hidden by the mean
+    assert np.isnan(a[0]) and a[1] == pytest.approx((2 + 12) / 4)
+    # integer leaves are averaged in float and cast back: (3 + 15) / 4 = 4.5 -> 4
+    assert int(out["b"][0]) == 4
+
+
+def test_weighted_mean_ignores_nan_with_zero_weight():
+    stacked = {"a": jnp.array([[1.0, 2.0], [jnp.nan, jnp.inf], [3.0, 6.0]])}
+    out = base.weighted_mean(stacked, jnp.array([1.0, 0.0, 3.0]), {"a": jnp.zeros(2)})
+    np.testing.assert_allclose(np.asarray(out["a"]), [(1 + 9) / 4, (2 + 18) / 4])
+
+
+# ----------------------------------------------------------------------------- personal parameters
+
+def personal_paths(alg_state):
+    return set(named_leaves(client(alg_state.clients.personal, 0)))
+
+
+@pytest.fixture(scope="module", params=["fedper", "omnifm"])
+def personalised_round(request):
+    name = request.param
+    alg = build(name, **(OMNIFM_KW if name == "omnifm" else {}))
+    train = jax.device_put(TRAIN)
+    state0 = federated.init(alg, jax.random.key(7), train)
+    state1, m = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)(state0, train)
+    return name, alg, state0, state1, m
+
+
+def test_personal_paths_are_the_documented_ones(personalised_round):
+    name, _, state0, _, _ = personalised_round
+    paths = personal_paths(state0)
+    pattern = {"fedper": r"^params/head/", "omnifm": r"^params/(head|prompt)/"}[name]
+    assert paths and all(re.match(pattern, p) for p in paths), paths
+    if name == "omnifm":
+        assert "params/prompt/suffix" in paths
+    # the server holds exactly the complement
+    server_paths = set(named_leaves(state0.server.params))
+    assert not paths & server_paths
+    assert any(p.startswith("params/backbone/") for p in server_paths)
+    if name == "omnifm":
+        assert any(p.startswith("params/tokenizer/") for p in server_paths)
+        assert any(p.startswith("params/eca/") for p in server_paths)
+
+
+def test_non_participants_personal_state_unchanged(personalised_round):
+    _, _, state0, state1, m = personalised_round
+    idx = set(np.asarray(m.participants).tolist())
+    assert len(idx) == 2
+    for k in range(4):
+        before, after = client(state0.clients, k), client(state1.clients, k)
+        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                        jax.tree_util.tree_leaves(after)))
+        assert same == (k not in idx), f"client {k}, participants {sorted(idx)}"
+
+
+def test_personal_params_are_not_averaged(personalised_round):
+    _, _, state0, state1, m = personalised_round
+    i, j = np.asarray(m.participants).tolist()
+    pi, pj = named_leaves(client(state1.clients.personal, i)), named_leaves(client(state1.clients.personal, j))
+    for path in pi:
+        mean = 0.5 * (pi[path] + pj[path])
+        assert not np.allclose(pi[path], pj[path]), path
+        assert not np.allclose(pi[path], mean) and not np.allclose(pj[path], mean), path
+
+
+def test_shared_params_identical_across_clients_after_round(personalised_round):
+    _, alg, _, state1, _ = personalised_round
+    server = named_leaves(state1.server.params)
+    for k in range(4):
+        full = base.combine(state1.server.params, client(state1.clients.personal, k))
+        full = named_leaves(full)
+        assert set(full) == set(server) | personal_paths(state1)
+        for path, v in server.items():
+            np.testing.assert_array_equal(full[path], v)
+
+
+def test_partition_combine_roundtrip():
+    alg = build("fedper")
+    state = federated.init(alg, jax.random.key(0), TRAIN)
+    full = base.combine(state.server.params, client(state.clients.personal, 0))
+    mask = base.personal_mask(full, (r"^params/head/",))
+    shared, personal = base.partition(full, mask)
+    assert jax.tree_util.tree_structure(base.combine(shared, personal)) == jax.tree_util.tree_structure(full)
+    assert named_leaves(shared).keys() == named_leaves(state.server.params).keys()
+
+
+# ----------------------------------------------------------------------------- Local
+
+def test_local_never_communicates():
+    alg = build("local")
+    train = jax.device_put(TRAIN)
+    state = federated.init(alg, jax.random.key(1), train)
+    assert array_leaves(state.server.params) == []
+    h0 = federated.state_hash(state.server)
+    round_fn = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)
+    s = state
+    for _ in range(2):
+        s, m = round_fn(s, train)
+        assert federated.state_hash(s.server) == h0
+    # clients did train
+    assert federated.state_hash(s.clients) != federated.state_hash(state.clients)
+    res = jax.jit(alg.client_update)(state.server, client(state.clients, 0), client_data(TRAIN, 0),
+                                     jax.random.key(0))
+    assert array_leaves(res.upload) == []
+    assert array_leaves(res.state.personal)
+
+
+# ----------------------------------------------------------------------------- OmniFM bank
+
+def test_omnifm_bank_grows_by_participants_until_capacity():
+    rho, capacity = 0.5, 8
+    kw = dict(OMNIFM_KW, bank_capacity=capacity, rho=rho, min_hits=0)  # min_hits=0: no pruning
+    alg = build("omnifm", **kw)
+    train = jax.device_put(TRAIN)
+    state = federated.init(alg, jax.random.key(4), train)
+    assert int(np.sum(np.asarray(state.server.extra.valid))) == 0
+    round_fn = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)
+    update = jax.jit(alg.client_update)
+
+    # round 0, reconstructed by hand: uploads are unit-norm; the bank stores rho * upload
+    sample_key, client_key = jax.random.split(jax.random.fold_in(state.key, state.round))
+    idx = np.asarray(federated.sample_participants(sample_key, 4, 2))
+    embs = []
+    for k in idx:
+        res = update(state.server, client(state.clients, k), client_data(TRAIN, k),
+                     jax.random.fold_in(client_key, int(k)))
+        e = np.asarray(res.upload.extra["embedding"], np.float64)
+        np.testing.assert_allclose(np.linalg.norm(e), 1.0, rtol=1e-5)
+        assert int(np.sum(np.asarray(res.upload.extra["hits"]))) == 0  # empty bank: nothing retrieved
+        embs.append(e)
+
+    valid_counts = []
+    for r in range(6):
+        state, m = round_fn(state, train)
+        bank = state.server.extra
+        valid = np.asarray(bank.valid)
+        valid_counts.append(int(valid.sum()))
+        norms = np.linalg.norm(np.asarray(bank.embeddings, np.float64), axis=1)
+        assert np.all(norms[valid] <= rho * (1 + 1e-5))
+        np.testing.assert_allclose(norms[valid], rho, rtol=1e-5)  # unit uploads projected onto B(rho)
+        assert np.all(norms[~valid] == 0)
+        if r == 0:
+            stored = np.asarray(bank.embeddings, np.float64)[valid]
+            np.testing.assert_allclose(np.sort(stored, axis=0), np.sort(rho * np.stack(embs), axis=0),
+                                       rtol=1e-4, atol=1e-6)
+    assert valid_counts == [2, 4, 6, 8, 8, 8], valid_counts
+
+
+def test_omnifm_uploads_unit_norm_after_bank_is_seeded():
+    alg = build("omnifm", **OMNIFM_KW)
+    train = jax.device_put(TRAIN)
+    state = federated.init(alg, jax.random.key(5), train)
+    state, _ = federated.make_round(alg, num_clients=4, donate=False)(state, train)
+    assert int(np.sum(np.asarray(state.server.extra.valid))) == 4
+    res = jax.jit(alg.client_update)(state.server, client(state.clients, 1), client_data(TRAIN, 1),
+                                     jax.random.key(3))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(res.upload.extra["embedding"])), 1.0, rtol=1e-5)
+    hits = np.asarray(res.upload.extra["hits"])
+    # every real sample retrieves top_k = 2 valid prototypes
+    assert hits.sum() == 2 * int(TRAIN.n[1])
+
+
+def test_omnifm_rejects_bad_hparams():
+    with pytest.raises(ValueError, match="top_k"):
+        build("omnifm", **dict(OMNIFM_KW, top_k=9))
+    with pytest.raises(ValueError, match="sharing"):
+        build("omnifm", **dict(OMNIFM_KW, sharing="nope"))
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        algorithms.get("nope")
