@@ -87,9 +87,10 @@ def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
                 bad = int(np.count_nonzero(~np.isfinite(a)))
                 what = "images" if name == "x" or a.ndim == 5 else "labels"
                 need = "uint8" if what == "images" else "int32"
+                hint = ("the engine normalises uint8 images itself" if what == "images"
+                        else "labels are class ids, padding -1")
                 raise ValueError(f"data: {split}.{name} {what} must be {need}, got {a.dtype}"
-                                 + (f" with {bad} NaN/Inf values" if bad else "")
-                                 + " (convert them first; the engine normalises uint8 images itself)")
+                                 + (f" with {bad} NaN/Inf values" if bad else "") + f" (convert them first; {hint})")
     validate_federation(fed)
     if fed.num_clients != cfg["num_clients"]:
         raise config_lib.ConfigError(f"dataset built {fed.num_clients} clients, config asks {cfg['num_clients']}")

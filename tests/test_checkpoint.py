@@ -25,6 +25,10 @@ from omnifm_jax.algorithms.sgd import ClientState, ServerState
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A read that fails on a damaged file can leave an orbax/tensorstore callback that fires
+# after its event loop is closed; harmless, and not what these tests are about.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 # ----------------------------------------------------------------------------- a toy state
 
