@@ -31,6 +31,7 @@ DEFAULTS: Dict[str, Any] = {
     "eval_every": 1,
     "eval_batch_size": 128,
     "client_chunk": None,           # clients per vmapped chunk (None: all at once)
+    "shard_clients": False,         # split the client axis over all devices (jax.sharding.Mesh)
     "seed": 0,
     "dropout": 0.0,                 # fraction of each round's participants that fail to report
     "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
@@ -169,7 +170,7 @@ def validate(cfg: Dict[str, Any]) -> None:
         _require(_is_int(cfg[key]) and cfg[key] >= 1, f"{key} must be an integer >= 1, got {cfg[key]!r}")
     for key in ("num_suffix", "min_hits", "prune_warmup", "seed", "checkpoint_every"):
         _require(_is_int(cfg[key]) and cfg[key] >= 0, f"{key} must be an integer >= 0, got {cfg[key]!r}")
-    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp"):
+    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp", "shard_clients"):
         _require(isinstance(cfg[key], bool), f"{key} must be True or False, got {cfg[key]!r}")
     _in_range(cfg, "participation", 0, 1, lo_open=True, hi_open=False)
     _in_range(cfg, "dropout", 0, 1, lo_open=False, hi_open=True)

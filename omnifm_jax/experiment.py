@@ -148,6 +148,9 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise config_lib.ConfigError("resume needs the output directory of the run to continue")
+    if cfg["shard_clients"] and cfg["num_clients"] % jax.device_count():
+        raise config_lib.ConfigError(f"shard_clients needs num_clients divisible by the {jax.device_count()} "
+                                     f"devices, got num_clients={cfg['num_clients']}")
     build_backbone(cfg)
     fed = load_data(cfg)
     validate_data(cfg, fed)
@@ -183,6 +186,12 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     else:
         # Jitted: an eager init of the vmapped model runs op by op (minutes for OmniFM on CPU).
         state = init_fn(init_key)
+    if cfg["shard_clients"]:
+        from omnifm_jax import sharding
+
+        mesh = sharding.client_mesh()
+        train, test = sharding.shard_clients(train, mesh), sharding.shard_clients(test, mesh)
+        state = sharding.shard_state(state, mesh)
     start_round = int(state.round)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

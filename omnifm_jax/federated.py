@@ -162,6 +162,33 @@ def make_round(algorithm: FederatedAlgorithm, *, num_clients: int, participation
     ``dropout``: fraction of the ``m`` participants that fail to report each round
     (:func:`num_dropped`); they get weight 0 and keep their personal state.
     """
+    round_fn = round_body(algorithm, num_clients=num_clients, participation=participation,
+                          client_chunk=client_chunk, dropout=dropout)
+    return jax.jit(round_fn, donate_argnums=(0,) if donate else ())
+
+
+def make_rounds(algorithm: FederatedAlgorithm, *, num_rounds: int, num_clients: int,
+                participation: float = 1.0, client_chunk: Optional[int] = None, donate: bool = True,
+                dropout: float = 0.0) -> Callable:
+    """``num_rounds`` rounds fused into ONE jitted ``lax.scan`` (one dispatch instead of many).
+
+    ``rounds_fn(state, train) -> (state, RoundMetrics stacked over rounds)``; the result
+    equals ``num_rounds`` calls of :func:`make_round`'s function.
+    """
+    if num_rounds < 1:
+        raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    one = round_body(algorithm, num_clients=num_clients, participation=participation,
+                     client_chunk=client_chunk, dropout=dropout)
+
+    def rounds_fn(state: FederatedState, train):
+        return jax.lax.scan(lambda s, _: one(s, train), state, None, length=num_rounds)
+
+    return jax.jit(rounds_fn, donate_argnums=(0,) if donate else ())
+
+
+def round_body(algorithm: FederatedAlgorithm, *, num_clients: int, participation: float = 1.0,
+               client_chunk: Optional[int] = None, dropout: float = 0.0) -> Callable:
+    """The un-jitted round function (see :func:`make_round`), for callers that compose it."""
     m = num_participants(num_clients, participation)
     n_drop = num_dropped(m, dropout)
     if client_chunk is not None and client_chunk < 1:
@@ -178,7 +205,7 @@ def make_round(algorithm: FederatedAlgorithm, *, num_clients: int, participation
         dropped = dropout_mask(_dropout_key(state), m, n_drop)
         return _finish_round(algorithm, state, idx, data.n, results, clients, dropped)
 
-    return jax.jit(round_fn, donate_argnums=(0,) if donate else ())
+    return round_fn
 
 
 def sequential_round(algorithm: FederatedAlgorithm, state: FederatedState, train, *, num_clients: int,
