@@ -292,13 +292,16 @@ def result_table(summary: Dict[str, Any]) -> str:
 
 
 def plot_curves(history, path: Path, *, title: str = "") -> None:
-    """PNG of every float metric against the round."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG of every float metric against the round.
+
+    Uses a standalone ``Figure`` (no pyplot), so the caller's matplotlib backend and open
+    figures are left alone (notebooks keep showing their own plots).
+    """
+    from matplotlib.figure import Figure
 
     names = [k for k in history[0] if any(isinstance(h.get(k), float) for h in history)]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    fig = Figure(figsize=(4 * len(names), 3))
+    axes = fig.subplots(1, len(names), squeeze=False)
     rounds = [h["round"] for h in history]
     for ax, name in zip(axes[0], names):
         ax.plot(rounds, [h[name] if isinstance(h.get(name), float) else float("nan") for h in history],
@@ -309,4 +312,3 @@ def plot_curves(history, path: Path, *, title: str = "") -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -120,14 +120,23 @@ def map_clients(fn: Callable, xs: Any, chunk: Optional[int]) -> Any:
 
 def init(algorithm: FederatedAlgorithm, key: jax.Array, train, *, num_clients: Optional[int] = None
          ) -> FederatedState:
-    """Initial state for the clients of ``train`` (a :class:`ClientArrays`-like)."""
+    """Initial state for the clients of ``train`` (a :class:`ClientArrays`-like).
+
+    Jitted: run eagerly, the vmapped model init executes op by op, which takes minutes for
+    OmniFM on a CPU (and jitted and eager inits may differ in the last bits).
+    """
     k = int(train.x.shape[0]) if num_clients is None else num_clients
-    x_example = jnp.zeros((1,) + tuple(train.x.shape[2:]), jnp.float32)
-    k_server, k_clients, k_run = jax.random.split(key, 3)
-    server = algorithm.init_server(k_server, x_example)
-    keys = jax.random.split(k_clients, k)
-    clients = jax.vmap(lambda kk: algorithm.init_client(kk, server, x_example))(keys)
-    return FederatedState(round=jnp.zeros((), jnp.int32), server=server, clients=clients, key=k_run)
+    shape = (1,) + tuple(train.x.shape[2:])
+
+    def body(key):
+        x_example = jnp.zeros(shape, jnp.float32)
+        k_server, k_clients, k_run = jax.random.split(key, 3)
+        server = algorithm.init_server(k_server, x_example)
+        keys = jax.random.split(k_clients, k)
+        clients = jax.vmap(lambda kk: algorithm.init_client(kk, server, x_example))(keys)
+        return FederatedState(round=jnp.zeros((), jnp.int32), server=server, clients=clients, key=k_run)
+
+    return jax.jit(body)(key)
 
 
 def _finish_round(algorithm, state, idx, data_n, results, old_clients, dropped):
