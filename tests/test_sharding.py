@@ -55,6 +55,14 @@ SCRIPT = textwrap.dedent(r"""
         assert "divisible by 8" in str(e)
     else:
         raise AssertionError("6 clients over 8 devices must be refused")
+    from omnifm_jax import config, experiment
+    cfg = config.apply_overrides(config.load_config("default"), ["shard_clients=True", "num_clients=6"])
+    try:
+        experiment.run(cfg, None, progress=False)
+    except config.ConfigError as e:
+        assert "divisible by the 8 devices" in str(e), e
+    else:
+        raise AssertionError("shard_clients with 6 clients on 8 devices must be refused")
     print("SHARDED-OK")
 """)
 
