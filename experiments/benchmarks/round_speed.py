@@ -169,11 +169,11 @@ def plan(smoke: bool, workloads: List[str]):
     rows = []
     if smoke:
         if "cnn" in workloads:
-            rows += [("cnn", "fedavg", 4, 32, 8, 1, None), ("cnn", "fedavg", 8, 16, 8, 1, 4)]
+            rows += [("cnn", "fedavg", 4, 32, 8, 1, None), ("cnn", "fedavg", 4, 16, 8, 1, 2)]
         if "omnifm" in workloads:
             rows += [("cnn", "omnifm", 4, 32, 8, 1, None)]
         if "resnet18" in workloads:
-            rows += [("resnet18", "fedavg", 2, 16, 8, 1, None)]
+            rows += [("resnet18", "fedavg", 2, 8, 8, 1, None)]
         return rows
     if "cnn" in workloads:
         rows += [("cnn", "fedavg", k, 128, 32, 1, c) for k, c in
