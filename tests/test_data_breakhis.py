@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _helpers import real_data_dir
 from PIL import Image
 
 from omnifm_jax.data.breakhis import (
@@ -23,9 +24,7 @@ from omnifm_jax.data.breakhis import (
 
 
 def _real_breakhis() -> Path:
-    env = os.environ.get("OMNIFM_REAL_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-    root = base / "breakhis"
+    root = real_data_dir() / "breakhis"
     if not (root / "manifest.csv").is_file():
         pytest.skip(f"real BreaKHis data not found at {root}")
     return root

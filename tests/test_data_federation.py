@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import types
 from pathlib import Path
@@ -11,20 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import real_data_dir
+
 from omnifm_jax.data import describe as D
 from omnifm_jax.data import federation as F
 from omnifm_jax.data import registry as R
 from omnifm_jax.data.synthetic import make_cross_modality
 
 
-def _real_dir() -> Path:
-    env = os.environ.get("OMNIFM_REAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-
-
 @pytest.fixture(scope="module")
 def real() -> Path:
-    root = _real_dir()
+    root = real_data_dir()
     if not (root / "blood_pbc").is_dir() or not (root / "medmnist").is_dir():
         pytest.skip(f"real data not found at {root}")
     return root

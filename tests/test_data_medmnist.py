@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import urllib.error
 from pathlib import Path
@@ -10,17 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import real_data_dir
+
 from omnifm_jax.data import medmnist as mm
-
-
-def _real_dir() -> Path:
-    env = os.environ.get("OMNIFM_REAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
 @pytest.fixture(scope="module")
 def real() -> Path:
-    root = _real_dir()
+    root = real_data_dir()
     if not (root / "medmnist").is_dir():
         pytest.skip(f"real data not found at {root}")
     return root

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _helpers import real_data_dir
 from PIL import Image
 
 from omnifm_jax.data.breakhis import load_breakhis_images, scan_breakhis
@@ -27,9 +28,7 @@ from omnifm_jax.data.superres import (
 
 
 def _real_breakhis() -> Path:
-    env = os.environ.get("OMNIFM_REAL_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-    root = base / "breakhis"
+    root = real_data_dir() / "breakhis"
     if not (root / "images").is_dir():
         pytest.skip(f"real BreaKHis data not found at {root}")
     return root

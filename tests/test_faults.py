@@ -11,7 +11,6 @@ OmniFM on tiny 8x8 federations with a one-convolution backbone.
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,26 +21,12 @@ from omnifm_jax import algorithms, federated
 from omnifm_jax.data.federation import ClientArrays
 from omnifm_jax.tasks import classification
 
-NUM_CLASSES = 3
+from _helpers import NUM_CLASSES, TinyBackbone, make_clients  # noqa: E402
 K = 4
 
 
-class TinyBackbone(nn.Module):
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        del train
-        h = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), name="conv")(x))
-        return h.reshape(h.shape[0], -1, h.shape[-1])
-
-
 def make_train(ns, n_max=6, size=8, seed=0) -> ClientArrays:
-    rng = np.random.default_rng(seed)
-    x = np.zeros((len(ns), n_max, size, size, 3), np.uint8)
-    y = np.full((len(ns), n_max), -1, np.int32)
-    for i, n in enumerate(ns):
-        x[i, :n] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        y[i, :n] = rng.integers(0, NUM_CLASSES, n)
-    return ClientArrays(x, y, np.asarray(ns, np.int32), np.where(y >= 0, 0, -1).astype(np.int32))
+    return make_clients(ns, n_max, size=size, seed=seed)
 
 
 NS = [6, 5, 4, 6]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,37 +16,11 @@ import pytest
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms import base
-from omnifm_jax.data.federation import ClientArrays
 from omnifm_jax.models.omnifm import TokenModel
 from omnifm_jax.tasks import classification
 
-NUM_CLASSES = 3
+from _helpers import NUM_CLASSES, TinyBackbone, make_clients  # noqa: E402
 OMNIFM_KW = dict(spectral_dim=8, attn_dim=8, bank_capacity=8, num_suffix=2, top_k=2)
-
-
-class TinyBackbone(nn.Module):
-    """One 3x3 convolution (stride 2) + ReLU, flattened into tokens ``(B, L, d)``."""
-    features: int = 4
-
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        del train
-        h = nn.relu(nn.Conv(self.features, (3, 3), strides=(2, 2), name="conv")(x))
-        b, hh, ww, d = h.shape
-        return h.reshape(b, hh * ww, d)
-
-
-def make_clients(ns, n_max, *, size=8, seed=0) -> ClientArrays:
-    """Random uint8 images and labels, padded like the real federations (x=0, y=-1)."""
-    rng = np.random.default_rng(seed)
-    k = len(ns)
-    x = np.zeros((k, n_max, size, size, 3), np.uint8)
-    y = np.full((k, n_max), -1, np.int32)
-    for i, n in enumerate(ns):
-        x[i, :n] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        y[i, :n] = rng.integers(0, NUM_CLASSES, n)
-    mod = np.where(y >= 0, 0, -1).astype(np.int32)
-    return ClientArrays(x=x, y=y, n=np.asarray(ns, np.int32), modality=mod)
 
 
 def build(name, *, lr=0.1, momentum=None, batch_size=4, local_epochs=1, **kw):

@@ -1,5 +1,4 @@
 """Several rounds fused into one lax.scan equal the same rounds dispatched one by one."""
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -9,19 +8,14 @@ from omnifm_jax import algorithms, federated
 from omnifm_jax.data import load_federation
 from omnifm_jax.tasks import classification
 
-
-class Tiny(nn.Module):
-    @nn.compact
-    def __call__(self, x, *, train=False):
-        y = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2))(x))
-        return y.reshape(y.shape[0], -1, 4)
+from _helpers import TinyBackbone
 
 
 def test_fused_rounds_equal_one_by_one():
     fed = load_federation("synthetic", num_clients=4, seed=2, image_size=8, num_classes=3,
                           samples_per_class_per_modality=6, partition="iid")
     task = classification(fed.num_classes)
-    alg = algorithms.build("fedper", task=task, backbone=Tiny(), optimizer=optax.sgd(0.1), local_epochs=1,
+    alg = algorithms.build("fedper", task=task, backbone=TinyBackbone(), optimizer=optax.sgd(0.1), local_epochs=1,
                            batch_size=4)
     train = jax.device_put(fed.train)
     state0 = jax.jit(lambda k: federated.init(alg, k, train))(jax.random.key(0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -28,21 +27,11 @@ from omnifm_jax.tasks import classification
 
 K, M_PARTICIPATION = 4, 0.75
 SPECTRAL_DIM, BANK = 8, 8
-
-
-class TinyBackbone(nn.Module):
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        del train
-        h = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), name="conv")(x))
-        return h.reshape(h.shape[0], -1, h.shape[-1])
+from _helpers import TinyBackbone, make_clients  # noqa: E402
 
 
 def make_train(n_max=6, size=8) -> ClientArrays:
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (K, n_max, size, size, 3), dtype=np.uint8)
-    y = rng.integers(0, 3, (K, n_max)).astype(np.int32)
-    return ClientArrays(x, y, np.full((K,), n_max, np.int32), np.zeros((K, n_max), np.int32))
+    return make_clients([n_max] * K, n_max, size=size)
 
 
 def build(name):

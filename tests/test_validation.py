@@ -6,7 +6,6 @@ Each case below is a row of the README's "bad input -> error" table.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 

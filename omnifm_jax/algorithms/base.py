@@ -21,7 +21,7 @@ as a PyTorch ``DataLoader(shuffle=True, drop_last=False)`` would do.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp

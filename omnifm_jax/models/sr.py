@@ -13,7 +13,6 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from omnifm_jax.models.common import TokenLayout, feature_map_to_tokens
 
