@@ -25,7 +25,6 @@ from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 
@@ -130,15 +129,6 @@ def weighted_mean(stacked: Any, weights: jax.Array, fallback: Any) -> Any:
         return jnp.where(total > 0, mean, old.astype(jnp.float32)).astype(old.dtype)
 
     return jax.tree_util.tree_map(one, stacked, fallback)
-
-
-def tree_all_finite(tree: Any) -> jax.Array:
-    """Scalar bool: every float leaf of ``tree`` is finite (True for an empty tree)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-    if not leaves:
-        return jnp.array(True)
-    return jnp.all(jnp.stack(leaves))
 
 
 # ----------------------------------------------------------------------------- local training
@@ -268,13 +258,5 @@ def masked_mean(per_sample: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(per_sample * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+#: Variable collections a model may update during training (BatchNorm running statistics).
 MUTABLE = ("batch_stats",)
-
-
-def example_input(shape: Sequence[int]) -> jax.Array:
-    """A float32 zero batch of one image, for ``init``."""
-    return jnp.zeros((1,) + tuple(shape), jnp.float32)
-
-
-def as_numpy_tree(tree: Any) -> Any:
-    return jax.tree_util.tree_map(np.asarray, tree)
