@@ -16,7 +16,11 @@ from omnifm_jax.tasks.base import Task
 
 
 def bicubic_upsample(lr: jax.Array, scale: int) -> jax.Array:
-    """Bicubic upsampling ``(..., h, w, C) -> (..., h*scale, w*scale, C)`` (jax.image)."""
+    """Bicubic upsampling ``(..., h, w, C) -> (..., h*scale, w*scale, C)`` (jax.image).
+
+    The in-graph twin of :func:`omnifm_jax.data.superres.bicubic_upsample` (Pillow, on the
+    host), which builds the data; tests/test_tasks.py checks the two agree.
+    """
     shape = lr.shape[:-3] + (lr.shape[-3] * scale, lr.shape[-2] * scale, lr.shape[-1])
     return jax.image.resize(lr, shape, method="bicubic")
 
