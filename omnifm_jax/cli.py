@@ -25,8 +25,7 @@ def _train(args) -> int:
         base = _saved_config(Path(args.out))
     else:
         base = config_lib.load_config(args.config)
-    cfg = config_lib.apply_overrides(base, args.set)
-    config_lib.validate(cfg)
+    cfg = config_lib.apply_overrides(base, args.set)  # run() validates it before any work
     out = args.out or f"runs/{cfg['algorithm']}-{time.strftime('%Y%m%d-%H%M%S')}"
     run(cfg, out, progress=not args.quiet, resume=args.resume)
     print(f"outputs in {out}")
