@@ -2,31 +2,59 @@
 model doing the same local work on the concatenated batch.
 
     python -m experiments.benchmarks.round_speed [--smoke] [--json FILE] [--md FILE]
-                                                [--workloads cnn,resnet18,omnifm] [--repeats 3]
+        [--workloads cnn,cnn10k,omnifm,resnet18,variants] [--repeats 3]
 
-For every workload it writes a record with:
-  workload, algorithm, clients, local_steps, batch_size, engine_s (median round time,
-  compile excluded), sequential_s (a Python loop over the jitted single-client update,
-  measured on ``min(clients, --seq-clients)`` clients and scaled linearly; the record says
-  how many were timed), speedup (sequential_s / engine_s), shared_s (the same number of
-  SGD steps by ONE model on the K*B batch: the floor a vmapped round can approach),
-  engine_over_shared, flops (XLA cost analysis of one shared-model step x local steps),
-  tflops (flops / engine_s), peak_bytes (device peak where the backend reports it, else
-  XLA's memory analysis of the compiled round), device, date.
+Workload groups (``--workloads``; on a GPU each group finishes in a few minutes):
+  cnn       FedAvgCNN, 28x28x3, 128 samples per client, batch 32 (4 local steps):
+            20, 100 and 1,000 clients;
+  cnn10k    the same at 10,000 clients, in chunks of 2,000;
+  omnifm    the OmniFM algorithm on the CNN work at 20 and 1,000 clients (its overhead over
+            FedAvg: FFT, retrieval, ECA, PSP, alignment);
+  resnet18  ResNet-18 (cifar stem, GroupNorm), 1,000 samples per client at batch 10
+            (100 local steps, the per-step work of the paper's Table 1): 20 and 100 clients
+            in float32, 20 clients in bfloat16, and OmniFM at 20 clients;
+  variants  the 1,000-client CNN round with client chunks of 250 and 500, bfloat16
+            compute, and 4 rounds fused in one scan (time per round).
 
-``--smoke`` runs tiny sizes that finish on a 2-core CPU in about a minute; absolute CPU
-times say nothing about a GPU, only the ratios measured in one run are meaningful there.
+Every record has:
+  workload, algorithm, variant, clients, samples_per_client, batch_size, local_steps,
+  client_chunk, dtype, fused_rounds;
+  engine_s        median round time, compile excluded (fused: time of the scan / rounds);
+  compile_s       wall time of the round's compile (it runs alongside the compiles of the
+                  two reference paths);
+  client_steps_per_s  clients * local_steps / engine_s;
+  sequential_s    a Python loop over the jitted single-client update (the same math),
+                  timed on ``min(clients, --seq-clients)`` clients and scaled linearly
+                  (``sequential_timed_clients`` says how many ran);
+  speedup         sequential_s / engine_s;
+  shared_s        the same number of SGD steps by ONE model on the K*B batch: the floor a
+                  vmapped round can approach; engine_over_shared = engine_s / shared_s;
+  flops, tflops   XLA's cost analysis of one shared-model step x local steps, over engine_s;
+  peak_fraction   tflops / the device's dense bf16 peak (vendor figure; null if unknown);
+  peak_bytes      XLA's memory analysis of the compiled round (arguments + outputs + temps:
+                  what the round needs on the device);
+  table1_run_min  ResNet-18 rows at 20 clients only: minutes for one Table-1 run (100 rounds
+                  of 5 epochs over ~4.1k images at batch 10 = 2,050 steps) extrapolated from
+                  the measured per-step round time (training only, evaluation excluded);
+  device, backend, date.
+Records are written to ``--json`` after each workload, so an interrupted run keeps what it
+measured; a workload that fails (e.g. out of memory) is recorded with its error.
+
+``--smoke`` runs tiny sizes of every group on a 2-core CPU in under a minute; absolute CPU
+times say nothing about a GPU, only ratios measured in one run mean something there.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +68,70 @@ from omnifm_jax.models import FedAvgCNN, ResNet18, TokenModel
 from omnifm_jax.tasks import classification
 
 NUM_CLASSES = 10
+IMAGE = 28
+GROUPS = ("cnn", "cnn10k", "omnifm", "resnet18", "variants")
+# Table 1 (paper, Sec. 4.1): 20 clients, ~4.1k training images each, batch 10, 5 local
+# epochs, 100 rounds.
+TABLE1_STEPS_PER_ROUND = 5 * -(-4100 // 10)
+TABLE1_ROUNDS = 100
+# Dense bf16 peak in TFLOP/s (vendor data sheets), matched against jax's device_kind.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
+                    ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5p", 459.0), ("TPU v5 lite", 197.0))
 
 
-def random_federation(clients: int, samples: int, image: int, seed: int = 0) -> ClientArrays:
+class Row(NamedTuple):
+    """One benchmark workload."""
+    workload: str              # "cnn" | "resnet18"
+    algorithm: str             # a registered algorithm
+    clients: int
+    samples: int               # per client
+    batch: int
+    epochs: int = 1
+    chunk: Optional[int] = None
+    dtype: str = "float32"     # computation dtype (parameters stay float32)
+    fused_rounds: int = 1      # rounds per jitted call (make_rounds)
+
+    @property
+    def local_steps(self) -> int:
+        return self.epochs * -(-self.samples // self.batch)
+
+    @property
+    def variant(self) -> str:
+        parts = [self.dtype] + ([f"chunk={self.chunk}"] if self.chunk else [])
+        parts += [f"fused x{self.fused_rounds}"] if self.fused_rounds > 1 else []
+        return ", ".join(parts)
+
+
+def plan(smoke: bool, groups: List[str]) -> List[Row]:
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise SystemExit(f"unknown workload group(s) {unknown}; choose from {list(GROUPS)}")
+    if smoke:  # every code path, tiny: (clients, samples, batch) chosen for compile time
+        table = {
+            "cnn": [Row("cnn", "fedavg", 4, 8, 8)],
+            "cnn10k": [Row("cnn", "fedavg", 4, 8, 8, chunk=3)],
+            "omnifm": [Row("cnn", "omnifm", 4, 8, 8)],
+            "resnet18": [Row("resnet18", "fedavg", 2, 8, 8)],
+            "variants": [Row("cnn", "fedavg", 4, 8, 8, dtype="bfloat16", fused_rounds=2)],
+        }
+    else:
+        cnn = dict(samples=128, batch=32)
+        table = {
+            "cnn": [Row("cnn", "fedavg", k, **cnn) for k in (20, 100, 1000)],
+            "cnn10k": [Row("cnn", "fedavg", 10000, chunk=2000, **cnn)],
+            "omnifm": [Row("cnn", "omnifm", k, **cnn) for k in (20, 1000)],
+            # 100 steps of Table 1's local work; table1_run_min extrapolates to 2,050 steps.
+            "resnet18": [Row("resnet18", "fedavg", 20, 1000, 10), Row("resnet18", "fedavg", 100, 1000, 10),
+                         Row("resnet18", "fedavg", 20, 1000, 10, dtype="bfloat16"),
+                         Row("resnet18", "omnifm", 20, 1000, 10)],
+            "variants": [Row("cnn", "fedavg", 1000, chunk=250, **cnn), Row("cnn", "fedavg", 1000, chunk=500, **cnn),
+                         Row("cnn", "fedavg", 1000, dtype="bfloat16", **cnn),
+                         Row("cnn", "fedavg", 1000, fused_rounds=4, **cnn)],
+        }
+    return [row for g in groups for row in table[g]]
+
+
+def random_federation(clients: int, samples: int, image: int = IMAGE, seed: int = 0) -> ClientArrays:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (clients, samples, image, image, 3), dtype=np.uint8)
     y = rng.integers(0, NUM_CLASSES, (clients, samples), dtype=np.int32)
@@ -50,13 +139,38 @@ def random_federation(clients: int, samples: int, image: int, seed: int = 0) -> 
     return ClientArrays(x=x, y=y, n=n, modality=np.zeros((clients, samples), np.int32))
 
 
-def make_backbone(workload: str, smoke: bool):
-    if workload == "resnet18":
-        return ResNet18(stem="cifar", norm="group", width=8 if smoke else 64)
-    return FedAvgCNN()
+def make_backbone(row: Row, smoke: bool):
+    if row.workload == "resnet18":
+        return ResNet18(stem="cifar", norm="group", width=8 if smoke else 64, dtype=row.dtype)
+    return FedAvgCNN(dtype=row.dtype)
 
 
-def _time(fn, repeats: int) -> float:
+def bf16_peak_tflops(device_kind: str) -> Optional[float]:
+    for name, peak in BF16_PEAK_TFLOPS:
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def table1_minutes(engine_s: float, local_steps: int) -> float:
+    """Training minutes of one Table-1 run from a measured round of ``local_steps`` steps."""
+    return engine_s / local_steps * TABLE1_STEPS_PER_ROUND * TABLE1_ROUNDS / 60.0
+
+
+def compiler_options(smoke: bool, *, init: bool = False) -> Dict[str, Any]:
+    """XLA options for the benchmark's compiles. On CPU, one-off initialisation compiles
+    without backend optimisation (as ``federated.init`` does) and ``--smoke`` compiles the
+    timed programs at LLVM level 1, which keeps the smoke run under a minute on 2 cores;
+    smoke times are a check that every path runs, not benchmark figures. Elsewhere: XLA's
+    defaults."""
+    if jax.default_backend() != "cpu":
+        return {}
+    if init:
+        return {"xla_backend_optimization_level": 0}
+    return {"xla_backend_optimization_level": 1} if smoke else {}
+
+
+def _median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -65,13 +179,36 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batch: int):
-    """ONE shared model runs ``steps`` SGD steps on batches of ``K * batch`` samples."""
+def _cost(stage, key: str) -> float:
+    try:
+        cost = stage.cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0]
+        return float(cost.get(key, float("nan")))
+    except Exception:  # backends without cost analysis
+        return float("nan")
+
+
+def _round_bytes(compiled) -> int:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+    except Exception:  # backends without memory analysis
+        return -1
+
+
+def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batch: int, *, smoke: bool = False):
+    """ONE shared model runs ``steps`` SGD steps on batches of ``K * batch`` samples.
+
+    Returns ``(run, flops)``: a no-argument callable and the FLOPs of all its steps.
+    """
     model = TokenModel(backbone=backbone, head=task.make_head())
     k = train.x.shape[0]
     x_all = jnp.asarray(train.x).reshape((-1,) + train.x.shape[2:])
     y_all = jnp.asarray(train.y).reshape(-1)
-    variables = model.init(jax.random.key(0), jnp.zeros((1,) + train.x.shape[2:]), train=False)
+    x_example = jnp.zeros((1,) + train.x.shape[2:])
+    init = jax.jit(lambda key: model.init(key, x_example, train=False)).lower(jax.random.key(0))
+    variables = init.compile(compiler_options=compiler_options(smoke, init=True))(jax.random.key(0))
     params = variables["params"]
     opt = tx.init(params)
 
@@ -92,112 +229,140 @@ def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batc
         # Same unroll policy as the engine's local loop, so both pay the same loop overhead.
         return jax.lax.scan(step, (p, o), jnp.arange(steps), unroll=default_unroll(steps))[0]
 
-    compiled = jax.jit(run).lower(params, opt).compile()
-    one_step = jax.jit(lambda p, o: step((p, o), 0)[0]).lower(params, opt).compile()
-    flops = _flops(one_step) * steps
+    compiled = jax.jit(run).lower(params, opt).compile(compiler_options=compiler_options(smoke))
+    flops = _cost(jax.jit(lambda p, o: step((p, o), 0)[0]).lower(params, opt), "flops") * steps
     return (lambda: compiled(params, opt)), flops
 
 
-def _flops(compiled) -> float:
-    try:
-        cost = compiled.cost_analysis()
-        if isinstance(cost, (list, tuple)):
-            cost = cost[0]
-        return float(cost.get("flops", float("nan")))
-    except Exception:  # backends without cost analysis
-        return float("nan")
+class _Cache:
+    """Measurements shared by rows that do the same work (so each is compiled once)."""
+
+    def __init__(self):
+        self.shared: Dict[tuple, tuple] = {}
+        self.per_client_seq: Dict[tuple, tuple] = {}
 
 
-def _peak_bytes(compiled) -> int:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
-    try:
-        m = compiled.memory_analysis()
-        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
-    except Exception:
-        return -1
+def compile_client_update(alg, state, train, smoke: bool = False):
+    """The jitted single-client update, compiled for client 0's shapes."""
+    return jax.jit(alg.client_update).lower(state.server, _client(state, train, 0)[0],
+                                            _client(state, train, 0)[1], jax.random.key(1)).compile(
+                                                compiler_options=compiler_options(smoke))
 
 
-def bench_one(workload: str, algorithm: str, clients: int, samples: int, batch: int, epochs: int,
-              *, smoke: bool, repeats: int, seq_clients: int, chunk: int | None) -> Dict[str, Any]:
-    task = classification(NUM_CLASSES)
-    tx = optax.sgd(0.01)
-    backbone = make_backbone(workload, smoke)
-    hp = dict(spectral_dim=32, attn_dim=32, bank_capacity=max(64, clients)) if algorithm == "omnifm" else {}
-    alg = algorithms.build(algorithm, task=task, backbone=backbone, optimizer=tx, local_epochs=epochs,
-                           batch_size=batch, **hp)
-    fed = random_federation(clients, samples, 28)
-    train = jax.device_put(fed)
-    state = federated.init(alg, jax.random.key(0), train)
-    round_fn = federated.make_round(alg, num_clients=clients, participation=1.0, client_chunk=chunk,
-                                    donate=False)
-    compiled = round_fn.lower(state, train).compile()
-    steps = epochs * -(-samples // batch)
-    engine_s = _time(lambda: compiled(state, train), repeats)
-    peak = _peak_bytes(compiled)
+def _client(state, train, i: int):
+    return (jax.tree_util.tree_map(lambda a: a[i], state.clients),
+            ClientData(train.x[i], train.y[i], train.n[i]))
 
-    # Sequential reference: the same single-client update, one client after another.
-    update = jax.jit(alg.client_update)
-    timed = min(clients, seq_clients)
+
+def sequential_per_client(update, state, train, timed: int) -> float:
+    """Seconds per client of a Python loop over the compiled single-client ``update``."""
     keys = jax.random.split(jax.random.key(1), timed)
-    one = lambda i: update(state.server, jax.tree_util.tree_map(lambda a: a[i], state.clients),
-                           ClientData(train.x[i], train.y[i], train.n[i]), keys[i])
-    jax.block_until_ready(one(0))  # compile
+    one = lambda i: update(state.server, *_client(state, train, i), keys[i])
+    jax.block_until_ready(one(0))  # warm-up
     t = time.perf_counter()
     for i in range(timed):
         out = one(i)
     jax.block_until_ready(out)
-    sequential_s = (time.perf_counter() - t) * clients / timed
+    return (time.perf_counter() - t) / timed
 
-    shared_run, flops = shared_model_round(make_backbone(workload, smoke), task, tx, fed, steps, batch)
-    jax.block_until_ready(shared_run())
-    shared_s = _time(shared_run, repeats)
-    return {
-        "workload": workload, "algorithm": algorithm, "clients": clients, "samples_per_client": samples,
-        "batch_size": batch, "local_steps": steps, "client_chunk": chunk,
-        "engine_s": engine_s, "sequential_s": sequential_s, "sequential_timed_clients": timed,
-        "speedup": sequential_s / engine_s, "shared_s": shared_s, "engine_over_shared": engine_s / shared_s,
-        "flops": flops, "tflops": flops / engine_s / 1e12, "peak_bytes": peak,
-        "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+
+def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
+              cache: Optional[_Cache] = None) -> Dict[str, Any]:
+    cache = cache or _Cache()
+    task = classification(NUM_CLASSES)
+    tx = optax.sgd(0.01)
+    hp = dict(spectral_dim=32, attn_dim=32, bank_capacity=max(64, row.clients)) if row.algorithm == "omnifm" else {}
+    alg = algorithms.build(row.algorithm, task=task, backbone=make_backbone(row, smoke), optimizer=tx,
+                           local_epochs=row.epochs, batch_size=row.batch, **hp)
+    fed = random_federation(row.clients, row.samples)
+    train = jax.device_put(fed)
+    if row.fused_rounds > 1:
+        round_fn = federated.make_rounds(alg, num_rounds=row.fused_rounds, num_clients=row.clients,
+                                         client_chunk=row.chunk, donate=False)
+    else:
+        round_fn = federated.make_round(alg, num_clients=row.clients, client_chunk=row.chunk, donate=False)
+    seq_key = (row.workload, row.algorithm, row.dtype, row.samples, row.batch, row.epochs)
+    shared_key = (row.workload, row.dtype, row.clients, row.samples, row.batch, row.epochs)
+    timed = min(row.clients, seq_clients)
+    need_seq = seq_key not in cache.per_client_seq or cache.per_client_seq[seq_key][1] < timed
+
+    def compile_round(state):
+        t = time.perf_counter()
+        compiled = round_fn.lower(state, train).compile(compiler_options=compiler_options(smoke))
+        return compiled, time.perf_counter() - t
+
+    # Compile the three programs concurrently (XLA compiles without the GIL); time them
+    # one after another below, never overlapping.
+    with concurrent.futures.ThreadPoolExecutor(min(3, os.cpu_count() or 1)) as pool:
+        shared_job = (pool.submit(shared_model_round, make_backbone(row, smoke), task, tx, fed, row.local_steps,
+                                  row.batch, smoke=smoke) if shared_key not in cache.shared else None)
+        state = federated.init(alg, jax.random.key(0), train)
+        round_job = pool.submit(compile_round, state)
+        seq_job = pool.submit(compile_client_update, alg, state, train, smoke) if need_seq else None
+        compiled, compile_s = round_job.result()
+        update = seq_job.result() if seq_job else None
+        shared = shared_job.result() if shared_job else None
+
+    jax.block_until_ready(compiled(state, train))  # warm-up (allocations, autotuning)
+    engine_s = _median_time(lambda: compiled(state, train), repeats) / row.fused_rounds
+    peak = _round_bytes(compiled)
+    if need_seq:
+        cache.per_client_seq[seq_key] = (sequential_per_client(update, state, train, timed), timed)
+    per_client, timed = cache.per_client_seq[seq_key]
+    sequential_s = per_client * row.clients
+    if shared is not None:
+        run, flops = shared
+        jax.block_until_ready(run())
+        cache.shared[shared_key] = (_median_time(run, repeats), flops)
+    shared_s, flops = cache.shared[shared_key]
+
+    kind = str(jax.devices()[0].device_kind)
+    peak_tflops = bf16_peak_tflops(kind)
+    tflops = flops / engine_s / 1e12
+    rec = {
+        "workload": row.workload, "algorithm": row.algorithm, "variant": row.variant, "clients": row.clients,
+        "samples_per_client": row.samples, "batch_size": row.batch, "local_steps": row.local_steps,
+        "client_chunk": row.chunk, "dtype": row.dtype, "fused_rounds": row.fused_rounds,
+        "engine_s": engine_s, "compile_s": compile_s,
+        "client_steps_per_s": row.clients * row.local_steps / engine_s,
+        "sequential_s": sequential_s, "sequential_timed_clients": timed, "speedup": sequential_s / engine_s,
+        "shared_s": shared_s, "engine_over_shared": engine_s / shared_s,
+        "flops": flops, "tflops": tflops,
+        "peak_fraction": tflops / peak_tflops if peak_tflops else None,
+        "peak_bytes": peak, "device": kind, "backend": jax.default_backend(),
         "date": datetime.date.today().isoformat(),
     }
+    if row.workload == "resnet18" and row.clients == 20:
+        rec["table1_run_min"] = table1_minutes(engine_s, row.local_steps)
+    return rec
 
 
-def plan(smoke: bool, workloads: List[str]):
-    """(workload, algorithm, clients, samples, batch, epochs, chunk) tuples."""
-    rows = []
-    if smoke:
-        if "cnn" in workloads:
-            rows += [("cnn", "fedavg", 4, 32, 8, 1, None), ("cnn", "fedavg", 4, 16, 8, 1, 2)]
-        if "omnifm" in workloads:
-            rows += [("cnn", "omnifm", 4, 32, 8, 1, None)]
-        if "resnet18" in workloads:
-            rows += [("resnet18", "fedavg", 2, 8, 8, 1, None)]
-        return rows
-    if "cnn" in workloads:
-        rows += [("cnn", "fedavg", k, 128, 32, 1, c) for k, c in
-                 ((20, None), (100, None), (1000, None), (10000, 2000))]
-    if "omnifm" in workloads:
-        rows += [("cnn", "omnifm", k, 128, 32, 1, None) for k in (20, 1000)]
-    if "resnet18" in workloads:
-        # Table 1's local work is 5 epochs of ~4.1k images at batch 10 (~2,050 steps); we time
-        # 100 steps (1,000 samples, 1 epoch) and report per-step figures to extrapolate.
-        rows += [("resnet18", "fedavg", k, 1000, 10, 1, None) for k in (20, 100)]
-        rows += [("resnet18", "omnifm", 20, 1000, 10, 1, None)]
-    return rows
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
 
 
 def to_markdown(records: List[Dict[str, Any]]) -> str:
-    head = ("| workload | algorithm | clients | local steps | engine (s) | sequential (s) | speedup | "
-            "shared model (s) | engine/shared | TFLOP/s | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| workload | algorithm | variant | clients | local steps | engine (s) | client-steps/s | "
+            "sequential (s) | speedup | shared model (s) | engine/shared | TFLOP/s | of bf16 peak | "
+            "round MiB | Table-1 run (min) |\n" + "|---" * 15 + "|")
     lines = [head]
     for r in records:
-        lines.append(f"| {r['workload']} | {r['algorithm']} | {r['clients']} | {r['local_steps']} | "
-                     f"{r['engine_s']:.4f} | {r['sequential_s']:.3f} | {r['speedup']:.1f}x | {r['shared_s']:.4f} | "
-                     f"{r['engine_over_shared']:.2f} | {r['tflops']:.3f} | {r['peak_bytes'] / 2**20:.0f} |")
-    if records:
-        lines.append(f"\nDevice: {records[0]['device']} ({records[0]['backend']}), {records[0]['date']}.")
+        if "error" in r:
+            lines.append(f"| {r['workload']} | {r['algorithm']} | {r.get('variant', '')} | {r['clients']} | "
+                         f"failed: {r['error'][:80]} |" + " |" * 10)
+            continue
+        frac = r.get("peak_fraction")
+        lines.append(
+            f"| {r['workload']} | {r['algorithm']} | {r['variant']} | {r['clients']} | {r['local_steps']} | "
+            f"{r['engine_s']:.4f} | {r['client_steps_per_s']:.0f} | {r['sequential_s']:.3f} | "
+            f"{r['speedup']:.1f}x | {r['shared_s']:.4f} | {r['engine_over_shared']:.2f} | "
+            f"{_fmt(r['tflops'], '.3f')} | {_fmt(None if frac is None else 100 * frac, '.1f')}"
+            f"{'%' if frac is not None else ''} | {r['peak_bytes'] / 2**20:.0f} | "
+            f"{_fmt(r.get('table1_run_min'), '.1f')} |")
+    ok = [r for r in records if "error" not in r]
+    if ok:
+        lines.append(f"\nDevice: {ok[0]['device']} ({ok[0]['backend']}), {ok[0]['date']}. "
+                     "Sequential times: the first clients timed, scaled to all.")
     return "\n".join(lines)
 
 
@@ -206,32 +371,37 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a 2-core CPU")
     p.add_argument("--json", default=None, help="write records to this JSON file")
     p.add_argument("--md", default=None, help="write a markdown table to this file")
-    p.add_argument("--workloads", default="cnn,resnet18,omnifm")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workloads", default=",".join(GROUPS), help=f"comma-separated groups from {GROUPS}")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 1 with --smoke)")
     p.add_argument("--seq-clients", type=int, default=20, help="clients timed on the sequential path")
     args = p.parse_args(argv)
-    records = []
-    for row in plan(args.smoke, args.workloads.split(",")):
-        workload, algorithm, clients, samples, batch, epochs, chunk = row
-        print(f"running {workload}/{algorithm} clients={clients} chunk={chunk} ...", file=sys.stderr, flush=True)
+    if args.repeats is None:
+        args.repeats = 1 if args.smoke else 3
+    rows = plan(args.smoke, [g for g in args.workloads.split(",") if g])
+    records: List[Dict[str, Any]] = []
+    cache = _Cache()
+    for i, row in enumerate(rows):
+        print(f"[{i + 1}/{len(rows)}] {row.workload}/{row.algorithm} clients={row.clients} {row.variant} ...",
+              file=sys.stderr, flush=True)
+        t = time.perf_counter()
         try:
-            rec = bench_one(workload, algorithm, clients, samples, batch, epochs, smoke=args.smoke,
-                            repeats=args.repeats, seq_clients=args.seq_clients, chunk=chunk)
-        except Exception as e:  # report (e.g. out of memory) and go on with the next workload
-            rec = {"workload": workload, "algorithm": algorithm, "clients": clients, "error": repr(e)[:500]}
+            rec = bench_one(row, smoke=args.smoke, repeats=args.repeats, seq_clients=args.seq_clients, cache=cache)
+        except Exception as e:  # record it (e.g. out of memory) and go on with the next workload
+            rec = {"workload": row.workload, "algorithm": row.algorithm, "variant": row.variant,
+                   "clients": row.clients, "error": repr(e)[:500]}
             print(f"  failed: {rec['error']}", file=sys.stderr)
         else:
             print(f"  engine {rec['engine_s']:.4f}s  sequential {rec['sequential_s']:.3f}s  "
-                  f"shared {rec['shared_s']:.4f}s", file=sys.stderr)
+                  f"shared {rec['shared_s']:.4f}s  (compile {rec['compile_s']:.1f}s, workload "
+                  f"{time.perf_counter() - t:.0f}s)", file=sys.stderr)
         records.append(rec)
-    ok = [r for r in records if "error" not in r]
-    table = to_markdown(ok)
+        if args.json:
+            Path(args.json).write_text(json.dumps(records, indent=2))
+    table = to_markdown(records)
     print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
     if args.md:
         Path(args.md).write_text(table + "\n")
-    return 0
+    return 0 if all("error" not in r for r in records) else 1
 
 
 if __name__ == "__main__":
