@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,62 @@ def test_tiny_record_is_consistent(tmp_path):
     assert rec["peak_fraction"] is None and "table1_run_min" not in rec
     json.dumps(rec)  # serialisable
     assert math.isfinite(rec["tflops"])
+
+
+# ----------------------------------------------------------------------------- profile_round
+
+from experiments.benchmarks import profile_round as pr  # noqa: E402
+
+HLO = """HloModule jit_f
+
+%fused_computation.1 (p0: f32[4,8], p1: f32[8,2]) -> f32[4,2] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %p1 = f32[8,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_reduce (p0.1: f32[4,2]) -> f32[2] {
+  %p0.1 = f32[4,2]{1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %reduce.2 = f32[2]{0} reduce(%p0.1, %c), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main.9 (a: f32[4,8], b: f32[8,2]) -> (f32[2], f32[4,2]) {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %custom-call.3 = (f32[4,2]{1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convBackwardFilter"
+  %fusion.1 = f32[4,2]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused_computation.1
+  %fusion.2 = f32[2]{0} fusion(%fusion.1), kind=kInput, calls=%fused_reduce
+  %copy.4 = f32[4,2]{0,1} copy(%fusion.1)
+  %while.5 = (s32[], f32[2]) while(%t), condition=%cond, body=%body
+  ROOT %tuple.6 = (f32[2]{0}, f32[4,2]{1,0}) tuple(%fusion.2, %copy.4)
+}
+"""
+
+
+def test_parse_hlo_and_kinds_by_hand():
+    ins, comps = pr.parse_hlo(HLO)
+    assert ins["fusion.1"]["calls"] == "fused_computation.1" and "dot" in comps["fused_computation.1"]
+    assert ins["custom-call.3"]["target"] == "__cudnn$convBackwardFilter"
+    kinds = {n: pr.kind_of(n, ins, comps) for n in ("custom-call.3", "fusion.1", "fusion.2", "copy.4", "while.5",
+                                                     "tuple.6", "not-in-module")}
+    assert kinds == {"custom-call.3": "conv weight-gradient", "fusion.1": "conv/matmul fusion",
+                     "fusion.2": "reduction", "copy.4": "copy/transpose", "while.5": None, "tuple.6": None,
+                     "not-in-module": "other"}
+    per_kind, top = pr.breakdown([("fusion.1", 0.004), ("copy.4", 0.002), ("fusion.1", 0.002), ("while.5", 1.0)],
+                                 ins, comps, rounds=2)
+    assert per_kind == pytest.approx({"conv/matmul fusion": 0.003, "copy/transpose": 0.001})  # while skipped
+    assert top[0] == ("fusion.1", "conv/matmul fusion", pytest.approx(0.003))
+
+
+@pytest.mark.slow
+def test_profile_of_a_tiny_round(tmp_path):
+    rec = pr.profile_one("cnn", "fedavg", 2, smoke=True, dtype="float32", rounds=1, trace_dir=str(tmp_path))
+    assert rec["round_s"] > 0 and rec["profiled_s"] > 0
+    assert sum(rec["kinds_ms"].values()) == pytest.approx(1e3 * rec["profiled_s"])
+    assert rec["coverage"] > 0.2  # the trace saw a good part of the round
+    # the CNN's time is in its convolutions (plain or fused on CPU)
+    conv = sum(v for k, v in rec["kinds_ms"].items() if k.startswith("conv"))
+    assert conv > 0.2 * sum(rec["kinds_ms"].values())
+    assert Path(rec["trace"]).is_file()
+    assert "| 2 |" in pr.to_markdown([rec])

@@ -125,7 +125,10 @@ def weighted_mean(stacked: Any, weights: jax.Array, fallback: Any) -> Any:
         w = weights.reshape((-1,) + (1,) * (x.ndim - 1))
         # Zero out ignored participants before the sum: their update may be NaN/Inf.
         contrib = jnp.where(w > 0, x.astype(jnp.float32), 0.0)
-        mean = jnp.sum(contrib * w, axis=0) / safe
+        # A contraction with the weights instead of sum(w * x, axis=0): XLA:CPU runs that
+        # leading-axis reduction through a slow generic kernel (measured 77 ms for four
+        # 1024x512 leaves, 58% of a small CNN round); HIGHEST keeps GPUs from using TF32.
+        mean = jnp.tensordot(weights, contrib, axes=1, precision=jax.lax.Precision.HIGHEST) / safe
         return jnp.where(total > 0, mean, old.astype(jnp.float32)).astype(old.dtype)
 
     return jax.tree_util.tree_map(one, stacked, fallback)
