@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnifm_jax.algorithms.base import ClientData, FederatedAlgorithm, default_unroll, normalize_images
+from omnifm_jax.algorithms.base import ClientData, FederatedAlgorithm, normalize_images
 from omnifm_jax.tasks.base import Task
 
 
@@ -112,27 +112,16 @@ def _client_data(train, idx) -> ClientData:
 
 
 def map_clients(fn: Callable, xs: Any, chunk: Optional[int]) -> Any:
-    """``vmap(fn)(xs)`` over the leading axis, or in chunks of ``chunk`` clients.
+    """``vmap(fn)(xs)`` over the leading axis, or ``lax.map`` in chunks of ``chunk`` clients.
 
-    Chunks run one after another in a ``lax.scan`` over ``[n // chunk, chunk]`` (the
-    remainder is one more ``vmap``), like ``lax.map(..., batch_size=chunk)``, but the
-    scan is unrolled where :func:`~omnifm_jax.algorithms.base.default_unroll` says so:
-    on CPU a handful of chunks in straight-line code run several times faster than the
-    same convolutions inside a ``while`` loop.
+    The chunk loop stays rolled even on CPU (where short loops are otherwise unrolled,
+    :func:`~omnifm_jax.algorithms.base.default_unroll`): unrolled, XLA keeps every chunk's
+    buffers alive at once and the chunking no longer bounds memory (measured with XLA's
+    memory analysis, 64 FedAvgCNN clients in chunks of 8: 4.6 GiB unrolled, 0.8 GiB rolled).
     """
-    vfn = jax.vmap(fn)
-    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    if chunk is None or chunk >= n:
-        return vfn(*xs)
-    n_full = n // chunk
-    head = jax.tree_util.tree_map(lambda a: a[:n_full * chunk].reshape((n_full, chunk) + a.shape[1:]), xs)
-    _, out = jax.lax.scan(lambda c, args: (c, vfn(*args)), None, head,
-                          unroll=default_unroll(n_full, limit=8))
-    out = jax.tree_util.tree_map(lambda a: a.reshape((n_full * chunk,) + a.shape[2:]), out)
-    if n_full * chunk == n:
-        return out
-    tail = vfn(*jax.tree_util.tree_map(lambda a: a[n_full * chunk:], xs))
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    if chunk is None or chunk >= jax.tree_util.tree_leaves(xs)[0].shape[0]:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)
 
 
 def init(algorithm: FederatedAlgorithm, key: jax.Array, train, *, num_clients: Optional[int] = None

@@ -145,3 +145,14 @@ def test_profile_of_a_tiny_round(tmp_path):
     assert conv > 0.2 * sum(rec["kinds_ms"].values())
     assert Path(rec["trace"]).is_file()
     assert "| 2 |" in pr.to_markdown([rec])
+
+
+def test_benchmarks_import_without_dm_pix():
+    """The speed scripts (and classification) need JAX only: dm-pix is imported by SR metrics."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['dm_pix'] = None\n"
+            "import experiments.benchmarks.round_speed, experiments.benchmarks.profile_round\n"
+            "import omnifm_jax.experiment\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -235,8 +235,8 @@ def local_train(loss_fn: Callable, tx: optax.GradientTransformation, variables: 
     return LocalTrainOutput(variables, opt_state, stats, mean_loss, active_steps)
 
 
-def default_unroll(total_steps: int, *, limit: int = 64) -> int | bool:
-    """Scan unroll for short loops: fully unrolled on CPU up to ``limit`` iterations, 1 elsewhere.
+def default_unroll(total_steps: int) -> int | bool:
+    """Scan unroll for the local loop: fully unrolled for short loops on CPU, 1 elsewhere.
 
     XLA:CPU emits some convolutions inside a ``while`` loop body in a non-canonical
     dimension order (the weight gradient as ``f01b_i01o->01bf``), which its fast
@@ -245,7 +245,7 @@ def default_unroll(total_steps: int, *, limit: int = 64) -> int | bool:
     steps. Unrolled, the same ops are canonicalised. On accelerators the rolled loop is as
     fast and compiles faster.
     """
-    if jax.default_backend() == "cpu" and total_steps <= limit:
+    if jax.default_backend() == "cpu" and total_steps <= 64:
         return True
     return 1
 
