@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
+import functools
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -227,27 +226,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     default = "2,4" if args.smoke else ("20,100" if args.workload == "resnet18" else "20,100,1000")
     counts = [int(c) for c in (args.clients or default).split(",")]
-    records = []
-    for k in counts:
-        print(f"profiling {args.workload}/{args.algorithm} clients={k} ...", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        try:
-            rec = profile_one(args.workload, args.algorithm, k, smoke=args.smoke, dtype=args.dtype,
-                              rounds=args.rounds, trace_dir=args.trace_dir)
-        except Exception as e:  # record it and go on
-            rec = {"workload": args.workload, "algorithm": args.algorithm, "clients": k, "error": repr(e)[:500]}
-            print(f"  failed: {rec['error']}", file=sys.stderr)
-        else:
-            print(f"  round {1e3 * rec['round_s']:.1f} ms, coverage {rec['coverage']:.2f} "
-                  f"({time.perf_counter() - t:.0f}s)", file=sys.stderr)
-        records.append(rec)
-        if args.json:
-            Path(args.json).write_text(json.dumps(records, indent=2))
-    table = to_markdown(records)
-    print(table)
-    if args.md:
-        Path(args.md).write_text(table + "\n")
-    return 0 if all("error" not in r for r in records) else 1
+    jobs = [(f"profile {args.workload}/{args.algorithm} clients={k}",
+             {"workload": args.workload, "algorithm": args.algorithm, "clients": k},
+             functools.partial(profile_one, args.workload, args.algorithm, k, smoke=args.smoke, dtype=args.dtype,
+                               rounds=args.rounds, trace_dir=args.trace_dir),
+             lambda r: f"round {1e3 * r['round_s']:.1f} ms, coverage {r['coverage']:.2f}")
+            for k in counts]
+    return rs.run_jobs(jobs, to_markdown, json_path=args.json, md_path=args.md)
 
 
 if __name__ == "__main__":

@@ -48,13 +48,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -378,29 +379,41 @@ def main(argv=None) -> int:
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3
     rows = plan(args.smoke, [g for g in args.workloads.split(",") if g])
-    records: List[Dict[str, Any]] = []
     cache = _Cache()
-    for i, row in enumerate(rows):
-        print(f"[{i + 1}/{len(rows)}] {row.workload}/{row.algorithm} clients={row.clients} {row.variant} ...",
-              file=sys.stderr, flush=True)
+    jobs = [(f"{row.workload}/{row.algorithm} clients={row.clients} {row.variant}",
+             {"workload": row.workload, "algorithm": row.algorithm, "variant": row.variant, "clients": row.clients},
+             functools.partial(bench_one, row, smoke=args.smoke, repeats=args.repeats, seq_clients=args.seq_clients,
+                               cache=cache),
+             lambda r: (f"engine {r['engine_s']:.4f}s  sequential {r['sequential_s']:.3f}s  "
+                        f"shared {r['shared_s']:.4f}s  (compile {r['compile_s']:.1f}s)"))
+            for row in rows]
+    return run_jobs(jobs, to_markdown, json_path=args.json, md_path=args.md)
+
+
+def run_jobs(jobs, to_md: Callable[[List[Dict[str, Any]]], str], *, json_path: Optional[str],
+             md_path: Optional[str]) -> int:
+    """Runs ``(label, ident, measure, summary)`` jobs in order: a job that raises (e.g. out of
+    memory) is recorded as ``ident`` + its error and the next one runs. Writes the records to
+    ``json_path`` after every job, prints and writes the markdown table; exit status 1 if any
+    job failed."""
+    records: List[Dict[str, Any]] = []
+    for i, (label, ident, measure, summary) in enumerate(jobs):
+        print(f"[{i + 1}/{len(jobs)}] {label} ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
         try:
-            rec = bench_one(row, smoke=args.smoke, repeats=args.repeats, seq_clients=args.seq_clients, cache=cache)
-        except Exception as e:  # record it (e.g. out of memory) and go on with the next workload
-            rec = {"workload": row.workload, "algorithm": row.algorithm, "variant": row.variant,
-                   "clients": row.clients, "error": repr(e)[:500]}
+            rec = measure()
+        except Exception as e:  # record it and go on with the next job
+            rec = dict(ident, error=repr(e)[:500])
             print(f"  failed: {rec['error']}", file=sys.stderr)
         else:
-            print(f"  engine {rec['engine_s']:.4f}s  sequential {rec['sequential_s']:.3f}s  "
-                  f"shared {rec['shared_s']:.4f}s  (compile {rec['compile_s']:.1f}s, workload "
-                  f"{time.perf_counter() - t:.0f}s)", file=sys.stderr)
+            print(f"  {summary(rec)} [{time.perf_counter() - t:.0f}s]", file=sys.stderr)
         records.append(rec)
-        if args.json:
-            Path(args.json).write_text(json.dumps(records, indent=2))
-    table = to_markdown(records)
+        if json_path:
+            Path(json_path).write_text(json.dumps(records, indent=2))
+    table = to_md(records)
     print(table)
-    if args.md:
-        Path(args.md).write_text(table + "\n")
+    if md_path:
+        Path(md_path).write_text(table + "\n")
     return 0 if all("error" not in r for r in records) else 1
 
 
