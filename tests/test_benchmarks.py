@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from experiments.benchmarks import profile_round as pr
 from experiments.benchmarks import round_speed as rs
 
 
@@ -90,8 +93,6 @@ def test_tiny_record_is_consistent(tmp_path):
 
 # ----------------------------------------------------------------------------- profile_round
 
-from experiments.benchmarks import profile_round as pr  # noqa: E402
-
 HLO = """HloModule jit_f
 
 %fused_computation.1 (p0: f32[4,8], p1: f32[8,2]) -> f32[4,2] {
@@ -149,8 +150,6 @@ def test_profile_of_a_tiny_round(tmp_path):
 
 def test_benchmarks_import_without_dm_pix():
     """The speed scripts (and classification) need JAX only: dm-pix is imported by SR metrics."""
-    import subprocess
-    import sys
     code = ("import sys; sys.modules['dm_pix'] = None\n"
             "import experiments.benchmarks.round_speed, experiments.benchmarks.profile_round\n"
             "import omnifm_jax.experiment\n")

@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jax
-import optax
 
 from experiments.benchmarks import round_speed as rs
-from omnifm_jax import algorithms, federated
-from omnifm_jax.tasks import classification
+from omnifm_jax import federated
 
 KINDS = ("conv forward", "conv input-gradient", "conv weight-gradient", "conv (other)", "matmul",
          "conv/matmul fusion", "reduction", "gather/scatter", "copy/transpose", "elementwise fusion", "other")
@@ -161,15 +159,12 @@ def profile_one(workload: str, algorithm: str, clients: int, *, smoke: bool, dty
                 trace_dir: Optional[str]) -> Dict[str, Any]:
     samples, batch = (8, 4) if smoke else ((1000, 10) if workload == "resnet18" else (128, 32))
     row = rs.Row(workload, algorithm, clients, samples, batch, dtype=dtype)
-    task = classification(rs.NUM_CLASSES)
-    hp = dict(spectral_dim=32, attn_dim=32, bank_capacity=max(64, clients)) if algorithm == "omnifm" else {}
-    alg = algorithms.build(algorithm, task=task, backbone=rs.make_backbone(row, smoke), optimizer=optax.sgd(0.01),
-                           local_epochs=1, batch_size=batch, **hp)
+    alg = rs.build_algorithm(row, smoke)
     train = jax.device_put(rs.random_federation(clients, samples))
     state = federated.init(alg, jax.random.key(0), train)
     compiled = federated.make_round(alg, num_clients=clients, donate=False).lower(state, train).compile()
     jax.block_until_ready(compiled(state, train))
-    round_s = rs._median_time(lambda: compiled(state, train), 3)
+    round_s = rs.median_time(lambda: compiled(state, train), 3)
     instructions, computations = parse_hlo(compiled.as_text())
     out_dir = Path(trace_dir or tempfile.mkdtemp(prefix="omnifm_trace_")) / f"{workload}_{algorithm}_{clients}"
     with jax.profiler.trace(str(out_dir)):

@@ -158,20 +158,21 @@ def table1_minutes(engine_s: float, local_steps: int) -> float:
     return engine_s / local_steps * TABLE1_STEPS_PER_ROUND * TABLE1_ROUNDS / 60.0
 
 
-def compiler_options(smoke: bool, *, init: bool = False) -> Dict[str, Any]:
-    """XLA options for the benchmark's compiles. On CPU, one-off initialisation compiles
-    without backend optimisation (as ``federated.init`` does) and ``--smoke`` compiles the
-    timed programs at LLVM level 1, which keeps the smoke run under a minute on 2 cores;
-    smoke times are a check that every path runs, not benchmark figures. Elsewhere: XLA's
-    defaults."""
-    if jax.default_backend() != "cpu":
-        return {}
-    if init:
-        return {"xla_backend_optimization_level": 0}
-    return {"xla_backend_optimization_level": 1} if smoke else {}
+def compiler_options(smoke: bool) -> Dict[str, Any]:
+    """XLA options for the timed programs: on CPU, ``--smoke`` compiles them at LLVM level 1,
+    which keeps the smoke run under a minute on 2 cores (smoke times are a check that every
+    path runs, not benchmark figures). Otherwise XLA's defaults."""
+    return {"xla_backend_optimization_level": 1} if smoke and jax.default_backend() == "cpu" else {}
 
 
-def _median_time(fn, repeats: int) -> float:
+def build_algorithm(row: Row, smoke: bool):
+    """The row's algorithm on its backbone: classification, SGD, one local epoch setting."""
+    hp = dict(spectral_dim=32, attn_dim=32, bank_capacity=max(64, row.clients)) if row.algorithm == "omnifm" else {}
+    return algorithms.build(row.algorithm, task=classification(NUM_CLASSES), backbone=make_backbone(row, smoke),
+                            optimizer=optax.sgd(0.01), local_epochs=row.epochs, batch_size=row.batch, **hp)
+
+
+def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -208,8 +209,8 @@ def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batc
     x_all = jnp.asarray(train.x).reshape((-1,) + train.x.shape[2:])
     y_all = jnp.asarray(train.y).reshape(-1)
     x_example = jnp.zeros((1,) + train.x.shape[2:])
-    init = jax.jit(lambda key: model.init(key, x_example, train=False)).lower(jax.random.key(0))
-    variables = init.compile(compiler_options=compiler_options(smoke, init=True))(jax.random.key(0))
+    variables = jax.jit(lambda key: model.init(key, x_example, train=False),
+                        compiler_options=federated.init_compiler_options())(jax.random.key(0))
     params = variables["params"]
     opt = tx.init(params)
 
@@ -245,9 +246,8 @@ class _Cache:
 
 def compile_client_update(alg, state, train, smoke: bool = False):
     """The jitted single-client update, compiled for client 0's shapes."""
-    return jax.jit(alg.client_update).lower(state.server, _client(state, train, 0)[0],
-                                            _client(state, train, 0)[1], jax.random.key(1)).compile(
-                                                compiler_options=compiler_options(smoke))
+    return jax.jit(alg.client_update).lower(state.server, *_client(state, train, 0), jax.random.key(1)).compile(
+        compiler_options=compiler_options(smoke))
 
 
 def _client(state, train, i: int):
@@ -270,11 +270,7 @@ def sequential_per_client(update, state, train, timed: int) -> float:
 def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
               cache: Optional[_Cache] = None) -> Dict[str, Any]:
     cache = cache or _Cache()
-    task = classification(NUM_CLASSES)
-    tx = optax.sgd(0.01)
-    hp = dict(spectral_dim=32, attn_dim=32, bank_capacity=max(64, row.clients)) if row.algorithm == "omnifm" else {}
-    alg = algorithms.build(row.algorithm, task=task, backbone=make_backbone(row, smoke), optimizer=tx,
-                           local_epochs=row.epochs, batch_size=row.batch, **hp)
+    alg = build_algorithm(row, smoke)
     fed = random_federation(row.clients, row.samples)
     train = jax.device_put(fed)
     if row.fused_rounds > 1:
@@ -295,8 +291,8 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
     # Compile the three programs concurrently (XLA compiles without the GIL); time them
     # one after another below, never overlapping.
     with concurrent.futures.ThreadPoolExecutor(min(3, os.cpu_count() or 1)) as pool:
-        shared_job = (pool.submit(shared_model_round, make_backbone(row, smoke), task, tx, fed, row.local_steps,
-                                  row.batch, smoke=smoke) if shared_key not in cache.shared else None)
+        shared_job = (pool.submit(shared_model_round, make_backbone(row, smoke), classification(NUM_CLASSES),
+                                  optax.sgd(0.01), fed, row.local_steps, row.batch, smoke=smoke) if shared_key not in cache.shared else None)
         state = federated.init(alg, jax.random.key(0), train)
         round_job = pool.submit(compile_round, state)
         seq_job = pool.submit(compile_client_update, alg, state, train, smoke) if need_seq else None
@@ -305,7 +301,7 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
         shared = shared_job.result() if shared_job else None
 
     jax.block_until_ready(compiled(state, train))  # warm-up (allocations, autotuning)
-    engine_s = _median_time(lambda: compiled(state, train), repeats) / row.fused_rounds
+    engine_s = median_time(lambda: compiled(state, train), repeats) / row.fused_rounds
     peak = _round_bytes(compiled)
     if need_seq:
         cache.per_client_seq[seq_key] = (sequential_per_client(update, state, train, timed), timed)
@@ -314,7 +310,7 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
     if shared is not None:
         run, flops = shared
         jax.block_until_ready(run())
-        cache.shared[shared_key] = (_median_time(run, repeats), flops)
+        cache.shared[shared_key] = (median_time(run, repeats), flops)
     shared_s, flops = cache.shared[shared_key]
 
     kind = str(jax.devices()[0].device_kind)
