@@ -197,6 +197,8 @@ VARIANTS = {
     "wo_gskr": {"use_gskr": False},
     "wo_eca": {"use_eca": False},
     "wo_psp": {"use_psp": False},
+    "retrieved_only": {"local_spectral_in_eca": False},
+    "wo_eca_retrieved_only": {"use_eca": False, "local_spectral_in_eca": False},
 }
 
 
@@ -218,7 +220,7 @@ def random_bank(rng, n_valid=4):
     valid = np.arange(CAP) < n_valid
     rng.shuffle(valid)
     return bank_lib.Bank(jnp.asarray(emb * valid[:, None], jnp.float32), jnp.asarray(valid),
-                         jnp.zeros(CAP, jnp.int32), jnp.zeros(CAP, jnp.int32))
+                         jnp.zeros(CAP, jnp.float32), jnp.zeros(CAP, jnp.int32))
 
 
 def ref_topk(bank, s, k):
@@ -287,7 +289,10 @@ def test_omnifm_variants_build_run_and_wire_correctly(variant):
     assert r.shape == (B, 16, 64)
     protos = np.asarray(aux.prototypes, np.float64)
     valid = np.asarray(aux.valid)
-    if model.use_eca:  # Eq. 4: queries from r, keys/values from S_g
+    if model.local_spectral_in_eca:  # Fig. 3: the local s is attended to next to S_g
+        protos = np.concatenate([s[:, None, :], protos], axis=1)
+        valid = np.concatenate([np.ones((B, 1), bool), valid], axis=1)
+    if model.use_eca:  # Eq. 4: queries from r, keys/values from [s || S_g]
         z = np.asarray(inter["eca"]["__call__"][0])
         np.testing.assert_allclose(z, ref_eca(p["eca"], r, protos, valid, 2), rtol=1e-3, atol=1e-4)
     else:  # FiLM conditioned on the mean valid prototype
@@ -321,7 +326,7 @@ def test_omnifm_variants_build_run_and_wire_correctly(variant):
 def test_omnifm_retrieval_indices_valid_only_when_bank_has_entries():
     rng = np.random.default_rng(10)
     empty = bank_lib.init(CAP, DS)
-    model, variables, x, _, y, aux, inter = _setup("full", 10, bank=empty)
+    model, variables, x, _, y, aux, inter = _setup("retrieved_only", 10, bank=empty)
     assert np.all(np.asarray(aux.indices) == -1) and not np.any(np.asarray(aux.valid))
     assert np.all(np.asarray(aux.prototypes) == 0) and all_finite(y)
     # no prototype: Z is only the output projection's bias
@@ -385,11 +390,20 @@ def test_omnifm_gradients_finite_and_bank_receives_none():
     assert any(np.any(np.asarray(t) != 0) for t in tok)  # SPAlign trains the tokenizer
     for name in ("backbone", "eca", "prompt", "head"):
         assert any(np.any(np.asarray(t) != 0) for t in jax.tree_util.tree_leaves(g_params[name])), name
-    # Without the alignment term the tokenizer only reaches the loss through the (frozen)
-    # retrieval, so it gets no gradient at all.
+    # Without the alignment term the task loss still trains the tokenizer: ECA attends to s.
     g0, g_bank0 = grad(variables["params"], bank.embeddings, 0.0)
-    assert all(np.all(np.asarray(t) == 0) for t in jax.tree_util.tree_leaves(g0["tokenizer"]))
+    assert any(np.any(np.asarray(t) != 0) for t in jax.tree_util.tree_leaves(g0["tokenizer"]))
     assert np.all(np.asarray(g_bank0) == 0)
+    # With ECA on the retrieved prototypes only (the old wiring), s reaches the loss only
+    # through the frozen retrieval: no gradient at all without SPAlign.
+    old = omnifm("retrieved_only")
+
+    def old_loss(params):
+        y, _ = old.apply({"params": params}, x, bank)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(y), labels[:, None], 1))
+
+    g_old = jax.grad(old_loss)(variables["params"])
+    assert all(np.all(np.asarray(t) == 0) for t in jax.tree_util.tree_leaves(g_old["tokenizer"]))
 
 
 def test_token_model_returns_output_and_none():
@@ -399,3 +413,83 @@ def test_token_model_returns_output_and_none():
     variables = fake_variables(model, x, rng=rng)
     y, aux = jax.jit(model.apply)(variables, x)
     assert y.shape == (B, NCLS) and aux is None and all_finite(y)
+
+
+# ----------------------------------------------------------------------------- canonical convolution
+
+CONV_CASES = [((2, 12, 11, 3), (5, 5, 3, 4), (1, 1), "VALID"), ((2, 9, 9, 2), (3, 3, 2, 5), (2, 2), "SAME"),
+              ((1, 10, 10, 3), (3, 3, 3, 2), (2, 2), ((1, 1), (1, 1))), ((2, 8, 8, 4), (1, 1, 4, 3), (2, 2), "VALID"),
+              ((1, 15, 15, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3))), ((2, 10, 9, 2), (4, 4, 2, 3), (3, 3),
+                                                                       ((2, 1), (0, 2)))]
+
+
+@pytest.mark.parametrize("xs,ws,strides,padding", CONV_CASES)
+def test_canonical_conv_equals_lax_forward_and_gradients(xs, ws, strides, padding):
+    """The CPU convolution with explicitly canonical gradients gives lax's values and
+    gradients (strides, SAME/VALID/explicit and asymmetric padding) on fresh random inputs."""
+    from jax import lax
+    from omnifm_jax.models.common import conv_general_dilated
+
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = jnp.asarray(rng.normal(size=xs), jnp.float32)
+    w = jnp.asarray(rng.normal(size=ws), jnp.float32)
+    dn = lax.conv_dimension_numbers(xs, ws, ("NHWC", "HWIO", "NHWC"))
+    ref = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+    new = lambda x, w: conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    y_new, vjp_new = jax.vjp(new, x, w)
+    np.testing.assert_allclose(np.asarray(y_new), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+    g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    for a, b in zip(vjp_new(g), vjp_ref(g)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_training_loop_convolutions_are_canonical_on_cpu():
+    """Inside a rolled loop of FedAvgCNN training steps, every convolution XLA:CPU compiles is
+    in the canonical NHWC x HWIO -> NHWC form its fast kernel takes (with plain lax
+    gradients the weight gradient is f01b_i01o->01bf and runs ~10x slower there)."""
+    import re
+
+    import optax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU property")
+    model = TokenModel(backbone=FedAvgCNN(), head=ClassificationHead(3))
+    x = jnp.zeros((4, 28, 28, 3))
+    params = model.init(jax.random.key(0), x, None)["params"]
+
+    def loss(p, xb):
+        return jnp.mean(model.apply({"params": p}, xb, None, train=True)[0])
+
+    def loop(p):
+        return jax.lax.fori_loop(0, 3, lambda i, p: optax.apply_updates(
+            p, jax.tree_util.tree_map(lambda g: -0.1 * g, jax.grad(loss)(p, x + i))), p)
+
+    hlo = jax.jit(loop).lower(params).compile().as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=([\w>\-]+)", hlo)
+    assert len(labels) >= 5  # 2 forward, 2 weight gradients, conv2's input gradient
+    assert set(labels) == {"b01f_01io->b01f"}, labels
+
+
+def test_attention_head_lets_prompts_depend_on_the_input():
+    """head_pool=attention: the suffix prompt tokens' outputs change with the image (mean
+    pooling gives them a constant per client); the mixer starts as the identity."""
+    from omnifm_jax.models.common import TokenLayout
+    from omnifm_jax.models.heads import TokenMixer
+
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.normal(size=(2, 7, 8)), jnp.float32)
+    tokens = tokens.at[:, 5:].set(tokens[0, 5:])  # the same suffix c for both inputs
+    mixer = TokenMixer()
+    v = mixer.init(jax.random.key(0), tokens)
+    np.testing.assert_allclose(np.asarray(mixer.apply(v, tokens)), np.asarray(tokens), rtol=1e-6)  # identity
+    v = jax.tree_util.tree_map(lambda a: a + 0.1 * jnp.asarray(rng.normal(size=a.shape), a.dtype), v)
+    out = np.asarray(mixer.apply(v, tokens))
+    assert np.max(np.abs(out[0, 5:] - out[1, 5:])) > 1e-3  # suffix outputs depend on the input
+    head = ClassificationHead(3, pool="attention")
+    layout = TokenLayout(0, 5, 2, (4, 4))
+    hv = head.init(jax.random.key(1), tokens, layout=layout)
+    assert "mixer" in hv["params"]
+    assert head.apply(hv, tokens, layout=layout).shape == (2, 3)
+    with pytest.raises(ValueError, match="unknown head pool"):
+        ClassificationHead(3, pool="max").init(jax.random.key(1), tokens, layout=layout)

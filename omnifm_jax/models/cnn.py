@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax.models.common import feature_map_to_tokens
+from omnifm_jax.models.common import Conv, feature_map_to_tokens
 
 
 class FedAvgCNN(nn.Module):
@@ -25,12 +25,12 @@ class FedAvgCNN(nn.Module):
     dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        del train  # no dropout or normalisation
+    def __call__(self, x: jax.Array, *, train: bool = False, mask=None) -> jax.Array:
+        del train, mask  # no dropout or normalisation: samples never interact
         dtype = jnp.dtype(self.dtype)
-        x = nn.relu(nn.Conv(32, (5, 5), padding="VALID", dtype=dtype, name="conv1")(x))
+        x = nn.relu(Conv(32, (5, 5), padding="VALID", dtype=dtype, name="conv1")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Conv(64, (5, 5), padding="VALID", dtype=dtype, name="conv2")(x))
+        x = nn.relu(Conv(64, (5, 5), padding="VALID", dtype=dtype, name="conv2")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         if self.tokens == "map":
             return feature_map_to_tokens(x).astype(jnp.float32)

@@ -1,11 +1,18 @@
-"""Pieces shared by the backbones: normalisation choice and feature-map -> tokens."""
+"""Pieces shared by the backbones: convolution, normalisation and feature-map -> tokens.
+
+Every backbone takes ``(x, *, train, mask=None)``: ``mask`` (``bool[B]``) marks the real
+samples of a batch; padded samples (a partial last batch) must not reach a batch
+statistic, so :class:`BatchNorm` computes its statistics over the masked samples only.
+"""
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+import functools
+from typing import NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 NORMS = ("batch", "group", "none")
 
@@ -22,22 +29,137 @@ class TokenLayout(NamedTuple):
     input_hw: Tuple[int, int]
 
 
-def make_norm(kind: str, *, train: bool, name: str, groups: int = 32) -> nn.Module:
-    """BatchNorm (running statistics in the ``batch_stats`` collection) or GroupNorm."""
-    if kind == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-    if kind == "group":
-        return _GroupNormAuto(groups=groups, name=name)
-    if kind == "none":
-        return _Identity(name=name)
-    raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
+# ----------------------------------------------------------------------------- convolution
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _nhwc_conv(x, w, strides, pads, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
+    return lax.conv_general_dilated(x, w, strides, pads, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _canonical_conv2d(x, w, strides, pads):
+    return _nhwc_conv(x, w, strides, pads)
+
+
+def _canonical_fwd(x, w, strides, pads):
+    return _nhwc_conv(x, w, strides, pads), (x, w)
+
+
+def _canonical_bwd(strides, pads, res, g):
+    x, w = res
+    in_hw, k_hw, out_hw = x.shape[1:3], w.shape[0:2], g.shape[1:3]
+    # d/dx: the stride-dilated output gradient convolved with the spatially reversed kernel,
+    # its input/output channels swapped by an explicit transpose (HWOI -> HWIO).
+    w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+    pad_x = [(k - 1 - p[0], n - 1 + p[0] - (o - 1) * s)
+             for n, k, o, s, p in zip(in_hw, k_hw, out_hw, strides, pads)]
+    dx = _nhwc_conv(g, w_t, (1, 1), pad_x, lhs_dilation=strides)
+    # d/dw: batch and channels swapped by explicit transposes, so the reduction over the
+    # batch becomes the reduction over input channels of an ordinary NHWC convolution whose
+    # (stride-dilated) kernel is the output gradient; [I, kh, kw, O] -> [kh, kw, I, O].
+    pad_w = [(p[0], k + (o - 1) * s - n - p[0]) for n, k, o, s, p in zip(in_hw, k_hw, out_hw, strides, pads)]
+    dw = _nhwc_conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), pad_w,
+                    rhs_dilation=strides)
+    return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+
+
+_canonical_conv2d.defvjp(_canonical_fwd, _canonical_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+    """``lax.conv_general_dilated`` whose gradients stay in XLA:CPU's fast form.
+
+    XLA:CPU runs a convolution through its fast library kernel only in the canonical
+    ``NHWC x HWIO -> NHWC`` form. The gradients JAX derives are convolutions in other
+    dimension orders (the weight gradient ``f01b_i01o->01bf``), which XLA:CPU rewrites into
+    the canonical form -- but only in the program's entry computation
+    (``ConvCanonicalization`` visits nothing else). Inside a ``while`` loop (every
+    ``lax.scan``, ``fori_loop`` or ``lax.map`` of local steps) they fall back to a generic
+    loop nest: measured 9x slower for FedAvgCNN's training step. Here the backward pass
+    is written as canonical convolutions with explicit transposes, so every convolution
+    inside a loop is a fast one. Values are those of ``lax.conv_general_dilated``
+    (tests compare both, forward and gradients). Used on CPU only: GPU libraries take
+    any dimension order, and the explicit transposes would cost memory traffic there.
+    """
+    simple = (jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
+              and batch_group_count == 1 and preferred_element_type is None
+              and all(d == 1 for d in (lhs_dilation or (1, 1)))
+              and all(d == 1 for d in (rhs_dilation or (1, 1)))
+              and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+              == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    if not simple:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count,
+                                        precision, preferred_element_type)
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        pads = tuple(lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[0:2], strides, padding))
+    else:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _canonical_conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
+
+
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+Conv.__doc__ = "``flax.linen.Conv`` with :func:`conv_general_dilated` (fast gradients in XLA:CPU loops)."
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+class BatchNorm(nn.Module):
+    """Batch normalisation with PyTorch's semantics and a sample mask.
+
+    Training: normalise with the batch mean and biased variance over the ``mask``-ed
+    samples (all positions of each real sample); update the running statistics as
+    ``torch.nn.BatchNorm2d`` does: ``running = (1 - momentum) * running + momentum * batch``
+    with the UNBIASED batch variance. Evaluation: the running statistics. Padded samples
+    (mask False) change neither the output of the real samples nor the statistics.
+    Variables: ``params/{scale, bias}``, ``batch_stats/{mean, var}``.
+    """
+    use_running_average: bool = False
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        xf = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            if mask is None:
+                w = jnp.ones(x.shape[:1] + (1,) * (x.ndim - 1), jnp.float32)
+            else:
+                w = mask.astype(jnp.float32).reshape(x.shape[:1] + (1,) * (x.ndim - 1))
+            per_sample = 1
+            for d in x.shape[1:-1]:
+                per_sample *= d
+            count = jnp.sum(w) * per_sample
+            mean = jnp.sum(xf * w, axis=axes) / jnp.maximum(count, 1.0)
+            var = jnp.sum(jnp.square(xf - mean) * w, axis=axes) / jnp.maximum(count, 1.0)
+            if not self.is_initializing():
+                unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+                ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
+                ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * unbiased
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.astype(x.dtype)
 
 
 class _GroupNormAuto(nn.Module):
     groups: int = 32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        del mask  # per-sample statistics: padded samples touch nothing else
         c = x.shape[-1]
         g = min(self.groups, c)
         while c % g:
@@ -48,11 +170,35 @@ class _GroupNormAuto(nn.Module):
 class _Identity(nn.Module):
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        del mask
         return x
+
+
+def make_norm(kind: str, *, train: bool, name: str, groups: int = 32) -> nn.Module:
+    """BatchNorm (running statistics in the ``batch_stats`` collection) or GroupNorm.
+
+    The returned module is called as ``norm(x, mask)``.
+    """
+    if kind == "batch":
+        return BatchNorm(use_running_average=not train, name=name)
+    if kind == "group":
+        return _GroupNormAuto(groups=groups, name=name)
+    if kind == "none":
+        return _Identity(name=name)
+    raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
 
 
 def feature_map_to_tokens(fmap: jax.Array) -> jax.Array:
     """``(B, h, w, d) -> (B, h*w, d)`` in row-major (h, w) order."""
     b, h, w, d = fmap.shape
     return jnp.reshape(fmap, (b, h * w, d))
+
+
+def masked_batch_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    """Mean of ``x (B, ...)`` over the batch axis, over ``mask``-ed samples only."""
+    if mask is None:
+        return jnp.mean(x, axis=0)
+    w = mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.sum(x * w, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+

@@ -5,16 +5,26 @@ OmniFM forward pass for a batch ``x (B, H, W, C)`` and the server's bank:
   r   = backbone(x)                          tokens (B, L, d)
   s   = tokenizer(x)                         spectral tokens (B, d_s), unit norm (Eq. 3)
   S_g = top-k(bank, s)                       retrieved prototypes (B, k, d_s), constants
-  Z   = ECA(r, S_g)                          (B, L, d)                           (Eq. 4)
+  Z   = ECA(r, [s || S_g])                   (B, L, d)                           (Eq. 4)
   r'  = [Z || r || c]                        (B, 2L + p, d)                      (PSP)
   y   = head(r')
+
+ECA attends to the local spectral token ``s`` next to the retrieved prototypes (Fig. 3
+fuses local and retrieved spectral embeddings), so the task loss reaches the tokenizer.
+With ``local_spectral_in_eca=False`` ECA attends to ``S_g`` only: then ``s`` enters the
+forward pass only through the retrieval (under stop-gradient), only SPAlign trains the
+tokenizer, and a constant ``s`` is a zero-loss solution.
+
+``mask`` (``bool[B]``) marks the real samples of a batch: it reaches the backbone
+(BatchNorm statistics) and the batch mean of the "w/o GSKR" ablation, so padded samples
+influence nothing.
 
 The model returns ``(y, OmniFMAux)``; the auxiliaries carry what the local objective
 (Eq. 6, the SPAlign term Eq. 5), the bank's hit counts (Eq. 8) and the upload need.
 
 Table 8 ablations are switches:
-  * ``use_gskr=False`` (w/o GSKR): ``S_g`` is the batch's mean spectral embedding
-    (one prototype, stop-gradient) instead of a retrieval from the bank;
+  * ``use_gskr=False`` (w/o GSKR): ``S_g`` is the batch's mean spectral embedding over the
+    real samples (one prototype, stop-gradient) instead of a retrieval from the bank;
   * ``use_eca=False`` (w/o ECA): ``Z = FiLM(r; mean S_g)``;
   * ``use_psp=False`` (w/o PSP): ``r' = Proj([Z ; r])`` (L tokens, no suffix);
   * w/o SPAlign is ``lambda = 0`` in the algorithm, not a model switch.
@@ -28,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from omnifm_jax import bank as bank_lib
-from omnifm_jax.models.common import TokenLayout
+from omnifm_jax.models.common import TokenLayout, masked_batch_mean
 from omnifm_jax.modules import EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection
 from omnifm_jax.spectral import SpectralTokenizer
 
@@ -62,6 +72,7 @@ class OmniFM(nn.Module):
       num_suffix: ``p``, suffix prompt tokens.
       top_k: prototypes retrieved (paper default 2).
       use_gskr, use_eca, use_psp: Table 8 switches.
+      local_spectral_in_eca: ECA (or FiLM) also conditions on the local ``s``.
     """
     backbone: nn.Module
     head: nn.Module
@@ -75,10 +86,11 @@ class OmniFM(nn.Module):
     use_gskr: bool = True
     use_eca: bool = True
     use_psp: bool = True
+    local_spectral_in_eca: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False):
-        r = self.backbone(x, train=train)
+    def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False, mask=None):
+        r = self.backbone(x, train=train, mask=mask)
         s = SpectralTokenizer(dim=self.spectral_dim, ratio=self.low_pass_ratio,
                               log_magnitude=self.log_magnitude, name="tokenizer")(x)
         if self.use_gskr:
@@ -86,16 +98,20 @@ class OmniFM(nn.Module):
             protos, idx, _ = bank_lib.retrieve(frozen, jax.lax.stop_gradient(s), self.top_k)
             valid = idx >= 0
         else:
-            mean_s = jax.lax.stop_gradient(jnp.mean(s, axis=0))
+            mean_s = jax.lax.stop_gradient(masked_batch_mean(s, mask))
             protos = jnp.broadcast_to(mean_s, (s.shape[0], 1, s.shape[-1]))
             valid = jnp.ones((s.shape[0], 1), bool)
             idx = jnp.full((s.shape[0], 1), bank_lib.MISSING, jnp.int32)
-        protos = protos.astype(r.dtype)
+        keys, keys_valid = protos, valid
+        if self.local_spectral_in_eca:
+            keys = jnp.concatenate([s[:, None, :], protos], axis=1)
+            keys_valid = jnp.concatenate([jnp.ones((s.shape[0], 1), bool), valid], axis=1)
+        keys = keys.astype(r.dtype)
         if self.use_eca:
             z = EmbeddingCrossAttention(self.attn_dim, self.num_heads, out_dim=r.shape[-1], name="eca")(
-                r, protos, valid)
+                r, keys, keys_valid)
         else:
-            cond, _ = bank_lib.mean_valid(protos, valid)
+            cond, _ = bank_lib.mean_valid(keys, keys_valid)
             z = FiLM(name="film")(r, cond)
         if self.use_psp:
             tokens = PrefixSuffixPrompt(self.num_suffix, name="prompt")(z, r)
@@ -116,8 +132,8 @@ class TokenModel(nn.Module):
     head: nn.Module
 
     @nn.compact
-    def __call__(self, x: jax.Array, bank: Any = None, *, train: bool = False):
+    def __call__(self, x: jax.Array, bank: Any = None, *, train: bool = False, mask=None):
         del bank
-        r = self.backbone(x, train=train)
+        r = self.backbone(x, train=train, mask=mask)
         layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
         return self.head(r, layout=layout, train=train), None

@@ -14,7 +14,7 @@ import math
 import flax.linen as nn
 import jax
 
-from omnifm_jax.models.common import TokenLayout, feature_map_to_tokens
+from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens
 
 
 class ResBlock(nn.Module):
@@ -23,8 +23,8 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = nn.relu(nn.Conv(self.features, (3, 3), padding=1, name="conv1")(x))
-        y = nn.Conv(self.features, (3, 3), padding=1, name="conv2")(y)
+        y = nn.relu(Conv(self.features, (3, 3), padding=1, name="conv1")(x))
+        y = Conv(self.features, (3, 3), padding=1, name="conv2")(y)
         return x + self.res_scale * y
 
 
@@ -34,13 +34,13 @@ class EDSRBackbone(nn.Module):
     num_blocks: int = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        del train
-        head = nn.Conv(self.features, (3, 3), padding=1, name="conv_in")(x)
+    def __call__(self, x: jax.Array, *, train: bool = False, mask=None) -> jax.Array:
+        del train, mask  # no normalisation: samples never interact
+        head = Conv(self.features, (3, 3), padding=1, name="conv_in")(x)
         y = head
         for i in range(self.num_blocks):
             y = ResBlock(self.features, name=f"block{i + 1}")(y)
-        y = nn.Conv(self.features, (3, 3), padding=1, name="conv_body")(y) + head
+        y = Conv(self.features, (3, 3), padding=1, name="conv_body")(y) + head
         return feature_map_to_tokens(y)
 
 
@@ -75,8 +75,8 @@ class PixelShuffleHead(nn.Module):
         d = body.shape[-1]
         y = body.reshape(body.shape[:-2] + (h, w, d))
         for i in range(int(math.log2(self.scale))):
-            y = nn.Conv(4 * d, (3, 3), padding=1, name=f"up{i + 1}")(y)
+            y = Conv(4 * d, (3, 3), padding=1, name=f"up{i + 1}")(y)
             y = pixel_shuffle(y, 2)
         # Zero-initialised: the model starts exactly at the task's bicubic skip connection.
-        return nn.Conv(self.channels, (3, 3), padding=1, kernel_init=nn.initializers.zeros,
+        return Conv(self.channels, (3, 3), padding=1, kernel_init=nn.initializers.zeros,
                        name="conv_out")(y)
