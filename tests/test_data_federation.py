@@ -1,4 +1,4 @@
-"""Padded client arrays, federate/validate, the registry and the describe command."""
+"""Ragged client arrays, federate/validate, the registry and the describe command."""
 
 from __future__ import annotations
 
@@ -43,25 +43,43 @@ def _check_exactly_once(fed, n):
     np.testing.assert_array_equal(np.sort(allidx), np.arange(n))
 
 
-def test_stack_clients_labels_and_padding():
+def _assert_ragged(a):
+    """Clients stored one after another: offsets = running sum of n, n sums to the rows."""
+    n = np.asarray(a.n)
+    assert n.dtype == np.int32 and a.offsets.dtype == np.int32
+    np.testing.assert_array_equal(a.offsets, np.concatenate([[0], np.cumsum(n)[:-1]]))
+    assert int(n.sum()) == a.x.shape[0] == a.y.shape[0] == a.modality.shape[0]
+
+
+def test_stack_clients_packs_clients_flat():
     x = np.arange(5 * 2 * 2 * 1, dtype=np.uint8).reshape(5, 2, 2, 1) + 1
     y = np.array([0, 1, 2, 1, 0])
     m = np.array([0, 0, 1, 1, 1])
-    a = F.stack_clients(x, y, m, [np.array([4, 0]), np.array([2]), np.array([], np.int64)])
-    assert a.x.shape == (3, 2, 2, 2, 1) and a.x.dtype == np.uint8
-    assert a.n.tolist() == [2, 1, 0] and a.n.dtype == np.int32
-    assert a.y.tolist() == [[0, 0], [2, -1], [-1, -1]] and a.y.dtype == np.int32
-    assert a.modality.tolist() == [[1, 0], [1, -1], [-1, -1]]
-    np.testing.assert_array_equal(a.x[0, 0], x[4])
-    assert not a.x[1, 1].any() and not a.x[2].any()
+    a = F.stack_clients(x, y, m, [np.array([4, 0]), np.array([2]), np.array([], np.int64), np.array([3, 1])])
+    _assert_ragged(a)
+    assert a.x.shape == (5, 2, 2, 1) and a.x.dtype == np.uint8  # no padding rows
+    assert a.n.tolist() == [2, 1, 0, 2] and a.offsets.tolist() == [0, 2, 3, 3]
+    # client after client, each in its index order
+    np.testing.assert_array_equal(a.x, x[[4, 0, 2, 3, 1]])
+    assert a.y.tolist() == [0, 0, 2, 1, 1] and a.y.dtype == np.int32
+    assert a.modality.tolist() == [1, 0, 1, 1, 0] and a.modality.dtype == np.int32
+    assert F.client_ids(a).tolist() == [0, 0, 1, 3, 3]
+    xs, ys, ms = F.client_slice(a, 3)
+    np.testing.assert_array_equal(xs, x[[3, 1]])
+    assert ys.tolist() == [1, 1] and ms.tolist() == [1, 0]
+    xs, ys, ms = F.client_slice(a, 2)
+    assert xs.shape == (0, 2, 2, 1) and ys.size == 0 and ms.size == 0
+    assert a.num_clients == 4 and a.sample_shape == (2, 2, 1)
 
 
 def test_stack_clients_super_resolution_targets():
     x = np.ones((4, 8, 8, 3), np.uint8)
-    y = np.full((4, 16, 16, 3), 7, np.uint8)
+    y = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((1, 16, 16, 3), np.uint8)
     a = F.stack_clients(x, y, np.zeros(4, np.int32), [np.array([0, 1, 2]), np.array([3])])
-    assert a.y.shape == (2, 3, 16, 16, 3) and a.y.dtype == np.uint8
-    assert a.y[1, 0].min() == 7 and not a.y[1, 1:].any()
+    _assert_ragged(a)
+    assert a.y.shape == (4, 16, 16, 3) and a.y.dtype == np.uint8
+    assert F.client_slice(a, 1)[1].shape == (1, 16, 16, 3) and np.all(F.client_slice(a, 1)[1] == 3)
+    np.testing.assert_array_equal(F.client_slice(a, 0)[1][:, 0, 0, 0], [0, 1, 2])
     fed = F.Federation(train=a, test=a, num_classes=0, class_names=(), modality_names=("m",), info={})
     F.validate_federation(fed)
 
@@ -92,10 +110,25 @@ def test_federate_synthetic(syn_fed):
     F.validate_federation(syn_fed)
     assert syn_fed.num_clients == 6 and syn_fed.num_classes == 6
     _check_exactly_once(syn_fed, 1080)
+    _assert_ragged(syn_fed.train)
+    _assert_ragged(syn_fed.test)
     tr, te = _indices(syn_fed)
     assert [len(t) for t in tr] == syn_fed.train.n.tolist()
+    assert [len(e) for e in te] == syn_fed.test.n.tolist()
     for t, e in zip(tr, te):
         assert len(t) == int(np.floor(0.75 * (len(t) + len(e))))
+    # the flat arrays hold exactly the indexed pool samples, client after client
+    pool = make_cross_modality(0)
+    for k in range(6):
+        xs, ys, ms = F.client_slice(syn_fed.train, k)
+        np.testing.assert_array_equal(xs, pool.images[tr[k]])
+        np.testing.assert_array_equal(ys, pool.labels[tr[k]])
+        np.testing.assert_array_equal(ms, pool.modality[tr[k]])
+        np.testing.assert_array_equal(F.client_slice(syn_fed.test, k)[1], pool.labels[te[k]])
+    assert syn_fed.train.y.min() >= 0 and syn_fed.train.y.max() < 6
+    # PFLlib's minimum client size: int(min(40, 1080 / 6 / 2)) = 40
+    assert syn_fed.info["min_size"] == 40 and syn_fed.info["balance"] is None
+    assert min(len(t) + len(e) for t, e in zip(tr, te)) >= 40
     import json
 
     json.dumps(syn_fed.info)
@@ -105,12 +138,21 @@ def test_federate_synthetic(syn_fed):
     "mutate, match",
     [
         (lambda a: a._replace(x=a.x.astype(np.float32)), "x must be uint8"),
-        (lambda a: a._replace(y=np.where(a.y >= 0, 99, a.y).astype(np.int32)), r"out of range \[0, 6\)"),
-        (lambda a: a._replace(n=(a.n + a.x.shape[1]).astype(np.int32)), "N_max"),
-        (lambda a: a._replace(n=np.where(np.arange(len(a.n)) == 2, 0, a.n).astype(np.int32)), "no training samples|padding"),
-        (lambda a: a._replace(y=np.where(a.y < 0, 0, a.y).astype(np.int32)), "padding"),
+        (lambda a: a._replace(x=a.x[None]), r"x must be \[N, H, W, C\]"),
+        (lambda a: a._replace(y=np.full_like(a.y, 99)), r"out of range \[0, 6\)"),
+        (lambda a: a._replace(y=(a.y - 1).astype(np.int32)), r"out of range \[0, 6\)"),
+        (lambda a: a._replace(y=a.y[:-1]), "y must be int32"),
+        (lambda a: a._replace(y=a.y.astype(np.int64)), "y must be int32"),
+        (lambda a: a._replace(n=(a.n + 1).astype(np.int32)), "n sums to"),
+        # one sample moved from client 2 to client 3 without moving the offsets
+        (lambda a: a._replace(n=(a.n + np.isin(np.arange(len(a.n)), [3]) - np.isin(np.arange(len(a.n)), [2]))
+                              .astype(np.int32)), "offsets must be int32.*running sum"),
+        (lambda a: a._replace(offsets=a.offsets[::-1].copy()), "running sum"),
+        (lambda a: a._replace(offsets=a.offsets.astype(np.int64)), "offsets must be int32"),
+        (lambda a: a._replace(n=np.where(np.arange(len(a.n)) == 1, -1, a.n).astype(np.int32)), "n must be >= 0"),
         (lambda a: a._replace(n=a.n.astype(np.int64)), "n must be int32"),
-        (lambda a: a._replace(modality=a.modality[:, :-1]), "modality must be int32"),
+        (lambda a: a._replace(modality=a.modality[:-1]), "modality must be int32"),
+        (lambda a: a._replace(modality=np.full_like(a.modality, 3)), r"modality ids out of range \[0, 3\)"),
     ],
 )
 def test_validate_federation_catches_problems(syn_fed, mutate, match):
@@ -125,13 +167,13 @@ def test_validate_federation_empty_client(syn_fed):
     import dataclasses
 
     t = syn_fed.train
-    real = np.arange(t.x.shape[1])[None, :] < np.where(np.arange(6) == 3, 0, t.n)[:, None]
+    keep = F.client_ids(t) != 3  # drop client 3's rows, keep a consistent ragged layout
+    n = np.where(np.arange(6) == 3, 0, t.n).astype(np.int32)
     empty = t._replace(
-        x=np.where(real[..., None, None, None], t.x, 0).astype(np.uint8),
-        y=np.where(real, t.y, -1).astype(np.int32),
-        modality=np.where(real, t.modality, -1).astype(np.int32),
-        n=np.where(np.arange(6) == 3, 0, t.n).astype(np.int32),
+        x=t.x[keep], y=t.y[keep], modality=t.modality[keep], n=n,
+        offsets=np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32),
     )
+    _assert_ragged(empty)
     with pytest.raises(ValueError, match=r"client\(s\) \[3\] have no training samples"):
         F.validate_federation(dataclasses.replace(syn_fed, train=empty))
 
@@ -150,13 +192,36 @@ def test_federate_bad_input():
         F.federate(d, num_clients=1000, partition="iid")
 
 
+def test_federate_pathological_pfllib_options():
+    d = make_cross_modality(0)  # 6 classes x 180 samples
+    fed = F.federate(d, num_clients=6, partition="pat", classes_per_client=2, balance=True, seed=0)
+    assert fed.info["partition"] == "pathological" and fed.info["balance"] is True
+    assert fed.info["classes_per_client"] == 2 and fed.info["min_size"] == 40 and fed.info["alpha"] is None
+    _check_exactly_once(fed, 1080)
+    # PFLlib: ceil(6 / 6 * 2) = 2 holders per class; clients 2j, 2j+1 share classes 2j, 2j+1, 90 each
+    tr, te = _indices(fed)
+    for k in range(6):
+        labels = d.labels[np.concatenate([tr[k], te[k]]).astype(np.int64)]
+        expected = np.zeros(6, np.int64)
+        expected[[2 * (k // 2), 2 * (k // 2) + 1]] = 90
+        np.testing.assert_array_equal(np.bincount(labels, minlength=6), expected)
+    assert fed.train.n.tolist() == [135] * 6 and fed.test.n.tolist() == [45] * 6
+    # the registry passes the partition options through
+    via_registry = R.load_federation("synthetic", num_clients=6, partition="pat", classes_per_client=2, balance=True)
+    assert via_registry.info["train_indices"] == fed.info["train_indices"]
+    unbalanced = R.load_federation("synthetic", num_clients=6, partition="pat", classes_per_client=2, min_size=40)
+    assert unbalanced.info["balance"] is False and unbalanced.info["min_size"] == 40
+    sizes = (unbalanced.train.n + unbalanced.test.n).tolist()
+    assert sum(sizes) == 1080 and sizes != [180] * 6
+
+
 def test_registry_synthetic_and_unknown():
     fed = R.load_federation("synthetic", num_clients=4, seed=1, partition="modality", num_modalities=2,
                             samples_per_class_per_modality=10)
     assert fed.info["dataset"] == "synthetic" and fed.info["partition"] == "modality"
     for k in range(4):
-        mods = fed.train.modality[k, : fed.train.n[k]]
-        assert np.unique(mods).size == 1
+        mods = F.client_slice(fed.train, k)[2]
+        assert mods.size > 0 and np.unique(mods).size == 1
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*synthetic.*real4.*breakhis_sr"):
         R.load_federation("imagenet", num_clients=2)
     with pytest.raises(ValueError, match="unknown option"):
@@ -194,7 +259,13 @@ def test_registry_medmnist_from_real_files(real):
     fed = R.load_federation("medmnist:breastmnist+pneumoniamnist", num_clients=5, root=real / "medmnist",
                             download=False, alpha=0.5)
     assert fed.num_classes == 4 and fed.modality_names == ("breast ultrasound", "chest X-ray")
-    _check_exactly_once(fed, 780 + 5856)
+    # by default only the official train splits are pooled: 546 + 4708
+    _check_exactly_once(fed, 546 + 4708)
+    both = np.concatenate([fed.train.modality, fed.test.modality])
+    assert np.bincount(both).tolist() == [546, 4708]
+    pooled = R.load_federation("medmnist:breastmnist+pneumoniamnist", num_clients=5, root=real / "medmnist",
+                               download=False, alpha=0.5, splits=("train", "val", "test"))
+    _check_exactly_once(pooled, 780 + 5856)
 
 
 @pytest.mark.real_data
@@ -206,16 +277,19 @@ def test_real4_federation(real4_pool, partition, alpha):
     assert fed.num_clients == 20 and fed.num_classes == 17 and len(fed.modality_names) == 4
     _check_exactly_once(fed, n)
     tr, te = _indices(fed)
-    for k in range(20):  # the stacked arrays hold exactly the indexed samples
-        np.testing.assert_array_equal(fed.train.y[k, : fed.train.n[k]], real4_pool.labels[tr[k]])
-        np.testing.assert_array_equal(fed.test.modality[k, : fed.test.n[k]], real4_pool.modality[te[k]])
+    _assert_ragged(fed.train)
+    _assert_ragged(fed.test)
+    for k in range(20):  # the flat arrays hold exactly the indexed samples
+        np.testing.assert_array_equal(F.client_slice(fed.train, k)[1], real4_pool.labels[tr[k]])
+        np.testing.assert_array_equal(F.client_slice(fed.test, k)[2], real4_pool.modality[te[k]])
     if partition == "modality":
         for k in range(20):
-            mods = np.concatenate([fed.train.modality[k, : fed.train.n[k]], fed.test.modality[k, : fed.test.n[k]]])
+            mods = np.concatenate([F.client_slice(fed.train, k)[2], F.client_slice(fed.test, k)[2]])
             assert np.unique(mods).size == 1
-        assert {int(fed.train.modality[k, 0]) for k in range(20)} == {0, 1, 2, 3}
-    else:
-        assert min(len(a) + len(b) for a, b in zip(tr, te)) >= 10
+        assert {int(F.client_slice(fed.train, k)[2][0]) for k in range(20)} == {0, 1, 2, 3}
+    else:  # PFLlib's least_samples: int(min(40, n / 20 / 2)) = 40
+        assert fed.info["min_size"] == 40
+        assert min(len(a) + len(b) for a, b in zip(tr, te)) >= 40
     same = F.federate(real4_pool, num_clients=20, partition=partition, alpha=alpha, seed=0)
     other = F.federate(real4_pool, num_clients=20, partition=partition, alpha=alpha, seed=1)
     assert same.info["train_indices"] == fed.info["train_indices"]
@@ -233,7 +307,7 @@ def test_real4_dirichlet_skew(real4_pool):
         fed = F.federate(real4_pool, num_clients=20, alpha=alpha, seed=0)
         ent = []
         for k in range(20):
-            q = np.bincount(fed.train.y[k, : fed.train.n[k]], minlength=17) / fed.train.n[k]
+            q = np.bincount(F.client_slice(fed.train, k)[1], minlength=17) / fed.train.n[k]
             q = q[q > 0]
             ent.append(-(q * np.log(q)).sum())
         return np.mean(ent)

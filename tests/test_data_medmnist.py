@@ -206,11 +206,28 @@ def test_cross_modality_rejects_unknown_and_multilabel(tmp_path):
 
 @pytest.mark.real_data
 def test_cross_modality_from_official_files(real):
-    d = mm.load_cross_modality(["breastmnist", "retinamnist"], root=real / "medmnist", download=False)
+    d = mm.load_cross_modality(["breastmnist", "retinamnist"], root=real / "medmnist", download=False,
+                               splits=mm.SPLITS)
     assert d.images.shape == (780 + 1600, 28, 28, 3)
     assert len(d.class_names) == 7 and d.class_names[2].startswith("retinamnist: ")
     assert np.bincount(d.modality).tolist() == [780, 1600]
     assert d.labels[d.modality == 1].min() == 2 and d.labels.max() == 6
+
+
+@pytest.mark.real_data
+def test_cross_modality_defaults_to_official_train_split(real):
+    d = mm.load_cross_modality(["breastmnist", "retinamnist"], root=real / "medmnist", download=False)
+    assert d.images.shape == (546 + 1080, 28, 28, 3)
+    assert np.bincount(d.modality).tolist() == [546, 1080]
+    # exactly the train images and labels, in order (grey breastmnist repeated to 3 channels)
+    breast = mm.load_medmnist("breastmnist", root=real / "medmnist", splits=("train",), download=False)["train"]
+    retina = mm.load_medmnist("retinamnist", root=real / "medmnist", splits=("train",), download=False)["train"]
+    np.testing.assert_array_equal(d.images[:546], np.repeat(breast.images, 3, axis=-1))
+    np.testing.assert_array_equal(d.images[546:], retina.images)
+    np.testing.assert_array_equal(d.labels, np.concatenate([breast.labels, retina.labels + 2]))
+    explicit = mm.load_cross_modality(["breastmnist", "retinamnist"], root=real / "medmnist", download=False,
+                                      splits=("train",))
+    np.testing.assert_array_equal(explicit.images, d.images)
 
 
 @pytest.mark.real_data

@@ -12,7 +12,7 @@ from _helpers import real_data_dir
 from PIL import Image
 
 from omnifm_jax.data.breakhis import load_breakhis_images, scan_breakhis
-from omnifm_jax.data.federation import Federation, validate_federation
+from omnifm_jax.data.federation import Federation, client_ids, client_slice, validate_federation
 from omnifm_jax.data.superres import (
     GROUP_SPLITS,
     SPLIT_BY,
@@ -161,6 +161,14 @@ def test_real_bicubic_psnr_by_scale(real_images):
 # --------------------------------------------------------------------------- federations
 
 
+def _assert_ragged(fed: Federation) -> None:
+    """Both splits store clients one after another with no padding rows."""
+    for a in (fed.train, fed.test):
+        assert a.n.dtype == a.offsets.dtype == np.int32
+        np.testing.assert_array_equal(a.offsets, np.concatenate([[0], np.cumsum(a.n)[:-1]]))
+        assert a.x.shape[0] == a.y.shape[0] == a.modality.shape[0] == int(a.n.sum())
+
+
 def _sources_disjoint(fed: Federation) -> None:
     train = {s for client in fed.info["train_source"] for s in client}
     test = {s for client in fed.info["test_source"] for s in client}
@@ -173,13 +181,16 @@ def test_synthetic_sr_federation_fast_deterministic_non_iid():
     assert time.perf_counter() - t0 < 1.0
     validate_federation(fed)
     assert fed.num_classes == 0 and fed.class_names == () and fed.num_clients == 3
-    assert fed.train.x.shape[2:] == (8, 8, 3) and fed.train.y.shape[2:] == (16, 16, 3)
+    assert fed.train.x.shape == (216, 8, 8, 3) and fed.train.y.shape == (216, 16, 16, 3)
     assert fed.train.x.dtype == fed.train.y.dtype == np.uint8
     assert fed.train.n.tolist() == [72, 72, 72] and fed.test.n.tolist() == [24, 24, 24]
+    _assert_ragged(fed)
+    # one modality per client, and client_ids agrees with the modality of every row here
+    np.testing.assert_array_equal(fed.train.modality, client_ids(fed.train))
     for k in range(3):
-        n = fed.train.n[k]
-        assert set(fed.train.modality[k, :n].tolist()) == {k}  # one modality per client
-        np.testing.assert_array_equal(fed.train.x[k, :n], bicubic_downscale(fed.train.y[k, :n], 2))
+        x, y, m = client_slice(fed.train, k)
+        assert x.shape[0] == 72 and set(m.tolist()) == {k}
+        np.testing.assert_array_equal(x, bicubic_downscale(y, 2))
     _sources_disjoint(fed)
     again = synthetic_sr_federation()
     for a, b in zip(fed.train + fed.test, again.train + again.test):
@@ -187,7 +198,8 @@ def test_synthetic_sr_federation_fast_deterministic_non_iid():
     other = synthetic_sr_federation(seed=1)
     assert not np.array_equal(fed.train.y, other.train.y)
     fed8 = synthetic_sr_federation(scale=8, num_clients=2, images_per_client=8)
-    assert fed8.train.x.shape[2:] == (2, 2, 3) and fed8.num_clients == 2
+    assert fed8.train.x.shape[1:] == (2, 2, 3) and fed8.num_clients == 2
+    _assert_ragged(fed8)
 
 
 @pytest.mark.real_data
@@ -198,7 +210,8 @@ def test_real_federation_splits_do_not_leak(split_by, group_split):
     fed = breakhis_sr_federation(root=root, split_by=split_by, group_split=group_split, scale=4, patch=96)
     validate_federation(fed)
     assert fed.num_clients == 3 and fed.num_classes == 0
-    assert fed.train.x.shape[2:] == (24, 24, 3) and fed.train.y.shape[2:] == (96, 96, 3)
+    assert fed.train.x.shape[1:] == (24, 24, 3) and fed.train.y.shape[1:] == (96, 96, 3)
+    _assert_ragged(fed)
     _sources_disjoint(fed)
     info = fed.info
     train_imgs = {s for c in info["train_images"] for s in c}
@@ -210,17 +223,15 @@ def test_real_federation_splits_do_not_leak(split_by, group_split):
         assert not (train_pat & test_pat)
     # Modality ids are the client's groups; groups never straddle clients unless split.
     for k in range(3):
-        ids = set(fed.train.modality[k, : fed.train.n[k]].tolist()) | set(
-            fed.test.modality[k, : fed.test.n[k]].tolist()
-        )
+        ids = set(client_slice(fed.train, k)[2].tolist()) | set(client_slice(fed.test, k)[2].tolist())
         assert {fed.modality_names[i] for i in ids} <= set(info["client_groups"][k])
         assert fed.test.n[k] > 0 and fed.train.n[k] > 0
     if split_by != "tumor_class":  # 4 magnifications / 8 subtypes -> whole groups per client
         groups = [g for c in info["client_groups"] for g in c]
         assert len(groups) == len(set(groups))
-    k = 0
-    n = fed.test.n[k]
-    np.testing.assert_array_equal(fed.test.x[k, :n], bicubic_downscale(fed.test.y[k, :n], 4))
+    x, y, _ = client_slice(fed.test, 0)
+    assert x.shape[0] == fed.test.n[0] > 0
+    np.testing.assert_array_equal(x, bicubic_downscale(y, 4))
 
 
 def test_federation_errors(tmp_path, monkeypatch):

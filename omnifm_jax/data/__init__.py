@@ -4,7 +4,7 @@ Everything here is numpy on the host (no TensorFlow); arrays are built once and
 handed to the JAX engine as :class:`Federation` objects.
 """
 
-from .federation import ClientArrays, Federation, federate, stack_clients, validate_federation
+from .federation import ClientArrays, Federation, client_ids, client_slice, federate, stack_clients, validate_federation
 from .medmnist import (
     ChecksumError,
     DatasetNotFoundError,
@@ -23,6 +23,8 @@ from .synthetic import make_cross_modality
 __all__ = [
     "ClientArrays",
     "Federation",
+    "client_ids",
+    "client_slice",
     "federate",
     "stack_clients",
     "validate_federation",

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .federation import Federation
+from .federation import Federation, client_slice
 
 __all__ = ["describe", "add_data_parser", "main", "parse_set_options"]
 
@@ -37,20 +37,19 @@ def describe(fed: Federation, *, top: int = 3) -> str:
         + (f"  alpha: {info['alpha']}" if info.get("alpha") is not None else "")
         + f"  seed: {info.get('seed', '?')}  clients: {k}",
         f"classes: {nc}  modalities: {nm} ({', '.join(f'{i}={m}' for i, m in enumerate(fed.modality_names))})",
-        f"image: {list(fed.train.x.shape[2:])}",
+        f"image: {list(fed.train.x.shape[1:])}",
     ]
     rows = [("client", "train", "test", "#cls", "top classes (id:count)", "modalities (id:count)")]
     tot_cls = np.zeros(max(nc, 1), np.int64)
     tot_mod = np.zeros(max(nm, 1), np.int64)
     for c in range(k):
-        mod = np.concatenate(
-            [fed.train.modality[c, : fed.train.n[c]], fed.test.modality[c, : fed.test.n[c]]]
-        ).astype(np.int64)
+        tr, te = client_slice(fed.train, c), client_slice(fed.test, c)
+        mod = np.concatenate([tr[2], te[2]]).astype(np.int64)
         mc = _counts(mod, max(nm, 1))
         tot_mod += mc
         mods = " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc))
         if nc > 0:
-            lab = np.concatenate([fed.train.y[c, : fed.train.n[c]], fed.test.y[c, : fed.test.n[c]]]).astype(np.int64)
+            lab = np.concatenate([tr[1], te[1]]).astype(np.int64)
             cc = _counts(lab, nc)
             tot_cls += cc
             order = [i for i in np.argsort(-cc, kind="stable")[:top] if cc[i] > 0]

@@ -1,10 +1,12 @@
-"""Padded per-client arrays consumed by the JAX training engine.
+"""Ragged per-client arrays consumed by the JAX training engine.
 
 A :class:`Federation` holds, for ``K`` clients, a training and a held-out test
-:class:`ClientArrays`.  Each field is a dense array with a leading client axis,
-zero (or ``-1``) padded up to the largest client, so that the engine can
-``vmap`` over clients without any per-step host work.  Everything here is
-plain numpy, built once on the host.
+:class:`ClientArrays`.  Each split stores ALL its samples in one flat array, client
+after client: client ``k`` owns rows ``offsets[k] : offsets[k] + n[k]``.  Memory is
+O(total samples), whatever the spread of client sizes (a Dirichlet(0.1) federation has
+clients from tens to thousands of images; a ``[K, N_max]`` layout would mostly hold
+padding).  The engine gathers each minibatch by index inside the jitted round.
+Everything here is plain numpy, built once on the host.
 """
 
 from __future__ import annotations
@@ -21,27 +23,39 @@ __all__ = [
     "ClientArrays",
     "Federation",
     "stack_clients",
+    "client_slice",
+    "client_ids",
     "federate",
     "validate_federation",
 ]
 
 
 class ClientArrays(NamedTuple):
-    """Per-client data, padded to a common per-client size ``N_max``.
+    """One split of every client's data, stored flat (ragged).
 
     Attributes:
-        x: ``uint8[K, N_max, H, W, C]`` inputs, zero padded past ``n[k]``.
-        y: ``int32[K, N_max]`` class labels with ``-1`` padding, or
-            ``uint8[K, N_max, H2, W2, C]`` image targets (super-resolution),
-            zero padded.
-        n: ``int32[K]`` number of real samples per client.
-        modality: ``int32[K, N_max]`` modality id per sample, ``-1`` padding.
+        x: ``uint8[N, H, W, C]`` inputs of all clients, client after client.
+        y: ``int32[N]`` class labels, or ``uint8[N, H2, W2, C]`` image targets
+            (super-resolution).
+        n: ``int32[K]`` number of samples of each client.
+        offsets: ``int32[K]`` first row of each client: ``offsets[k] = n[:k].sum()``.
+        modality: ``int32[N]`` modality id of each sample.
     """
 
     x: np.ndarray
     y: np.ndarray
     n: np.ndarray
+    offsets: np.ndarray
     modality: np.ndarray
+
+    @property
+    def num_clients(self) -> int:
+        return int(np.shape(self.n)[0])
+
+    @property
+    def sample_shape(self) -> tuple:
+        """Shape of one input image ``(H, W, C)``."""
+        return tuple(np.shape(self.x)[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +84,26 @@ class Federation:
         return int(self.train.n.shape[0])
 
 
+def client_slice(arrays: ClientArrays, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, modality)`` of client ``k`` (numpy views, no copy)."""
+    lo = int(arrays.offsets[k])
+    hi = lo + int(arrays.n[k])
+    return arrays.x[lo:hi], arrays.y[lo:hi], arrays.modality[lo:hi]
+
+
+def client_ids(arrays: ClientArrays) -> np.ndarray:
+    """``int32[N]``: the client that owns each row."""
+    n = np.asarray(arrays.n)
+    return np.repeat(np.arange(n.shape[0], dtype=np.int32), n)
+
+
 def stack_clients(
     x: np.ndarray,
     y: np.ndarray,
     modality: np.ndarray,
     client_indices: Sequence[np.ndarray],
 ) -> ClientArrays:
-    """Gather samples per client and pad them into dense ``[K, N_max, ...]`` arrays.
+    """Gather the samples of every client into one flat array, client after client.
 
     Args:
         x: ``uint8[N, H, W, C]`` inputs of the whole pool.
@@ -87,8 +114,7 @@ def stack_clients(
             the pool).  Clients may be empty (``n[k] == 0``).
 
     Returns:
-        A :class:`ClientArrays`; label padding is ``-1``, image padding ``0``,
-        modality padding ``-1``.
+        A :class:`ClientArrays` with ``x.shape[0] == sum(n)`` (no padding).
 
     Raises:
         ValueError: on inconsistent shapes, wrong dtypes, no clients, or
@@ -109,11 +135,11 @@ def stack_clients(
     if y.ndim == 1:
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"stack_clients: labels must be integers, got {y.dtype}")
-        is_labels = True
+        y_dtype = np.int32
     elif y.ndim == 4:
         if y.dtype != np.uint8:
             raise ValueError(f"stack_clients: image targets must be uint8, got {y.dtype}")
-        is_labels = False
+        y_dtype = np.uint8
     else:
         raise ValueError(
             f"stack_clients: y must be labels [N] or image targets [N, H2, W2, C], got shape {y.shape}"
@@ -134,23 +160,16 @@ def stack_clients(
                 f"min {idx.min()}, max {idx.max()}"
             )
         idx_list.append(idx)
-
-    num = len(idx_list)
     n = np.array([len(i) for i in idx_list], dtype=np.int32)
-    n_max = max(int(n.max()), 1)
-    xs = np.zeros((num, n_max) + x.shape[1:], dtype=np.uint8)
-    if is_labels:
-        ys = np.full((num, n_max), -1, dtype=np.int32)
-    else:
-        ys = np.zeros((num, n_max) + y.shape[1:], dtype=np.uint8)
-    ms = np.full((num, n_max), -1, dtype=np.int32)
-    for k, idx in enumerate(idx_list):
-        m = len(idx)
-        if m:
-            xs[k, :m] = x[idx]
-            ys[k, :m] = y[idx]
-            ms[k, :m] = modality[idx]
-    return ClientArrays(x=xs, y=ys, n=n, modality=ms)
+    offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32)
+    flat = np.concatenate(idx_list) if n.sum() else np.zeros(0, np.int64)
+    return ClientArrays(
+        x=np.ascontiguousarray(x[flat]),
+        y=np.ascontiguousarray(y[flat].astype(y_dtype)),
+        n=n,
+        offsets=offsets,
+        modality=modality[flat].astype(np.int32),
+    )
 
 
 def federate(
@@ -160,20 +179,26 @@ def federate(
     partition: str = "dirichlet",
     alpha: float = 0.5,
     classes_per_client: int = 2,
-    min_size: int = 10,
+    balance: bool = False,
+    min_size: int | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
 ) -> Federation:
-    """Partition a labelled pool among clients and build padded train/test arrays.
+    """Partition a labelled pool among clients and build ragged train/test arrays.
 
     Args:
         data: the pool (all of it is distributed; PFLlib re-splits per client).
         num_clients: number of clients ``K``.
-        partition: ``dirichlet``, ``pathological``, ``modality`` (single
-            modality per client) or ``iid``.
+        partition: ``dirichlet`` (PFLlib ``dir``), ``pathological`` (PFLlib
+            ``pat``), ``modality`` (single modality per client) or ``iid``;
+            see :mod:`omnifm_jax.data.partition`.
         alpha: Dirichlet concentration (0.1 hard, 0.5 medium).
-        classes_per_client: classes per client for ``pathological``.
-        min_size: minimum samples per client for ``dirichlet``.
+        classes_per_client: class quota per client for ``pathological``.
+        balance: ``pathological`` only: equal shares of a class among its
+            holders instead of PFLlib's default random ones.
+        min_size: PFLlib's ``least_samples`` (minimum client size of
+            ``dirichlet``, lower bound of unbalanced ``pathological`` shares);
+            ``None`` (default) is PFLlib's ``int(min(40, N / K / 2))``.
         test_fraction: per-client held-out fraction (PFLlib: 0.25).
         seed: seed of the partition and of the train/test split.
 
@@ -208,6 +233,7 @@ def federate(
         modality=modality,
         alpha=alpha,
         classes_per_client=classes_per_client,
+        balance=balance,
         min_size=min_size,
         num_classes=num_classes,
         seed=seed,
@@ -218,7 +244,12 @@ def federate(
         "num_clients": int(num_clients),
         "alpha": float(alpha) if scheme == "dirichlet" else None,
         "classes_per_client": int(classes_per_client) if scheme == "pathological" else None,
-        "min_size": int(min_size) if scheme == "dirichlet" else None,
+        "balance": bool(balance) if scheme == "pathological" else None,
+        # the minimum client size / least_samples actually used (None -> PFLlib's rule)
+        "min_size": (
+            int(min_size) if min_size is not None
+            else _partition.pfllib_least_samples(int(labels.shape[0]), int(num_clients))
+        ) if scheme in ("dirichlet", "pathological") else None,
         "test_fraction": float(test_fraction),
         "seed": int(seed),
         "num_samples": int(labels.shape[0]),
@@ -241,50 +272,47 @@ def federate(
 def _validate_arrays(a: ClientArrays, *, what: str, num_classes: int, num_modalities: int) -> None:
     if not isinstance(a, ClientArrays):
         raise ValueError(f"{what}: expected ClientArrays, got {type(a).__name__}")
-    x, y, n, m = (np.asarray(v) for v in a)
+    x, y, n, offsets, m = (np.asarray(v) for v in a)
     if x.dtype != np.uint8:
         raise ValueError(f"{what}.x must be uint8, got {x.dtype}")
-    if x.ndim != 5:
-        raise ValueError(f"{what}.x must be [K, N_max, H, W, C], got shape {x.shape}")
-    k, n_max = x.shape[:2]
-    if n.dtype != np.int32 or n.shape != (k,):
-        raise ValueError(f"{what}.n must be int32[{k}], got {n.dtype}{list(n.shape)}")
-    if m.dtype != np.int32 or m.shape != (k, n_max):
-        raise ValueError(f"{what}.modality must be int32[{k}, {n_max}], got {m.dtype}{list(m.shape)}")
-    if np.any(n < 0) or np.any(n > n_max):
-        raise ValueError(f"{what}.n must lie in [0, N_max={n_max}], got min {n.min()}, max {n.max()}")
-    real = np.arange(n_max)[None, :] < n[:, None]
-    if np.any(m[~real] != -1):
-        raise ValueError(f"{what}.modality padding past n[k] must be -1")
-    if real.any() and (m[real].min() < 0 or m[real].max() >= max(num_modalities, 1)):
+    if x.ndim != 4:
+        raise ValueError(f"{what}.x must be [N, H, W, C] (all clients' samples, flat), got shape {x.shape}")
+    total = x.shape[0]
+    if n.dtype != np.int32 or n.ndim != 1:
+        raise ValueError(f"{what}.n must be int32[K], got {n.dtype}{list(n.shape)}")
+    k = n.shape[0]
+    if np.any(n < 0):
+        raise ValueError(f"{what}.n must be >= 0, got min {n.min()}")
+    if int(n.sum()) != total:
+        raise ValueError(f"{what}.n sums to {int(n.sum())} samples but x holds {total}")
+    expected = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32) if k else n
+    if offsets.dtype != np.int32 or offsets.shape != (k,) or np.any(offsets != expected):
+        raise ValueError(f"{what}.offsets must be int32[{k}] = the running sum of n (clients stored one after "
+                         f"another), got {offsets.dtype}{list(offsets.shape)}")
+    if m.dtype != np.int32 or m.shape != (total,):
+        raise ValueError(f"{what}.modality must be int32[{total}], got {m.dtype}{list(m.shape)}")
+    if total and (m.min() < 0 or m.max() >= max(num_modalities, 1)):
         raise ValueError(f"{what}.modality ids out of range [0, {num_modalities})")
-    if np.any(x[~real] != 0):
-        raise ValueError(f"{what}.x padding past n[k] must be zero")
     if num_classes > 0:
-        if y.dtype != np.int32 or y.shape != (k, n_max):
-            raise ValueError(f"{what}.y must be int32[{k}, {n_max}] labels, got {y.dtype}{list(y.shape)}")
-        if np.any(y[~real] != -1):
-            raise ValueError(f"{what}.y label padding past n[k] must be -1")
-        if real.any() and (y[real].min() < 0 or y[real].max() >= num_classes):
-            raise ValueError(
-                f"{what}.y labels out of range [0, {num_classes}): min {y[real].min()}, max {y[real].max()}"
-            )
+        if y.dtype != np.int32 or y.shape != (total,):
+            raise ValueError(f"{what}.y must be int32[{total}] labels, got {y.dtype}{list(y.shape)}")
+        if total and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{what}.y labels out of range [0, {num_classes}): min {y.min()}, max {y.max()}")
     else:
-        if y.dtype != np.uint8 or y.ndim != 5 or y.shape[:2] != (k, n_max):
+        if y.dtype != np.uint8 or y.ndim != 4 or y.shape[0] != total:
             raise ValueError(
-                f"{what}.y must be uint8[{k}, {n_max}, H2, W2, C] image targets, got {y.dtype}{list(y.shape)}"
+                f"{what}.y must be uint8[{total}, H2, W2, C] image targets, got {y.dtype}{list(y.shape)}"
             )
-        if np.any(y[~real] != 0):
-            raise ValueError(f"{what}.y target padding past n[k] must be zero")
 
 
 def validate_federation(fed: Federation) -> None:
-    """Check dtypes, shapes, label ranges and padding of a :class:`Federation`.
+    """Check dtypes, shapes, label ranges and the ragged layout of a :class:`Federation`.
 
     Raises:
         ValueError: naming the first problem found (wrong dtype/shape, labels
-            out of ``[0, num_classes)``, ``n > N_max``, a client with no
-            training samples, padding not ``-1``/zero, mismatched clients).
+            out of ``[0, num_classes)``, counts that do not add up to the rows,
+            offsets that are not the running sum of the counts, a client with no
+            training samples, mismatched clients).
     """
     if not isinstance(fed, Federation):
         raise ValueError(f"expected a Federation, got {type(fed).__name__}")
@@ -303,5 +331,5 @@ def validate_federation(fed: Federation) -> None:
     empty = np.flatnonzero(np.asarray(fed.train.n) == 0)
     if empty.size:
         raise ValueError(f"client(s) {empty.tolist()} have no training samples (n == 0)")
-    if fed.train.x.shape[2:] != fed.test.x.shape[2:]:
-        raise ValueError(f"train and test image shapes differ: {fed.train.x.shape[2:]} vs {fed.test.x.shape[2:]}")
+    if fed.train.x.shape[1:] != fed.test.x.shape[1:]:
+        raise ValueError(f"train and test image shapes differ: {fed.train.x.shape[1:]} vs {fed.test.x.shape[1:]}")

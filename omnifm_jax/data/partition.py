@@ -1,19 +1,47 @@
-"""Client partitions of a labelled pool (PFLlib-compatible).
+"""Client partitions of a labelled pool, following PFLlib's ``separate_data``.
 
-Schemes:
+PFLlib (TsingZ0/PFLlib, ``dataset/utils/dataset_utils.py``) is the reference for
+the two label-skew schemes; what is taken from it:
 
-* ``"dirichlet"`` - per class, client shares drawn from ``Dir(alpha)``
-  (``alpha=0.1`` hard, ``0.5`` medium); redrawn, as in PFLlib, until every
-  client holds at least ``min_size`` samples.
-* ``"pathological"`` - every client holds ``classes_per_client`` classes.
+* ``"dirichlet"`` (PFLlib ``dir``) - for every class, the class's shuffled
+  samples are cut by client shares drawn from ``Dir(alpha * 1_K)``; clients
+  that already hold ``>= N/K`` samples get none of the class.  The whole
+  partition is redrawn until every client holds at least ``least_samples``
+  samples, PFLlib's ``int(min(batch_size / (1 - train_ratio), N / K / 2))``
+  with its data-generation constants ``batch_size=10``, ``train_ratio=0.75``,
+  i.e. ``int(min(40, N / K / 2))`` (``min_size=None``; an int overrides it).
+* ``"pathological"`` (PFLlib ``pat``) - every client has a quota of
+  ``classes_per_client`` classes.  Classes are taken in order ``0..C-1``; the
+  holders of a class are the clients, in index order, that still have quota
+  left, cut to the first ``ceil(K / C * classes_per_client)`` (computed in
+  floating point, as PFLlib does).  A class's samples are cut into consecutive
+  runs, one per holder: ``balance=True`` gives every holder ``int(N_c / h)``
+  and the last one the rest; ``balance=False`` (PFLlib's default) draws the
+  sizes of all but the last holder uniformly from
+  the integers ``[int(max(N_c / h / 10, least_samples / C)), int(N_c / h))``
+  (``numpy``'s ``randint`` truncates its float bounds the same way) and the last
+  holder takes the rest.  Each holder's quota then drops by one.  Where PFLlib
+  would crash (an empty random range) or silently drop samples (quotas used up
+  before the last class with samples), a ``ValueError`` is raised instead.
+  One deliberate difference: PFLlib cuts a class's samples in pool order; we
+  shuffle them first (sizes and holders are unchanged), because our pools are
+  ordered by modality and official split, which would otherwise leak into the
+  partition (e.g. the holders of a synthetic class each getting one modality).
+
+Our own schemes:
+
 * ``"modality"`` - the "extra-hard" split: every client holds a single
   modality; clients are assigned to modalities proportionally to their sizes
   (or round-robin), then each modality's samples are split among its clients.
-* ``"iid"`` - uniform random split.
+* ``"iid"`` - uniform random split into near-equal parts.
 
-Every function is deterministic given its ``numpy.random.Generator`` / seed,
-and assigns every sample to exactly one client.  :func:`split_train_test`
-then holds out a per-client test part (75/25 by default, as PFLlib).
+Randomness comes from a ``numpy.random.Generator`` (not PFLlib's global
+``np.random`` state), so draws differ from PFLlib's for the same seed, but
+every function is deterministic given its generator / seed, assigns every
+sample to exactly one client and never leaves a client empty (``ValueError``
+instead).  :func:`split_train_test` then holds out a per-client test part: as
+PFLlib's ``train_test_split(train_size=0.75, shuffle=True)``, a client with
+``n`` samples keeps ``floor(0.75 * n)`` for training.
 """
 
 from __future__ import annotations
@@ -25,6 +53,9 @@ import numpy as np
 
 __all__ = [
     "PARTITIONS",
+    "PFLLIB_BATCH_SIZE",
+    "PFLLIB_TRAIN_RATIO",
+    "pfllib_least_samples",
     "dirichlet_partition",
     "pathological_partition",
     "modality_partition",
@@ -35,6 +66,11 @@ __all__ = [
 ]
 
 PARTITIONS: tuple[str, ...] = ("dirichlet", "pathological", "modality", "iid")
+
+#: PFLlib's data-generation constants (``dataset/utils/dataset_utils.py``) behind
+#: its minimum client size ``least_samples``.
+PFLLIB_BATCH_SIZE: int = 10
+PFLLIB_TRAIN_RATIO: float = 0.75
 
 _ALIASES = {
     "dir": "dirichlet",
@@ -84,13 +120,34 @@ def _check_clients(num_clients: int, n: int) -> int:
     return int(num_clients)
 
 
+def pfllib_least_samples(n: int, num_clients: int) -> int:
+    """PFLlib's minimum client size: ``int(min(batch_size / (1 - train_ratio), N / K / 2))``.
+
+    With PFLlib's ``batch_size=10`` and ``train_ratio=0.75`` this is
+    ``int(min(40, n / num_clients / 2))``: at least one test batch per client,
+    but never more than half of an even share.
+    """
+    return int(min(PFLLIB_BATCH_SIZE / (1 - PFLLIB_TRAIN_RATIO), n / num_clients / 2))
+
+
+def _resolve_min_size(min_size: int | None, n: int, num_clients: int) -> int:
+    """``min_size`` itself, or PFLlib's ``least_samples`` when it is ``None``."""
+    if min_size is None:
+        return pfllib_least_samples(n, num_clients)
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)):
+        raise ValueError(f"min_size must be an integer or None (PFLlib's rule), got {min_size!r}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size}")
+    return int(min_size)
+
+
 def _finish(parts: Sequence[Sequence[int] | np.ndarray], n: int, *, scheme: str) -> list[np.ndarray]:
     out = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     empty = [k for k, p in enumerate(out) if p.size == 0]
     if empty:
         raise ValueError(
-            f"{scheme} partition left client(s) {empty} empty; use fewer clients, a larger alpha "
-            "or min_size, or more data"
+            f"{scheme} partition left client(s) {empty} empty; use fewer clients or more data"
+            + (", or balance=True / more classes_per_client" if scheme == "pathological" else "")
         )
     allidx = np.concatenate(out) if out else np.zeros(0, np.int64)
     if allidx.size != n or np.unique(allidx).size != n:
@@ -111,16 +168,29 @@ def dirichlet_partition(
     num_clients: int,
     alpha: float,
     rng: np.random.Generator,
-    min_size: int = 10,
-    max_tries: int = 1000,
+    min_size: int | None = None,
+    max_tries: int = 10000,
     num_classes: int | None = None,
 ) -> list[np.ndarray]:
-    """PFLlib's Dirichlet label-skew partition.
+    """PFLlib's Dirichlet label-skew partition (``partition="dir"``).
 
-    For every class, the class's (shuffled) samples are cut by proportions
-    drawn from ``Dir(alpha * 1_K)``; clients already holding ``>= N/K``
-    samples get no more.  The whole draw is repeated until every client holds
-    at least ``min_size`` samples.
+    For every class, proportions are drawn from ``Dir(alpha * 1_K)``; clients
+    already holding ``>= N/K`` samples get a zero share, the rest are
+    renormalised, and the class's shuffled samples are cut at
+    ``int(cumsum(p) * N_c)``.  The whole draw is repeated until every client
+    holds at least ``min_size`` samples.
+
+    Args:
+        labels: ``int[N]`` class labels.
+        num_clients: ``K``.
+        alpha: Dirichlet concentration (``> 0``).
+        rng: source of randomness.
+        min_size: minimum client size; ``None`` (default) is PFLlib's
+            ``least_samples = int(min(40, N / K / 2))`` (see
+            :func:`pfllib_least_samples`).  Clients are never allowed to be
+            empty, so ``0`` acts as ``1``.
+        max_tries: give up after this many draws (PFLlib loops forever).
+        num_classes: label-space size for the range check.
 
     Raises:
         ValueError: ``alpha <= 0``, infeasible ``min_size``, or no valid
@@ -131,32 +201,38 @@ def dirichlet_partition(
     num_clients = _check_clients(num_clients, n)
     if not (alpha > 0 and math.isfinite(alpha)):
         raise ValueError(f"alpha must be a positive finite number, got {alpha}")
-    min_size = max(int(min_size), 1)
-    if min_size * num_clients > n:
+    need = max(_resolve_min_size(min_size, n, num_clients), 1)
+    if need * num_clients > n:
         raise ValueError(
-            f"min_size {min_size} x {num_clients} clients = {min_size * num_clients} exceeds {n} samples"
+            f"min_size {need} x {num_clients} clients = {need * num_clients} exceeds {n} samples"
         )
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-    classes = np.unique(labels)
-    by_class = [np.flatnonzero(labels == c) for c in classes]
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    cap = n / num_clients
     for _ in range(max_tries):
-        batches: list[list[int]] = [[] for _ in range(num_clients)]
+        # Client sizes depend only on the class counts and the proportions, so a
+        # draw is checked before any sample is shuffled.
         sizes = np.zeros(num_clients, np.int64)
+        cuts_per_class = []
         for idx_k in by_class:
-            idx_k = rng.permutation(idx_k)
             p = rng.dirichlet(np.full(num_clients, float(alpha)))
-            p = p * (sizes < n / num_clients)
+            open_ = sizes < cap
+            p = p * open_
             total = p.sum()
-            p = p / total if total > 0 else np.full(num_clients, 1.0 / num_clients)
-            cuts = (np.cumsum(p) * len(idx_k)).astype(np.int64)[:-1]
-            for k, part in enumerate(np.split(idx_k, cuts)):
-                batches[k].extend(part.tolist())
-                sizes[k] += part.size
-        if sizes.min() >= min_size:
-            return _finish(batches, n, scheme="dirichlet")
+            # total == 0 only on floating-point underflow (PFLlib would divide by 0)
+            p = p / total if total > 0 else open_ / open_.sum()
+            cuts = (np.cumsum(p) * idx_k.size).astype(np.int64)[:-1]
+            sizes += np.diff(np.concatenate([[0], cuts, [idx_k.size]]))
+            cuts_per_class.append(cuts)
+        if sizes.min() >= need:
+            batches: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+            for idx_k, cuts in zip(by_class, cuts_per_class):
+                for k, part in enumerate(np.split(rng.permutation(idx_k), cuts)):
+                    batches[k].append(part)
+            return _finish([np.concatenate(b) for b in batches], n, scheme="dirichlet")
     raise ValueError(
-        f"dirichlet partition: no draw gave every client >= {min_size} samples in {max_tries} tries "
+        f"dirichlet partition: no draw gave every client >= {need} samples in {max_tries} tries "
         f"(alpha={alpha}, {num_clients} clients, {n} samples); lower min_size or num_clients, or raise alpha"
     )
 
@@ -167,40 +243,90 @@ def pathological_partition(
     num_clients: int,
     classes_per_client: int,
     rng: np.random.Generator,
+    balance: bool = False,
+    min_size: int | None = None,
     num_classes: int | None = None,
 ) -> list[np.ndarray]:
-    """Pathological label skew: every client holds ``classes_per_client`` classes.
+    """PFLlib's pathological label-skew partition (``partition="pat"``).
 
-    Classes (in a random order) are dealt to clients cyclically, so every
-    class with samples has at least one holder when
-    ``num_clients * classes_per_client >= #classes``; each class's samples are
-    then split evenly (shuffled) among its holders.
+    Every client has a quota of ``classes_per_client`` classes.  For class
+    ``i = 0..C-1`` in turn, the holders are the clients (in index order) with
+    quota left, cut to the first ``ceil(K / C * classes_per_client)``; the
+    class's samples, shuffled (PFLlib keeps pool order), are cut into
+    consecutive runs, one per holder, and every holder's quota drops by one.  Run sizes: with
+    ``balance=True`` ``int(N_c / h)`` for all but the last holder; with
+    ``balance=False`` (PFLlib's default) integers drawn uniformly from
+    ``[int(max(N_c / h / 10, least_samples / C)), int(N_c / h))``; the last
+    holder always takes the rest.
+
+    Args:
+        labels: ``int[N]`` class labels.
+        num_clients: ``K``.
+        classes_per_client: class quota of every client (``1..C``).
+        rng: source of the per-class shuffles and of the unbalanced run sizes
+            (balanced run sizes and the holders never depend on it).
+        balance: equal runs instead of random ones.
+        min_size: PFLlib's ``least_samples`` used in the unbalanced lower bound;
+            ``None`` (default) is ``int(min(40, N / K / 2))``.
+        num_classes: ``C``; default ``max(labels) + 1``.  Classes without
+            samples still use up their holders' quota, as in PFLlib.
+
+    Raises:
+        ValueError: bad ``classes_per_client``; quotas used up before a class
+            that has samples (PFLlib would silently drop them); an empty range
+            for the random sizes (PFLlib's ``randint`` would fail); a client
+            left without samples.
     """
     labels = _check_labels(labels, num_classes=num_classes)
     n = labels.size
     num_clients = _check_clients(num_clients, n)
-    classes = np.unique(labels)
-    c = int(classes_per_client)
-    if c < 1:
-        raise ValueError(f"classes_per_client must be >= 1, got {classes_per_client}")
-    if c > classes.size:
-        raise ValueError(f"classes_per_client {c} exceeds the {classes.size} classes present")
-    if num_clients * c < classes.size:
-        raise ValueError(
-            f"{num_clients} clients x {c} classes cannot cover all {classes.size} classes; "
-            "raise num_clients or classes_per_client"
-        )
-    order = rng.permutation(classes)
-    holders: dict[int, list[int]] = {int(k): [] for k in classes}
-    for k in range(num_clients):
-        for j in range(c):
-            holders[int(order[(k * c + j) % classes.size])].append(k)
-    batches: list[list[int]] = [[] for _ in range(num_clients)]
-    for cls, hs in holders.items():
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        for k, part in zip(hs, np.array_split(idx, len(hs))):
-            batches[k].extend(part.tolist())
-    return _finish(batches, n, scheme="pathological")
+    C = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    cpc = classes_per_client
+    if isinstance(cpc, bool) or not isinstance(cpc, (int, np.integer)) or cpc < 1:
+        raise ValueError(f"classes_per_client must be an integer >= 1, got {classes_per_client!r}")
+    cpc = int(cpc)
+    if cpc > C:
+        raise ValueError(f"classes_per_client {cpc} exceeds the {C} classes")
+    least = _resolve_min_size(min_size, n, num_clients)
+    by_class = [np.flatnonzero(labels == i) for i in range(C)]
+    quota = np.full(num_clients, cpc, np.int64)
+    width = math.ceil(num_clients / C * cpc)  # float expression, as in PFLlib
+    batches: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for i in range(C):
+        holders = np.flatnonzero(quota > 0)[:width]
+        n_c = by_class[i].size
+        if holders.size == 0:
+            left = [j for j in range(i, C) if by_class[j].size]
+            if left:
+                raise ValueError(
+                    f"pathological partition: the class quotas of the {num_clients} clients "
+                    f"({cpc} each, {width} holders per class) are used up before class {i}, so "
+                    f"classes {left} would get no holder (PFLlib silently drops them); it cannot cover "
+                    f"all {C} classes - raise num_clients or classes_per_client"
+                )
+            break
+        h = holders.size
+        per = n_c / h
+        if balance:
+            sizes = np.full(h - 1, int(per), np.int64)
+        else:
+            lo, hi = int(max(per / 10, least / C)), int(per)
+            if h > 1 and lo >= hi:
+                raise ValueError(
+                    f"pathological partition (balance=False): class {i} has {n_c} samples for {h} holders, "
+                    f"so the range of random sizes [max({per:g}/10, {least}/{C}), {per:g}) = [{lo}, {hi}) "
+                    "is empty (PFLlib's randint would fail); use balance=True, fewer clients or more data"
+                )
+            sizes = rng.integers(lo, hi, size=h - 1) if h > 1 else np.zeros(0, np.int64)
+        sizes = np.append(sizes, n_c - sizes.sum()).astype(np.int64)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        idx = rng.permutation(by_class[i])
+        for k, a, b in zip(holders, bounds[:-1], bounds[1:]):
+            batches[k].append(idx[a:b])
+        quota[holders] -= 1
+    return _finish(
+        [np.concatenate(b) if b else np.zeros(0, np.int64) for b in batches], n, scheme="pathological"
+    )
 
 
 def _allocate(sizes: np.ndarray, num_clients: int, how: str) -> np.ndarray:
@@ -272,7 +398,8 @@ def partition(
     modality: np.ndarray | None = None,
     alpha: float = 0.5,
     classes_per_client: int = 2,
-    min_size: int = 10,
+    balance: bool = False,
+    min_size: int | None = None,
     num_classes: int | None = None,
     seed: int = 0,
 ) -> list[np.ndarray]:
@@ -286,9 +413,14 @@ def partition(
             (aliases ``dir``, ``pat``, ``extra_hard``, ``single_modality``).
         modality: ``int[N]`` modality ids (required by ``modality``).
         alpha: Dirichlet concentration.
-        classes_per_client: for ``pathological``.
-        min_size: minimum client size for ``dirichlet``.
-        num_classes: label-space size used for the range check.
+        classes_per_client: class quota per client for ``pathological``.
+        balance: ``pathological`` only: equal runs per holder instead of
+            PFLlib's default random ones.
+        min_size: PFLlib's ``least_samples``: the minimum client size of
+            ``dirichlet`` and the lower bound of unbalanced ``pathological``
+            runs; ``None`` (default) is ``int(min(40, N / K / 2))``.
+        num_classes: label-space size (range check; ``C`` of
+            ``pathological``, default ``max(labels) + 1``).
         seed: seed of the ``numpy.random.Generator``.
 
     Returns:
@@ -296,12 +428,20 @@ def partition(
     """
     scheme = canonical_partition_name(scheme)
     labels = _check_labels(labels, num_classes=num_classes)
+    if not isinstance(balance, (bool, np.bool_)):  # a string such as "false" would be truthy
+        raise ValueError(f"balance must be True or False, got {balance!r}")
     rng = np.random.default_rng(seed)
     if scheme == "dirichlet":
         return dirichlet_partition(labels, num_clients=num_clients, alpha=alpha, rng=rng, min_size=min_size)
     if scheme == "pathological":
         return pathological_partition(
-            labels, num_clients=num_clients, classes_per_client=classes_per_client, rng=rng
+            labels,
+            num_clients=num_clients,
+            classes_per_client=classes_per_client,
+            rng=rng,
+            balance=bool(balance),
+            min_size=min_size,
+            num_classes=num_classes,
         )
     if scheme == "modality":
         if modality is None:
@@ -321,8 +461,10 @@ def split_train_test(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-client shuffled train/test split (PFLlib: 75 % train, 25 % test).
 
-    Each client keeps ``floor((1 - test_fraction) * n)`` (at least 1) samples
-    for training and holds out the rest.
+    Each client keeps ``floor((1 - test_fraction) * n)`` samples for training
+    and holds out the rest, as PFLlib's ``train_test_split(train_size=0.75,
+    shuffle=True)``; a client that would get no training sample (``n == 1``,
+    where scikit-learn raises) keeps its one sample for training.
     """
     if not (0.0 <= test_fraction < 1.0):
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")

@@ -25,7 +25,7 @@ __all__ = ["DATASETS", "load_federation", "default_real_data_dir"]
 #: Known data-set names (``medmnist:`` takes ``+``-joined subsets after the colon).
 DATASETS: tuple[str, ...] = ("synthetic", "medmnist:<subset>+<subset>...", "real4", "synthetic_sr", "breakhis_sr")
 
-_FEDERATE_KEYS = ("partition", "alpha", "classes_per_client", "min_size", "test_fraction")
+_FEDERATE_KEYS = ("partition", "alpha", "classes_per_client", "balance", "min_size", "test_fraction")
 
 
 def default_real_data_dir() -> Path:
@@ -96,7 +96,8 @@ def load_federation(name: str, *, num_clients: int, seed: int = 0, **kwargs: Any
         seed: seed of data generation, partition and train/test split.
         **kwargs: data-set options (e.g. ``size``, ``root``,
             ``num_modalities``) and partition options (``partition``,
-            ``alpha``, ``classes_per_client``, ``min_size``, ``test_fraction``).
+            ``alpha``, ``classes_per_client``, ``balance``, ``min_size``,
+            ``test_fraction``).
 
     Raises:
         ValueError: unknown name (listing the known ones) or unknown option.
