@@ -9,10 +9,12 @@ and width. Free slots are marked by ``valid == False``; they are never retrieved
   slots first, and when the bank is full they replace the least-retrieved slots,
   the oldest first. Then every embedding is projected onto the ball of radius rho.
   Seeding at round 0 (``K^(0) = {s_k^(0)}``) is an insert into an empty bank.
-* :func:`record_hits` / :func:`prune` -- Eq. 8: ``Prune(s_i) = {} if freq(s_i) < delta``,
-  the retrieval frequency counted from retrieved indices, applied only to slots older
-  than a warm-up age so that fresh uploads are not dropped before anyone could
-  retrieve them.
+* :func:`record_hits` / :func:`add_hits` / :func:`prune` -- Eq. 8: ``Prune(s_i) = {} if
+  freq(s_i) < delta``. ``freq`` is the retrieval count of the latest round
+  (``hits = decay * hits + this round's count``, ``decay = 0`` by default; ``decay = 1``
+  is a cumulative count, under which a slot retrieved once is never pruned). Pruning
+  applies only to slots older than a warm-up age so that fresh uploads are not dropped
+  before anyone could retrieve them.
 * :func:`tick` -- ages every valid slot by one round.
 """
 from __future__ import annotations
@@ -31,12 +33,12 @@ class Bank(NamedTuple):
     Attributes:
       embeddings: f32[M, d] prototypes (zero in free slots).
       valid: bool[M] whether a slot holds a prototype.
-      hits: int32[M] how many times the slot was retrieved since it was filled.
+      hits: f32[M] retrieval frequency (decayed count, see :func:`add_hits`).
       age: int32[M] rounds since the slot was filled (0 for free slots).
     """
     embeddings: jax.Array  # f32[M, d]
     valid: jax.Array       # bool[M]
-    hits: jax.Array        # int32[M]
+    hits: jax.Array        # f32[M]
     age: jax.Array         # int32[M]
 
     @property
@@ -55,7 +57,7 @@ def init(capacity: int, dim: int, dtype=jnp.float32) -> Bank:
     return Bank(
         embeddings=jnp.zeros((capacity, dim), dtype),
         valid=jnp.zeros((capacity,), bool),
-        hits=jnp.zeros((capacity,), jnp.int32),
+        hits=jnp.zeros((capacity,), jnp.float32),
         age=jnp.zeros((capacity,), jnp.int32),
     )
 
@@ -175,15 +177,20 @@ def hit_counts(capacity: int, indices: jax.Array, weights: Optional[jax.Array] =
     return jnp.zeros((capacity,), jnp.int32).at[flat].add(w.astype(jnp.int32), mode="drop")
 
 
-def record_hits(bank: Bank, indices: jax.Array, weights: Optional[jax.Array] = None) -> Bank:
-    """Eq. 8 bookkeeping: add one hit per retrieval of a slot (``MISSING`` ignored)."""
-    counts = hit_counts(bank.capacity, indices, weights)
-    return bank._replace(hits=bank.hits + jnp.where(bank.valid, counts, 0))
+def record_hits(bank: Bank, indices: jax.Array, weights: Optional[jax.Array] = None, *,
+                decay: float = 1.0) -> Bank:
+    """Eq. 8 bookkeeping: one hit per retrieval of a slot (``MISSING`` ignored), see :func:`add_hits`."""
+    return add_hits(bank, hit_counts(bank.capacity, indices, weights), decay=decay)
 
 
-def add_hits(bank: Bank, counts: jax.Array) -> Bank:
-    """Add precomputed ``int32[M]`` hit counts (e.g. summed over clients)."""
-    return bank._replace(hits=bank.hits + jnp.where(bank.valid, counts.astype(jnp.int32), 0))
+def add_hits(bank: Bank, counts: jax.Array, *, decay: float = 0.0) -> Bank:
+    """``hits <- decay * hits + counts`` on valid slots (``counts``: this round's retrievals,
+    e.g. summed over clients). ``decay=0``: the frequency is the latest round's count;
+    ``decay=1``: a cumulative count."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"hit decay must be in [0, 1], got {decay}")
+    new = decay * bank.hits + counts.astype(jnp.float32)
+    return bank._replace(hits=jnp.where(bank.valid, new, 0.0))
 
 
 def prune(bank: Bank, *, min_hits: int, warmup: int = 1) -> Bank:
@@ -197,7 +204,7 @@ def prune(bank: Bank, *, min_hits: int, warmup: int = 1) -> Bank:
     return Bank(
         embeddings=jnp.where(keep[:, None], bank.embeddings, 0.0),
         valid=bank.valid & keep,
-        hits=jnp.where(keep, bank.hits, 0),
+        hits=jnp.where(keep, bank.hits, 0.0),
         age=jnp.where(keep, bank.age, 0),
     )
 

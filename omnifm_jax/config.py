@@ -30,7 +30,16 @@ DEFAULTS: Dict[str, Any] = {
     "momentum": 0.0,
     "eval_every": 1,
     "eval_batch_size": 128,
-    "client_chunk": None,           # clients per vmapped chunk (None: all at once)
+    "client_chunk": "auto",         # clients per vmapped chunk: "auto" (1 on CPU), None (all at once), int
+    # Protocol (PFLlib's semantics by default; see the README's protocol table)
+    "drop_last": True,              # skip each epoch's last partial batch (PFLlib's DataLoader)
+    "aggregate_bn_stats": False,    # average BatchNorm running statistics too (PFLlib keeps them local)
+    "shared_init": True,            # all clients start from ONE initial model (PFLlib)
+    "random_join": False,           # PFLlib's random_join_ratio: participants drawn from int(ratio*K)..K
+    "dropped_keep_update": True,    # a dropped-out participant keeps what it trained (PFLlib)
+    "input_scaling": "auto",        # pflib: [-1, 1] (Normalize(0.5, 0.5)); unit: [0, 1]; auto: pflib, SR unit
+    "eval_train_loss": True,        # report PFLlib's train loss (all clients' training samples)
+    "head_pool": "mean",            # classification head: mean (segment means) or attention
     "shard_clients": False,         # split the client axis over all devices (jax.sharding.Mesh)
     "seed": 0,
     "dropout": 0.0,                 # fraction of each round's participants that fail to report
@@ -53,11 +62,15 @@ DEFAULTS: Dict[str, Any] = {
     "use_gskr": True,
     "use_eca": True,
     "use_psp": True,
+    "local_spectral_in_eca": True,  # ECA also attends to the local spectral token (task loss trains s)
+    "hit_decay": 0.0,               # Eq. 8 retrieval frequency: 0 = last round's count, 1 = cumulative
 }
 
 TASKS = ("classification", "super_resolution")
 OPTIMIZERS = ("sgd", "adam")
 BACKBONES = ("cnn", "resnet18", "edsr")
+INPUT_SCALINGS = ("auto", "pflib", "unit")
+HEAD_POOLS = ("mean", "attention")
 
 
 class ConfigError(ValueError):
@@ -170,12 +183,18 @@ def validate(cfg: Dict[str, Any]) -> None:
         _require(_is_int(cfg[key]) and cfg[key] >= 1, f"{key} must be an integer >= 1, got {cfg[key]!r}")
     for key in ("num_suffix", "min_hits", "prune_warmup", "seed", "checkpoint_every"):
         _require(_is_int(cfg[key]) and cfg[key] >= 0, f"{key} must be an integer >= 0, got {cfg[key]!r}")
-    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp", "shard_clients"):
+    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp", "shard_clients", "drop_last",
+                "aggregate_bn_stats", "shared_init", "random_join", "dropped_keep_update", "eval_train_loss",
+                "local_spectral_in_eca"):
         _require(isinstance(cfg[key], bool), f"{key} must be True or False, got {cfg[key]!r}")
     _in_range(cfg, "participation", 0, 1, lo_open=True, hi_open=False)
     _in_range(cfg, "dropout", 0, 1, lo_open=False, hi_open=True)
     _in_range(cfg, "momentum", 0, 1, lo_open=False, hi_open=True)
     _in_range(cfg, "low_pass_ratio", 0, 1, lo_open=True, hi_open=False)
+    _in_range(cfg, "hit_decay", 0, 1, lo_open=False, hi_open=False)
+    _require(cfg["input_scaling"] in INPUT_SCALINGS,
+             f"input_scaling must be one of {INPUT_SCALINGS}, got {cfg['input_scaling']!r}")
+    _require(cfg["head_pool"] in HEAD_POOLS, f"head_pool must be one of {HEAD_POOLS}, got {cfg['head_pool']!r}")
     _require(_is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"), f"lr must be a finite number > 0, got {cfg['lr']!r}")
     _require(_is_number(cfg["rho"]) and 0 < cfg["rho"] < float("inf"), f"rho must be a finite number > 0, got {cfg['rho']!r}")
     _require(_is_number(cfg["lambda_align"]) and 0 <= cfg["lambda_align"] < float("inf"),
@@ -185,11 +204,16 @@ def validate(cfg: Dict[str, Any]) -> None:
     _require(cfg["attn_dim"] % cfg["num_heads"] == 0,
              f"attn_dim={cfg['attn_dim']} is not divisible by num_heads={cfg['num_heads']}")
     _require(cfg["scale"] in (2, 4, 8) and _is_int(cfg["scale"]), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
-    _require(cfg["client_chunk"] is None or (_is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
-             f"client_chunk must be None or an integer >= 1, got {cfg['client_chunk']!r}")
+    _require(cfg["client_chunk"] in ("auto", None) or (_is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
+             f"client_chunk must be 'auto', None or an integer >= 1, got {cfg['client_chunk']!r}")
     _require(isinstance(cfg["dataset_kwargs"], dict) and isinstance(cfg["backbone_kwargs"], dict),
              "dataset_kwargs and backbone_kwargs must be dicts")
-    m = max(1, int(round(cfg["participation"] * cfg["num_clients"])))
+    m = int(cfg["num_clients"] * cfg["participation"])
+    _require(m >= 1, f"participation={cfg['participation']} of num_clients={cfg['num_clients']} selects "
+                     f"int({cfg['num_clients']} * {cfg['participation']}) = 0 clients per round (PFLlib's rule); "
+                     "raise participation")
+    if cfg["random_join"]:
+        m = cfg["num_clients"]
     if cfg["algorithm"] == "omnifm":
         _require(m <= cfg["bank_capacity"],
                  f"{m} participants per round upload more embeddings than bank_capacity={cfg['bank_capacity']}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -39,16 +40,23 @@ def build_backbone(cfg: Dict[str, Any]):
         raise config_lib.ConfigError(f"backbone_kwargs {kw} do not fit backbone {cfg['backbone']!r}: {e}") from None
 
 
+INPUT_RANGES = {"pflib": (-1.0, 1.0), "unit": (0.0, 1.0)}
+
+
 def build_task(cfg: Dict[str, Any], fed):
     if cfg["task"] == "classification":
         if fed.num_classes < 2:
             raise config_lib.ConfigError(f"dataset {cfg['dataset']!r} has no class labels; "
                                          "use task=super_resolution")
-        return classification(fed.num_classes)
+        scaling = "pflib" if cfg["input_scaling"] == "auto" else cfg["input_scaling"]
+        return classification(fed.num_classes, input_range=INPUT_RANGES[scaling], head_pool=cfg["head_pool"])
     if fed.num_classes != 0:
         raise config_lib.ConfigError(f"dataset {cfg['dataset']!r} is a classification set; "
                                      "use task=classification")
-    hr, lr = fed.train.y.shape[2], fed.train.x.shape[2]
+    if cfg["input_scaling"] not in ("auto", "unit"):
+        raise config_lib.ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=super_resolution: "
+                                     "its bicubic skip and its targets are in [0, 1] (use 'auto' or 'unit')")
+    hr, lr = fed.train.y.shape[1], fed.train.x.shape[1]
     if hr != lr * cfg["scale"]:
         raise config_lib.ConfigError(f"scale={cfg['scale']} but the data's HR/LR ratio is {hr}/{lr}")
     return super_resolution(cfg["scale"], channels=fed.train.y.shape[-1])
@@ -99,7 +107,28 @@ def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
         if present.size < 2:
             raise ValueError(f"data: the training labels hold only class(es) {present.tolist()}; "
                              "classification needs at least two")
-    _check_backbone_input(cfg, tuple(fed.train.x.shape[2:]))
+    _check_backbone_input(cfg, tuple(fed.train.x.shape[1:]))
+    _check_local_work(cfg, np.asarray(fed.train.n))
+
+
+def _check_local_work(cfg: Dict[str, Any], n: np.ndarray) -> None:
+    """drop_last with clients smaller than a batch: such clients never train.
+
+    All of them: nothing would ever train, so stop. Some of them: say which (PFLlib does
+    the same silently: their loader yields no batch, they upload the model they got).
+    """
+    b = cfg["batch_size"]
+    if not cfg["drop_last"] or n.size == 0:
+        return
+    small = np.flatnonzero(n < b)
+    if small.size == n.size:
+        raise config_lib.ConfigError(
+            f"drop_last=True and batch_size={b}, but every client has fewer than {b} training samples "
+            f"(largest: {int(n.max())}): no client would ever train; lower batch_size or set drop_last=False")
+    if small.size:
+        warnings.warn(f"drop_last=True, batch_size={b}: client(s) {small.tolist()} have fewer than {b} training "
+                      f"samples and run no local step (they still upload the model they received, weighted "
+                      f"by n_k, as in PFLlib)", stacklevel=3)
 
 
 def _check_backbone_input(cfg: Dict[str, Any], image_shape) -> None:
@@ -170,7 +199,7 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
     history, totals, resumed_from = [], {"faulty": 0, "dropped": 0}, None
-    init_fn = jax.jit(lambda key: federated.init(algorithm, key, train))
+    init_fn = jax.jit(lambda key: federated.init(algorithm, key, train, shared_init=cfg["shared_init"]))
     init_key = jax.random.key(cfg["seed"])
     if resume:
         template = jax.eval_shape(init_fn, init_key)
@@ -190,7 +219,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         from omnifm_jax import sharding
 
         mesh = sharding.client_mesh()
-        train, test = sharding.shard_clients(train, mesh), sharding.shard_clients(test, mesh)
+        # Client states are split over the devices; the ragged data is replicated.
+        train, test = sharding.replicate(train, mesh), sharding.replicate(test, mesh)
         state = sharding.shard_state(state, mesh)
     start_round = int(state.round)
     if out is not None:
@@ -202,19 +232,49 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         metrics_file.flush()
         timings_file = (out / "timings.jsonl").open("a" if resume else "w")
     start = time.time()
-    round_fn = federated.make_round(algorithm, num_clients=cfg["num_clients"], participation=cfg["participation"],
-                                    client_chunk=cfg["client_chunk"], dropout=cfg["dropout"])
-    evaluate = federated.make_evaluate(algorithm, task, batch_size=cfg["eval_batch_size"],
-                                       client_chunk=cfg["client_chunk"])
+    round_fn = federated.make_round(algorithm, fed.train, participation=cfg["participation"],
+                                    client_chunk=cfg["client_chunk"], dropout=cfg["dropout"],
+                                    random_join=cfg["random_join"],
+                                    dropped_keep_update=cfg["dropped_keep_update"])
+    evaluate = federated.make_evaluate(algorithm, task, fed.test, batch_size=cfg["eval_batch_size"])
+    train_loss_of = None
+    if cfg["eval_train_loss"]:
+        train_loss_of = federated.make_evaluate(algorithm, task, fed.train, batch_size=cfg["eval_batch_size"],
+                                                stats=lambda pred, t: {"loss": task.loss(pred, t)})
     baseline = None
     if task.baseline is not None:
-        baseline_eval = federated.make_evaluate(algorithm, task, batch_size=cfg["eval_batch_size"],
-                                                client_chunk=cfg["client_chunk"],
-                                                predict=lambda server, client, x: task.baseline(x))
-        baseline = federated.summarize(task, baseline_eval(state, test))
+        baseline_eval = federated.make_evaluate(algorithm, task, fed.test, batch_size=cfg["eval_batch_size"],
+                                                predict=lambda server, client, x, mask: task.baseline(x))
+        baseline = federated.summarize(task, baseline_eval(state, test), fed.test.n)
+
+    def evaluation_line(state, r, rm):
+        summary = federated.summarize(task, evaluate(state, test), fed.test.n)
+        line = {"round": r, **{k: v for k, v in summary.items() if k != "clients"}}
+        if train_loss_of is not None:
+            # PFLlib's "Averaged Train Loss": the current models' loss over every client's
+            # training samples (eval mode), sample-weighted.
+            line["train_loss"] = federated.mean_loss(train_loss_of(state, train))
+        if rm is not None:
+            # The participants' mean loss over their local steps of this round.
+            line["local_loss"] = _reporting_mean(rm.client_metrics["train_loss"], rm.weights)
+            line.update(faulty_clients=int(rm.faulty), dropped_clients=int(rm.dropped),
+                        participants=int(rm.active), useful_client_steps=int(rm.useful_steps),
+                        executed_client_steps=int(rm.executed_steps))
+        line["clients"] = summary["clients"]
+        return line
+
+    def record(line):
+        history.append(line)
+        if out is not None:
+            metrics_file.write(json.dumps(line) + "\n")
+            metrics_file.flush()
+        bar.set_postfix(_fmt({k: v for k, v in line.items() if k != "clients"}))
+
     every = cfg["checkpoint_every"]
     bar = tqdm(range(start_round, cfg["rounds"]), initial=start_round, total=cfg["rounds"],
                desc=f"{cfg['algorithm']}/{cfg['task']}", disable=not progress)
+    if start_round == 0:
+        record(evaluation_line(state, 0, None))  # round 0: before any training, as PFLlib
     for r in bar:
         state, rm = round_fn(state, train)
         faulty, dropped = int(rm.faulty), int(rm.dropped)
@@ -224,15 +284,7 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
             log(f"round {r + 1}: {faulty} client(s) sent a non-finite update and were left out")
         last = r + 1 == cfg["rounds"]
         if (r + 1) % cfg["eval_every"] == 0 or last:
-            summary = federated.summarize(task, evaluate(state, test))
-            line = {"round": r + 1, **{k: v for k, v in summary.items() if k != "clients"},
-                    "train_loss": _reporting_mean(rm.client_metrics["train_loss"], rm.weights),
-                    "faulty_clients": faulty, "dropped_clients": dropped, "clients": summary["clients"]}
-            history.append(line)
-            if out is not None:
-                metrics_file.write(json.dumps(line) + "\n")
-                metrics_file.flush()
-            bar.set_postfix(_fmt({k: v for k, v in line.items() if k != "clients"}))
+            record(evaluation_line(state, r + 1, rm))
         if ckpt is not None and every > 0 and ((r + 1) % every == 0 or last):
             ckpt.save(state, {"config": cfg, "data_sha256": data_sha, "history": history, "totals": totals})
         if out is not None:
@@ -299,7 +351,8 @@ def plot_curves(history, path: Path, *, title: str = "") -> None:
     """
     from matplotlib.figure import Figure
 
-    names = [k for k in history[0] if any(isinstance(h.get(k), float) for h in history)]
+    names = [k for k in dict.fromkeys(k for h in history for k in h)
+             if k != "round" and any(isinstance(h.get(k), float) for h in history)]
     fig = Figure(figsize=(4 * len(names), 3))
     axes = fig.subplots(1, len(names), squeeze=False)
     rounds = [h["round"] for h in history]

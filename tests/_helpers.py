@@ -8,6 +8,7 @@ import flax.linen as nn
 import numpy as np
 
 from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.models.common import Conv, make_norm
 
 NUM_CLASSES = 3
 
@@ -23,21 +24,45 @@ class TinyBackbone(nn.Module):
     features: int = 4
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        del train
-        h = nn.relu(nn.Conv(self.features, (3, 3), strides=(2, 2), name="conv")(x))
+    def __call__(self, x, *, train: bool = False, mask=None):
+        del train, mask
+        h = nn.relu(Conv(self.features, (3, 3), strides=(2, 2), name="conv")(x))
         b, hh, ww, d = h.shape
         return h.reshape(b, hh * ww, d)
 
 
-def make_clients(ns, n_max, *, size=8, seed=0, num_classes=NUM_CLASSES) -> ClientArrays:
-    """Random uint8 images and labels, padded like the real federations (x=0, y=-1)."""
+class TinyBNBackbone(nn.Module):
+    """One 3x3 convolution (stride 2) + BatchNorm + ReLU: the smallest model where padded
+    samples could leak into a batch statistic."""
+    features: int = 4
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, mask=None):
+        h = Conv(self.features, (3, 3), strides=(2, 2), use_bias=False, name="conv")(x)
+        h = nn.relu(make_norm("batch", train=train, name="norm")(h, mask))
+        b, hh, ww, d = h.shape
+        return h.reshape(b, hh * ww, d)
+
+
+class FlatBackbone(nn.Module):
+    """No parameters: the image flattened into one token (with a head: softmax regression)."""
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, mask=None):
+        del train, mask
+        return x.reshape(x.shape[0], 1, -1)
+
+
+def make_clients(ns, n_max=None, *, size=8, seed=0, num_classes=NUM_CLASSES) -> ClientArrays:
+    """Random uint8 images and labels of clients with ``ns`` samples, in the ragged layout.
+
+    ``n_max`` is accepted for old call sites and ignored (nothing is padded).
+    """
+    del n_max
     rng = np.random.default_rng(seed)
-    k = len(ns)
-    x = np.zeros((k, n_max, size, size, 3), np.uint8)
-    y = np.full((k, n_max), -1, np.int32)
-    for i, n in enumerate(ns):
-        x[i, :n] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        y[i, :n] = rng.integers(0, num_classes, n)
-    mod = np.where(y >= 0, 0, -1).astype(np.int32)
-    return ClientArrays(x=x, y=y, n=np.asarray(ns, np.int32), modality=mod)
+    total = int(sum(ns))
+    x = rng.integers(0, 256, (total, size, size, 3), dtype=np.uint8)
+    y = rng.integers(0, num_classes, total).astype(np.int32)
+    n = np.asarray(ns, np.int32)
+    offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32)
+    return ClientArrays(x=x, y=y, n=n, offsets=offsets, modality=np.zeros(total, np.int32))

@@ -35,7 +35,8 @@ def client(tree, k):
 
 
 def client_data(train, k):
-    return base.ClientData(jnp.asarray(train.x[k]), jnp.asarray(train.y[k]), jnp.asarray(train.n[k]))
+    return base.ClientData(jnp.asarray(train.x), jnp.asarray(train.y), jnp.asarray(train.offsets[k]),
+                           jnp.asarray(train.n[k]), capacity=int(train.n.max()))
 
 
 def named_leaves(tree):
@@ -120,7 +121,7 @@ def personalised_round(request):
     alg = build(name, **(OMNIFM_KW if name == "omnifm" else {}))
     train = jax.device_put(TRAIN)
     state0 = federated.init(alg, jax.random.key(7), train)
-    state1, m = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)(state0, train)
+    state1, m = federated.make_round(alg, TRAIN, participation=0.5, donate=False)(state0, train)
     return name, alg, state0, state1, m
 
 
@@ -190,7 +191,7 @@ def test_local_never_communicates():
     state = federated.init(alg, jax.random.key(1), train)
     assert array_leaves(state.server.params) == []
     h0 = federated.state_hash(state.server)
-    round_fn = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)
+    round_fn = federated.make_round(alg, TRAIN, participation=0.5, donate=False)
     s = state
     for _ in range(2):
         s, m = round_fn(s, train)
@@ -212,7 +213,7 @@ def test_omnifm_bank_grows_by_participants_until_capacity():
     train = jax.device_put(TRAIN)
     state = federated.init(alg, jax.random.key(4), train)
     assert int(np.sum(np.asarray(state.server.extra.valid))) == 0
-    round_fn = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)
+    round_fn = federated.make_round(alg, TRAIN, participation=0.5, donate=False)
     update = jax.jit(alg.client_update)
 
     # round 0, reconstructed by hand: uploads are unit-norm; the bank stores rho * upload
@@ -248,14 +249,74 @@ def test_omnifm_uploads_unit_norm_after_bank_is_seeded():
     alg = build("omnifm", **OMNIFM_KW)
     train = jax.device_put(TRAIN)
     state = federated.init(alg, jax.random.key(5), train)
-    state, _ = federated.make_round(alg, num_clients=4, donate=False)(state, train)
+    state, _ = federated.make_round(alg, TRAIN, donate=False)(state, train)
     assert int(np.sum(np.asarray(state.server.extra.valid))) == 4
     res = jax.jit(alg.client_update)(state.server, client(state.clients, 1), client_data(TRAIN, 1),
                                      jax.random.key(3))
     np.testing.assert_allclose(np.linalg.norm(np.asarray(res.upload.extra["embedding"])), 1.0, rtol=1e-5)
     hits = np.asarray(res.upload.extra["hits"])
-    # every real sample retrieves top_k = 2 valid prototypes
-    assert hits.sum() == 2 * int(TRAIN.n[1])
+    # every sample of the one full batch (n=7, batch 4, drop_last) retrieves top_k = 2 prototypes
+    assert hits.sum() == 2 * (int(TRAIN.n[1]) // 4) * 4
+
+
+def test_omnifm_client_without_a_step_inserts_nothing():
+    """A participant that ran no step (drop_last, n < batch) has no spectral embedding: it
+    uploads the flag ``has_embedding=False`` and the bank does not take its zero vector."""
+    data = make_clients([2, 9, 8], seed=6)
+    alg = build("omnifm", **dict(OMNIFM_KW, min_hits=0))
+    state = federated.init(alg, jax.random.key(2), data)
+    new, m = federated.make_round(alg, data, donate=False)(state, jax.device_put(data))
+    np.testing.assert_array_equal(np.asarray(m.client_metrics["local_steps"]), [0, 2, 2])
+    bank = new.server.extra
+    assert int(np.sum(np.asarray(bank.valid))) == 2  # the two clients that trained
+    norms = np.linalg.norm(np.asarray(bank.embeddings)[np.asarray(bank.valid)], axis=1)
+    assert np.all(norms > 0.5)
+
+
+def test_omnifm_prunes_stale_prototypes():
+    """Eq. 8 with the retrieval frequency of the latest round (hit_decay=0): a prototype that
+    is no longer retrieved is pruned once old enough; with a cumulative count (hit_decay=1,
+    the old behaviour) a prototype retrieved once would stay for ever."""
+    from omnifm_jax import bank as bank_lib
+
+    b = bank_lib.init(4, 3)
+    b = bank_lib.insert(b, jnp.eye(3)[:2], rho=1.0)
+    b = bank_lib.add_hits(b, jnp.asarray([1.0, 1.0, 0.0, 0.0]), decay=0.0)   # both retrieved once
+    b = bank_lib.tick(bank_lib.tick(b))
+    fresh = bank_lib.add_hits(b, jnp.asarray([3.0, 0.0, 0.0, 0.0]), decay=0.0)  # slot 1 stale now
+    pruned = bank_lib.prune(fresh, min_hits=1, warmup=2)
+    np.testing.assert_array_equal(np.asarray(pruned.valid), [True, False, False, False])
+    cumulative = bank_lib.prune(bank_lib.add_hits(b, jnp.asarray([3.0, 0.0, 0.0, 0.0]), decay=1.0),
+                                min_hits=1, warmup=2)
+    np.testing.assert_array_equal(np.asarray(cumulative.valid), [True, True, False, False])
+    # through the algorithm: with hit_decay=0 the server's hits are the last round's counts
+    alg = build("omnifm", **dict(OMNIFM_KW, min_hits=0))
+    train = jax.device_put(TRAIN)
+    state = federated.init(alg, jax.random.key(5), train)
+    fn = federated.make_round(alg, TRAIN, donate=False)
+    state, _ = fn(state, train)
+    state, _ = fn(state, train)
+    hits_total = float(np.sum(np.asarray(state.server.extra.hits)))
+    steps_samples = sum((int(n) // 4) * 4 for n in TRAIN.n)
+    assert hits_total == 2 * steps_samples  # this round's retrievals only, not two rounds'
+
+
+def test_omnifm_task_loss_trains_the_spectral_tokenizer():
+    """Fig. 3 fuses local and retrieved spectral embeddings: with the local s in ECA the task
+    loss alone (lambda_align=0, empty bank) moves the tokenizer; with it out (the old wiring)
+    the tokenizer gets no gradient at all."""
+    moved = {}
+    for local in (True, False):
+        alg = build("omnifm", **dict(OMNIFM_KW, lambda_align=0.0, local_spectral_in_eca=local))
+        state = federated.init(alg, jax.random.key(3), TRAIN)
+        res = jax.jit(alg.client_update)(state.server, client(state.clients, 0), client_data(TRAIN, 0),
+                                         jax.random.key(1))
+        before = state.server.params["params"]["tokenizer"]
+        after = res.upload.shared["params"]["tokenizer"]
+        moved[local] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                           for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before)))
+    assert moved[True] > 1e-5
+    assert moved[False] == 0.0
 
 
 def test_omnifm_rejects_bad_hparams():
@@ -263,5 +324,26 @@ def test_omnifm_rejects_bad_hparams():
         build("omnifm", **dict(OMNIFM_KW, top_k=9))
     with pytest.raises(ValueError, match="sharing"):
         build("omnifm", **dict(OMNIFM_KW, sharing="nope"))
+    with pytest.raises(ValueError, match="hit_decay"):
+        build("omnifm", **dict(OMNIFM_KW, hit_decay=1.5))
     with pytest.raises(ValueError, match="unknown algorithm"):
         algorithms.get("nope")
+
+
+def test_fedbn_keeps_normalisation_layers_personal():
+    """FedBN: FedAvg with every BatchNorm's scale and bias personal (running statistics are
+    personal for every algorithm); the convolution is shared."""
+    from _helpers import TinyBNBackbone
+
+    alg = algorithms.build("fedbn", task=classification(NUM_CLASSES), backbone=TinyBNBackbone(),
+                           optimizer=optax.sgd(0.1), local_epochs=1, batch_size=4)
+    state = federated.init(alg, jax.random.key(0), TRAIN)
+    personal = set(named_leaves(state.clients.personal))
+    assert personal == {"params/backbone/norm/scale", "params/backbone/norm/bias",
+                        "batch_stats/backbone/norm/mean", "batch_stats/backbone/norm/var"}
+    shared = set(named_leaves(state.server.params))
+    assert "params/backbone/conv/kernel" in shared and "params/head/fc/kernel" in shared
+    train = jax.device_put(TRAIN)
+    new, _ = federated.make_round(alg, TRAIN, donate=False)(state, train)
+    scales = np.asarray(new.clients.personal["params"]["backbone"]["norm"]["scale"])
+    assert np.max(np.abs(scales[0] - scales[1])) > 1e-6  # each client's own

@@ -50,7 +50,7 @@ def random_bank(rng, capacity=M, dim=D, p_valid=0.6, garbage=True) -> Bank:
         emb = emb * valid[:, None]
     hits = np.where(valid, rng.integers(0, 5, capacity), 0)
     age = np.where(valid, rng.integers(0, 5, capacity), 0)
-    return Bank(jnp.asarray(emb, jnp.float32), jnp.asarray(valid), jnp.asarray(hits, jnp.int32),
+    return Bank(jnp.asarray(emb, jnp.float32), jnp.asarray(valid), jnp.asarray(hits, jnp.float32),
                 jnp.asarray(age, jnp.int32))
 
 
@@ -234,7 +234,7 @@ def test_insert_projects_existing_slots_too():
 
 def test_insert_fills_free_slots_first_lowest_index_first():
     valid = np.array([1, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1], bool)
-    hits = np.array([0, 0, 9, 0, 0, 1, 5, 5, 5, 5, 5, 5], np.int32)
+    hits = np.array([0, 0, 9, 0, 0, 1, 5, 5, 5, 5, 5, 5], np.float32)
     age = np.array([9, 0, 1, 0, 0, 3, 1, 1, 1, 1, 1, 1], np.int32)
     emb = np.where(valid[:, None], 0.1, 0.0) * np.ones((M, D))
     bank = Bank(jnp.asarray(emb, jnp.float32), jnp.asarray(valid), jnp.asarray(hits), jnp.asarray(age))
@@ -254,7 +254,7 @@ def test_insert_into_full_bank_replaces_least_hit_then_oldest():
     # Hand-derived: replacement order by (fewest hits, then oldest, then lowest index):
     #   hits 0: slots 4 (age 7), 1 (age 2), 9 (age 2)  -> 4, 1, 9
     #   hits 1: slots 3 (age 1)                        -> 3
-    hits = np.array([3, 0, 2, 1, 0, 4, 6, 2, 5, 0, 3, 2], np.int32)
+    hits = np.array([3, 0, 2, 1, 0, 4, 6, 2, 5, 0, 3, 2], np.float32)
     age = np.array([1, 2, 5, 1, 7, 0, 3, 4, 8, 2, 6, 9], np.int32)
     emb = np.full((M, D), 0.5, np.float32)
     bank = Bank(jnp.asarray(emb), jnp.ones(M, bool), jnp.asarray(hits), jnp.asarray(age))
@@ -366,12 +366,20 @@ def test_record_hits_matches_bincount(seed):
         np.testing.assert_array_equal(getattr(got, field), np.asarray(getattr(bank, field)))
 
 
-def test_add_hits_only_on_valid_slots():
+@pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
+def test_add_hits_only_on_valid_slots(decay):
+    """Eq. 8's frequency: ``decay * hits + this round's counts`` on valid slots (0: the
+    latest round's count, the default; 1: cumulative)."""
     rng = np.random.default_rng(13)
     bank = random_bank(rng)
     counts = rng.integers(0, 7, M)
-    got = as_np(j_add(bank, jnp.asarray(counts, jnp.int32)))
-    np.testing.assert_array_equal(got.hits, np.asarray(bank.hits) + counts * np.asarray(bank.valid))
+    got = as_np(bank_lib.add_hits(bank, jnp.asarray(counts, jnp.int32), decay=decay))
+    want = (decay * np.asarray(bank.hits, np.float64) + counts) * np.asarray(bank.valid)
+    np.testing.assert_allclose(got.hits, want, rtol=1e-6)
+    default = as_np(j_add(bank, jnp.asarray(counts, jnp.int32)))
+    np.testing.assert_array_equal(default.hits, counts * np.asarray(bank.valid))
+    with pytest.raises(ValueError, match="decay"):
+        bank_lib.add_hits(bank, jnp.asarray(counts), decay=1.5)
 
 
 def ref_prune(b: Bank, min_hits, warmup):
@@ -396,7 +404,7 @@ def test_prune_matches_numpy(seed):
 
 def test_prune_hand_case():
     valid = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1], bool)
-    hits = np.array([0, 1, 2, 0, 0, 5, 1, 1, 2, 0, 3, 1], np.int32)
+    hits = np.array([0, 1, 2, 0, 0, 5, 1, 1, 2, 0, 3, 1], np.float32)
     age = np.array([0, 2, 2, 5, 0, 1, 1, 3, 9, 2, 2, 2], np.int32)
     bank = Bank(jnp.ones((M, D)), jnp.asarray(valid), jnp.asarray(hits), jnp.asarray(age))
     got = as_np(j_prune(bank))  # min_hits=2, warmup=2

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments.benchmarks import profile_round as pr
@@ -14,7 +15,7 @@ from experiments.benchmarks import round_speed as rs
 
 
 def test_plan_covers_the_issue_workloads():
-    rows = rs.plan(False, list(rs.GROUPS))
+    rows = rs.plan(False, [g for g in rs.GROUPS if g != "heterogeneous"])
     cnn = {(r.algorithm, r.clients, r.variant) for r in rows if r.workload == "cnn"}
     for k in (20, 100, 1000):
         assert ("fedavg", k, "float32") in cnn
@@ -37,7 +38,7 @@ def test_plan_rejects_unknown_groups():
 
 def test_row_steps_and_variant():
     row = rs.Row("cnn", "fedavg", 3, samples=130, batch=32, epochs=2, chunk=2, dtype="bfloat16", fused_rounds=3)
-    assert row.local_steps == 2 * 5  # ceil(130 / 32) = 5 per epoch
+    assert row.local_steps == 2 * 4  # drop_last: floor(130 / 32) = 4 per epoch
     assert row.variant == "bfloat16, chunk=2, fused x3"
 
 
@@ -53,6 +54,17 @@ def test_bf16_peak_lookup():
     assert rs.bf16_peak_tflops("NVIDIA H100 PCIe") == pytest.approx(756.0)
     assert rs.bf16_peak_tflops("NVIDIA H200") == pytest.approx(989.4)
     assert rs.bf16_peak_tflops("cpu") is None
+
+
+def test_heterogeneous_plan_and_sizes():
+    """The heterogeneous group: a Dirichlet-0.1 federation (real4 when present) at several
+    participations and 10,000 power-law clients; the power-law sizes have a heavy tail."""
+    full = rs.hetero_plan(False)
+    assert {h.participation for h in full if h.federation != "powerlaw10k"} == {0.2, 0.5, 1.0}
+    assert any(h.federation == "powerlaw10k" for h in rs.hetero_plan(True))
+    sizes = rs.powerlaw_sizes(10000)
+    assert sizes.min() >= 4 and sizes.max() <= 2000
+    assert np.median(sizes) < 10 and sizes.max() > 100 * np.median(sizes)
 
 
 def test_markdown_lists_failures():

@@ -67,7 +67,7 @@ def setup():
                            bank_capacity=8, num_suffix=2, top_k=2)
     train = jax.device_put(TRAIN)
     state0 = jax.jit(lambda key: federated.init(alg, key, train))(jax.random.key(0))
-    round_fn = federated.make_round(alg, num_clients=K, donate=False)
+    round_fn = federated.make_round(alg, TRAIN, donate=False)
     state1, m1 = round_fn(state0, train)  # round 0 seeds the bank
     assert int(m1.faulty) == 0 and bool(np.asarray(state1.server.extra.valid).any())
     return alg, train, state1, round_fn
@@ -76,7 +76,7 @@ def setup():
 @pytest.fixture(scope="module")
 def drop_fn(setup):
     alg = setup[0]
-    return federated.make_round(alg, num_clients=K, donate=False, dropout=0.5)
+    return federated.make_round(alg, TRAIN, donate=False, dropout=0.5)
 
 
 def test_nan_client_is_excluded_like_an_absent_one(setup):
@@ -127,18 +127,12 @@ def test_all_clients_faulty_leaves_the_global_model_untouched(setup):
 
 # ----------------------------------------------------------------------------- dropout
 
-def test_num_dropped():
-    assert federated.num_dropped(4, 0.0) == 0
-    assert federated.num_dropped(4, 0.5) == 2
-    assert federated.num_dropped(3, 0.34) == 1
-    assert federated.num_dropped(10, 0.25) == 3      # 2.5 rounds half up
-    assert federated.num_dropped(2, 0.9) == 1        # someone always reports
-    assert federated.num_dropped(1, 0.5) == 0
+def test_bad_dropout_is_refused():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="dropout must be in"):
-            federated.num_dropped(4, bad)
+            federated.num_reporting(4, bad)
     with pytest.raises(ValueError, match="dropout must be in"):
-        federated.make_round(None, num_clients=4, dropout=1.0)
+        federated.make_round(counting_algorithm(), TRAIN, dropout=1.0)
 
 
 def test_dropout_masks_participants_inside_the_jitted_round(setup, drop_fn):
@@ -155,9 +149,12 @@ def test_dropout_masks_participants_inside_the_jitted_round(setup, drop_fn):
         assert_trees_equal(client(new.clients, k), client(plain.clients, k))
         np.testing.assert_array_equal(np.asarray(m.client_metrics["train_loss"])[k],
                                       np.asarray(m_plain.client_metrics["train_loss"])[k])
-    # ... the dropped ones keep their state ...
+    # ... the dropped ones trained too and keep what they trained (PFLlib), or roll back ...
     for k in dropped:
-        assert_trees_equal(client(new.clients, k), client(state.clients, k))
+        assert_trees_equal(client(new.clients, k), client(plain.clients, k))
+    rolled, _ = federated.make_round(alg, TRAIN, donate=False, dropout=0.5, dropped_keep_update=False)(state, train)
+    for k in dropped:
+        assert_trees_equal(client(rolled.clients, k), client(state.clients, k))
     # ... and the server is that of the round in which they had nothing to send
     absent = train
     for k in dropped:
@@ -205,9 +202,9 @@ def counting_algorithm():
 def test_sequential_round_drops_the_same_participants():
     alg = counting_algorithm()
     train = jax.device_put(make_train([6, 5, 4, 6, 3, 2]))
-    kw = dict(num_clients=6, participation=0.75, dropout=0.5)
+    kw = dict(participation=0.75, dropout=0.5)
     vm_state = sq_state = federated.init(alg, jax.random.key(3), train)
-    round_fn = federated.make_round(alg, donate=False, **kw)
+    round_fn = federated.make_round(alg, train, donate=False, **kw)
     update = jax.jit(alg.client_update)
     for _ in range(4):
         vm_state, vm = round_fn(vm_state, train)
@@ -218,6 +215,7 @@ def test_sequential_round_drops_the_same_participants():
         np.testing.assert_allclose(np.asarray(vm_state.server["w"]), np.asarray(sq_state.server["w"]), rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(vm_state.clients["updates"]),
                                       np.asarray(sq_state.clients["updates"]))
-    # over the rounds every client that reported counted exactly its accepted updates
+    # over the rounds every participant counted its update: dropped ones keep theirs (PFLlib)
     m = federated.num_participants(6, 0.75)
-    assert int(np.sum(np.asarray(vm_state.clients["updates"]))) == 4 * (m - 2)
+    assert m == 4
+    assert int(np.sum(np.asarray(vm_state.clients["updates"]))) == 4 * m

@@ -19,8 +19,8 @@ def test_fused_rounds_equal_one_by_one():
                            batch_size=4)
     train = jax.device_put(fed.train)
     state0 = jax.jit(lambda k: federated.init(alg, k, train))(jax.random.key(0))
-    one = federated.make_round(alg, num_clients=4, participation=0.5, donate=False)
-    fused = federated.make_rounds(alg, num_rounds=3, num_clients=4, participation=0.5, donate=False)
+    one = federated.make_round(alg, fed.train, participation=0.5, donate=False)
+    fused = federated.make_rounds(alg, fed.train, num_rounds=3, participation=0.5, donate=False)
     s1 = state0
     parts = []
     for _ in range(3):
@@ -33,4 +33,4 @@ def test_fused_rounds_equal_one_by_one():
                     jax.tree_util.tree_leaves((s3.server, s3.clients))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="num_rounds"):
-        federated.make_rounds(alg, num_rounds=0, num_clients=4)
+        federated.make_rounds(alg, fed.train, num_rounds=0)

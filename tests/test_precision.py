@@ -18,7 +18,7 @@ def _train(dtype, rounds=6):
                            optimizer=optax.sgd(0.1), local_epochs=2, batch_size=8)
     train = jax.device_put(fed.train)
     state = federated.init(alg, jax.random.key(0), train)
-    round_fn = federated.make_round(alg, num_clients=2)
+    round_fn = federated.make_round(alg, fed.train)
     losses = []
     for _ in range(rounds):
         state, info = round_fn(state, train)

@@ -3,8 +3,10 @@
 What crosses from a client to the server is what ``server_update(server, uploads,
 weights)`` receives inside the engine's jitted round. For FedAvg, FedPer and OmniFM the
 upload tree holds exactly the shared-parameter leaves (same paths as the shared
-partition) and, for OmniFM only, one spectral embedding ``f32[spectral_dim]`` and the
-bank-retrieval counts ``int32[bank_capacity]`` per participant; Local uploads nothing.
+partition) and, for OmniFM only, one spectral embedding ``f32[spectral_dim]``, a flag
+saying whether it computed one, and the bank-retrieval counts ``int32[bank_capacity]`` per
+participant; Local uploads nothing. BatchNorm running statistics are personal: they never
+reach the server.
 No personal parameter path, no leaf shaped like a personal parameter that is not also a
 shared one, and nothing shaped like the client's data reaches the server.
 
@@ -58,7 +60,7 @@ def trace_server_inputs(name):
         seen.append((args, kwargs))
         return alg.server_update(*args, **kwargs)
 
-    round_fn = federated.make_round(alg._replace(server_update=spy), num_clients=K,
+    round_fn = federated.make_round(alg._replace(server_update=spy), make_train(),
                                     participation=M_PARTICIPATION, donate=False, dropout=0.34)
     jax.eval_shape(round_fn, state, train)
     assert len(seen) == 1, "server_update must be called exactly once per round"
@@ -95,6 +97,7 @@ def test_server_sees_its_state_the_uploads_and_weights_only(traced):
     expected = {} if name == "local" else {f"shared/{p}": ((m,) + v.shape, v.dtype) for p, v in shared.items()}
     if name == "omnifm":
         expected["extra/embedding"] = ((m, SPECTRAL_DIM), np.dtype(np.float32))
+        expected["extra/has_embedding"] = ((m,), np.dtype(bool))
         expected["extra/hits"] = ((m, BANK), np.dtype(np.int32))
     assert got == expected
 
@@ -103,10 +106,12 @@ def test_server_sees_its_state_the_uploads_and_weights_only(traced):
     assert not upload_paths & set(personal), sorted(upload_paths & set(personal))
     shared_shapes = {(m,) + v.shape for v in shared.values()}
     personal_shapes = {(m,) + v.shape[1:] for v in personal.values()} - shared_shapes
-    data_shapes = {(m,) + tuple(train.x.shape[1:]), (m,) + tuple(train.y.shape[1:]),
-                   tuple(train.x.shape), tuple(train.y.shape)}
-    for shape, _ in got.values():
-        assert shape not in personal_shapes and shape not in data_shapes
+    # data-like leaves: a sample, a label or target per participant, or the whole split
+    data_sigs = {((m,) + tuple(train.x.shape[1:]), np.dtype(train.x.dtype)),
+                 ((m,) + tuple(train.y.shape[1:]), np.dtype(train.y.dtype)),
+                 (tuple(train.x.shape), np.dtype(train.x.dtype)), (tuple(train.y.shape), np.dtype(train.y.dtype))}
+    for shape, dtype in got.values():
+        assert shape not in personal_shapes and (shape, np.dtype(dtype)) not in data_sigs
     if name == "local":
         assert not got  # Local communicates nothing
     if name in ("fedper", "omnifm"):

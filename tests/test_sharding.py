@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(r"""
 
     class Tiny(nn.Module):
         @nn.compact
-        def __call__(self, x, *, train=False):
+        def __call__(self, x, *, train=False, mask=None):
             y = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2))(x))
             return y.reshape(y.shape[0], -1, 4)
 
@@ -28,16 +28,16 @@ SCRIPT = textwrap.dedent(r"""
                               if sys.argv[1] == "omnifm" else {}))
     train = jax.device_put(fed.train)
     state0 = jax.jit(lambda k: federated.init(alg, k, train))(jax.random.key(0))
-    round_fn = federated.make_round(alg, num_clients=8, participation=0.5, donate=False)
+    round_fn = federated.make_round(alg, fed.train, participation=0.5, donate=False)
 
     single = state0
     for _ in range(2):
         single, _ = round_fn(single, train)
 
     mesh = sharding.client_mesh()
-    s_train = sharding.shard_clients(train, mesh)
+    s_train = sharding.replicate(train, mesh)  # ragged data: replicated; client states: split
     sharded = sharding.shard_state(state0, mesh)
-    for leaf in [s_train.x] + jax.tree_util.tree_leaves(sharded.clients):
+    for leaf in jax.tree_util.tree_leaves(sharded.clients):
         assert len(leaf.sharding.device_set) == 8 and leaf.addressable_shards[0].data.shape[0] == 1
     for _ in range(2):
         sharded, _ = round_fn(sharded, s_train)

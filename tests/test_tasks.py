@@ -17,24 +17,52 @@ def _ref_macro_f1(y_true, y_pred):
     return float(np.mean(f1s))
 
 
+def _pairwise_auc(labels, scores):
+    """ROC AUC by brute force over every positive/negative pair (ties count 1/2)."""
+    pos, neg = scores[labels], scores[~labels]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_classification_stats_accuracy_and_macro_f1_match_numpy(seed):
+def test_classification_metrics_match_numpy(seed):
+    """Accuracy (pooled), macro-F1 (pooled confusion), PFLlib's AUC (per-client micro AUC on
+    the logits, weighted by n_k) and the std of per-client accuracy, from per-sample stats."""
     rng = np.random.default_rng(seed)
-    c, k, n = 5, 3, 40
+    c = 5
+    counts = np.array([40, 0, 25, 31])
     task = classification(c)
-    confs, trues, preds = [], [], []
-    for _ in range(k):
-        logits = rng.normal(size=(n, c)).astype(np.float32)
-        labels = rng.integers(0, c - 1, n).astype(np.int32)  # class c-1 never true: only predicted
-        mask = rng.random(n) < 0.8
-        stats = task.eval_stats(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
-        confs.append(np.asarray(stats["confusion"]))
-        trues += labels[mask].tolist()
-        preds += logits.argmax(-1)[mask].tolist()
-    out = task.summarize({"confusion": np.stack(confs)})
-    np.testing.assert_allclose(out["accuracy"], np.mean(np.array(trues) == np.array(preds)), rtol=1e-12)
-    np.testing.assert_allclose(out["macro_f1"], _ref_macro_f1(trues, preds), rtol=1e-12)
-    np.testing.assert_allclose(macro_f1(sum(confs)), _ref_macro_f1(trues, preds), rtol=1e-12)
+    logits = rng.normal(size=(counts.sum(), c)).astype(np.float32)
+    logits[:10, 0] = logits[:10, 1]  # ties
+    labels = rng.integers(0, c - 1, counts.sum()).astype(np.int32)  # class c-1 only predicted
+    stats = {k: np.asarray(v) for k, v in task.eval_stats(jnp.asarray(logits), jnp.asarray(labels)).items()}
+    out = task.summarize(stats, counts)
+    preds = logits.argmax(-1)
+    np.testing.assert_allclose(out["accuracy"], np.mean(labels == preds), rtol=1e-12)
+    np.testing.assert_allclose(out["macro_f1"], _ref_macro_f1(labels.tolist(), preds.tolist()), rtol=1e-12)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    accs, aucs, ns = [], [], []
+    for k in range(counts.size):
+        if counts[k] == 0:
+            continue
+        sl = slice(bounds[k], bounds[k + 1])
+        onehot = np.eye(c, dtype=bool)[labels[sl]]
+        accs.append(np.mean(labels[sl] == preds[sl]))
+        aucs.append(_pairwise_auc(onehot.ravel(), logits[sl].astype(np.float64).ravel()))
+        ns.append(counts[k])
+    np.testing.assert_allclose(out["auc"], np.dot(aucs, ns) / np.sum(ns), rtol=1e-10)
+    np.testing.assert_allclose(out["acc_std"], np.std(accs), rtol=1e-10)
+    ce = -np.log(np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum(1, keepdims=True))
+    np.testing.assert_allclose(out["test_loss"], ce[np.arange(len(labels)), labels].mean(), rtol=1e-5)
+    np.testing.assert_allclose(macro_f1(np.histogram2d(labels, preds, bins=[range(c + 1)] * 2)[0]),
+                               _ref_macro_f1(labels.tolist(), preds.tolist()), rtol=1e-12)
+
+
+def test_roc_auc_hand_cases():
+    from omnifm_jax.tasks.classification import roc_auc
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))
 
 
 def test_in_graph_bicubic_equals_the_data_pipelines_bicubic():
@@ -44,14 +72,14 @@ def test_in_graph_bicubic_equals_the_data_pipelines_bicubic():
                                    host_bicubic_upsample(lr, scale), atol=1e-5)
 
 
-def test_sr_psnr_matches_numpy_and_masked_images_do_not_count():
+def test_sr_psnr_matches_numpy_per_client_mean():
     rng = np.random.default_rng(4)
     task = super_resolution(2)
-    target = rng.random((3, 8, 8, 3)).astype(np.float32)
+    target = rng.random((5, 8, 8, 3)).astype(np.float32)
     pred = np.clip(target + rng.normal(0, 0.05, target.shape), 0, 1).astype(np.float32)
-    mask = np.array([True, False, True])
-    stats = task.eval_stats(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+    stats = {k: np.asarray(v) for k, v in task.eval_stats(jnp.asarray(pred), jnp.asarray(target)).items()}
     mse = ((pred.astype(np.float64) - target) ** 2).mean(axis=(1, 2, 3))
-    want = (-10 * np.log10(mse))[mask].sum()
-    np.testing.assert_allclose(float(stats["psnr_sum"]), want, rtol=1e-4)
-    assert float(stats["n"]) == 2
+    psnr = -10 * np.log10(mse)
+    np.testing.assert_allclose(stats["psnr"], psnr, rtol=1e-4)
+    out = task.summarize(stats, np.array([2, 0, 3]))
+    np.testing.assert_allclose(out["psnr"], (psnr[:2].mean() + psnr[2:].mean()) / 2, rtol=1e-4)

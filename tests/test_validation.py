@@ -52,7 +52,13 @@ CONFIG_CASES = [
     ("unknown sharing mode", {"sharing": "everything"}, r"sharing must be one of \['bank_only', 'fedper', 'full'\]"),
     ("flag as text", {"use_gskr": "yes"}, r"use_gskr must be True or False, got 'yes'"),
     ("SR scale 3", {"scale": 3}, r"scale must be 2, 4 or 8, got 3"),
-    ("client_chunk 0", {"client_chunk": 0}, r"client_chunk must be None or an integer >= 1, got 0"),
+    ("client_chunk 0", {"client_chunk": 0}, r"client_chunk must be 'auto', None or an integer >= 1, got 0"),
+    ("participants per round 0", {"num_clients": 4, "participation": 0.2},
+     r"participation=0.2 of num_clients=4 selects int\(4 \* 0.2\) = 0 clients per round"),
+    ("unknown input scaling", {"input_scaling": "zscore"}, r"input_scaling must be one of \('auto', 'pflib', 'unit'\)"),
+    ("unknown head pool", {"head_pool": "max"}, r"head_pool must be one of \('mean', 'attention'\), got 'max'"),
+    ("hit decay > 1", {"hit_decay": 1.5}, r"hit_decay must be a number in \[0, 1\], got 1.5"),
+    ("protocol flag as text", {"drop_last": "yes"}, r"drop_last must be True or False, got 'yes'"),
     ("dataset_kwargs not a dict", {"dataset_kwargs": ["alpha", 0.5]}, r"dataset_kwargs and backbone_kwargs must be dicts"),
 ]
 
@@ -117,57 +123,63 @@ def replace_split(fed, split="train", **arrays):
 
 def _float_images_with_nan(fed):
     x = fed.train.x.astype(np.float32)
-    x[0, 0, 0, 0, 0] = np.nan
+    x[0, 0, 0, 0] = np.nan
     return replace_split(fed, x=x)
 
 
 def _labels_out_of_range(fed):
     y = fed.train.y.copy()
-    y[1, 0] = 7
+    y[int(fed.train.offsets[1])] = 7
     return replace_split(fed, y=y)
 
 
 def _negative_label(fed):
     y = fed.train.y.copy()
-    y[0, 0] = -3
+    y[0] = -3
     return replace_split(fed, y=y)
 
 
+def _without_rows_of(split, k):
+    """``split`` with client k's rows removed and its count set to 0 (a valid ragged layout)."""
+    keep = np.ones(split.x.shape[0], bool)
+    lo = int(split.offsets[k])
+    keep[lo:lo + int(split.n[k])] = False
+    n = split.n.copy()
+    n[k] = 0
+    offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32)
+    return split._replace(x=split.x[keep], y=split.y[keep], modality=split.modality[keep], n=n, offsets=offsets)
+
+
 def _empty_client(fed):
-    x, y, n, m = (a.copy() for a in fed.train)
-    x[1] = 0
-    y[1] = -1
-    m[1] = -1
-    n[1] = 0
-    return replace_split(fed, x=x, y=y, n=n, modality=m)
+    return dataclasses.replace(fed, train=_without_rows_of(fed.train, 1))
 
 
 def _n_too_large(fed):
     n = fed.train.n.copy()
-    n[0] = fed.train.x.shape[1] + 1
+    n[0] += 1
     return replace_split(fed, n=n)
 
 
+def _offsets_not_running_sum(fed):
+    offsets = fed.train.offsets.copy()
+    offsets[1] += 1
+    return replace_split(fed, offsets=offsets)
+
+
 def _single_class(fed):
-    y = fed.train.y.copy()
-    y[y >= 0] = 0
-    return replace_split(fed, y=y)
+    return replace_split(fed, y=np.zeros_like(fed.train.y))
 
 
 def _fewer_test_clients(fed):
-    return dataclasses.replace(fed, test=type(fed.test)(*(a[:2] for a in fed.test)))
+    t = fed.test
+    rows = int(t.n[:2].sum())
+    return dataclasses.replace(fed, test=t._replace(x=t.x[:rows], y=t.y[:rows], modality=t.modality[:rows],
+                                                    n=t.n[:2], offsets=t.offsets[:2]))
 
 
 def _test_images_other_size(fed):
     t = fed.test
-    return dataclasses.replace(fed, test=t._replace(x=np.zeros(t.x.shape[:2] + (12, 12, 1), np.uint8)))
-
-
-def _nonzero_padding(fed):
-    x = fed.train.x.copy()
-    k = int(np.argmin(fed.train.n))
-    x[k, -1] = 255
-    return replace_split(fed, x=x)
+    return dataclasses.replace(fed, test=t._replace(x=np.zeros(t.x.shape[:1] + (12, 12, 1), np.uint8)))
 
 
 DATA_CASES = [
@@ -176,18 +188,19 @@ DATA_CASES = [
     ("float32 images", lambda f: replace_split(f, x=f.train.x.astype(np.float32)),
      r"train.x images must be uint8, got float32 \(convert them first"),
     ("images without a channel axis", lambda f: replace_split(f, x=f.train.x[..., 0]),
-     r"train.x must be \[K, N_max, H, W, C\], got shape \(3, \d+, 16, 16\)"),
+     r"train.x must be \[N, H, W, C\] \(all clients' samples, flat\), got shape \(\d+, 16, 16\)"),
     ("float labels", lambda f: replace_split(f, y=f.train.y.astype(np.float32)),
      r"train.y labels must be int32, got float32"),
     ("int64 labels", lambda f: replace_split(f, y=f.train.y.astype(np.int64)),
-     r"train.y must be int32\[3, \d+\] labels, got int64"),
+     r"train.y must be int32\[\d+\] labels, got int64"),
     ("label >= num_classes", _labels_out_of_range, r"train.y labels out of range \[0, 3\): min 0, max 7"),
     ("negative label", _negative_label, r"train.y labels out of range \[0, 3\): min -3"),
     ("client without training samples", _empty_client, r"client\(s\) \[1\] have no training samples"),
-    ("n larger than the padded size", _n_too_large, r"train.n must lie in \[0, N_max=\d+\]"),
-    ("non-zero padding", _nonzero_padding, r"train.x padding past n\[k\] must be zero"),
+    ("counts that do not add up to the rows", _n_too_large, r"train.n sums to \d+ samples but x holds \d+"),
+    ("offsets that are not the running sum", _offsets_not_running_sum,
+     r"train.offsets must be int32\[3\] = the running sum of n"),
     ("one class only", _single_class, r"training labels hold only class\(es\) \[0\]"),
-    ("train/test client counts differ", _fewer_test_clients, r"test.x must be|train has 3 clients but test has 2"),
+    ("train/test client counts differ", _fewer_test_clients, r"train has 3 clients but test has 2"),
     ("train/test image sizes differ", _test_images_other_size, r"train and test image shapes differ"),
 ]
 
@@ -208,6 +221,19 @@ def test_data_that_does_not_fit_the_config(fed):
         experiment.load_data(tiny_cfg(dataset_kwargs=dict(TINY, alpha_typo=0.5)))
     with pytest.raises(ValueError, match=r"unknown dataset 'mnist'"):
         experiment.load_data(tiny_cfg(dataset="mnist"))
+
+
+def test_drop_last_with_every_client_smaller_than_a_batch(fed):
+    """PFLlib's drop_last with batches larger than every client: nothing would ever train."""
+    largest = int(fed.train.n.max())
+    with pytest.raises(ConfigError, match=rf"drop_last=True and batch_size={largest + 1}, but every client has "
+                                          rf"fewer than {largest + 1} training samples \(largest: {largest}\)"):
+        experiment.validate_data(tiny_cfg(batch_size=largest + 1), fed)
+    experiment.validate_data(tiny_cfg(batch_size=largest + 1, drop_last=False), fed)  # partial batches: fine
+    smallest = int(fed.train.n.min())
+    if smallest < largest:
+        with pytest.warns(UserWarning, match=r"run no local step"):
+            experiment.validate_data(tiny_cfg(batch_size=smallest + 1), fed)
 
 
 def test_run_refuses_bad_data_before_any_work(fed, tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ from omnifm_jax.models.omnifm import TokenModel
 
 
 @register("fedavg")
-def fedavg(*, task, backbone, optimizer, local_epochs, batch_size):
+def fedavg(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False):
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name="fedavg", model=model, task=task, optimizer=optimizer,
-                            personal_patterns=(), local_epochs=local_epochs, batch_size=batch_size)
+                            personal_patterns=(), local_epochs=local_epochs, batch_size=batch_size,
+                            drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats)

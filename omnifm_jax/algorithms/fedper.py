@@ -5,8 +5,8 @@ from omnifm_jax.models.omnifm import TokenModel
 
 
 @register("fedper")
-def fedper(*, task, backbone, optimizer, local_epochs, batch_size):
+def fedper(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False):
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name="fedper", model=model, task=task, optimizer=optimizer,
                             personal_patterns=(r"^params/head/",), local_epochs=local_epochs,
-                            batch_size=batch_size)
+                            batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats)

@@ -5,8 +5,8 @@ from omnifm_jax.models.omnifm import TokenModel
 
 
 @register("local")
-def local(*, task, backbone, optimizer, local_epochs, batch_size):
+def local(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True):
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name="local", model=model, task=task, optimizer=optimizer,
                             personal_patterns=(r".*",), local_epochs=local_epochs,
-                            batch_size=batch_size, communicate=False)
+                            batch_size=batch_size, drop_last=drop_last, communicate=False)

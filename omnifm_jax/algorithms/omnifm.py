@@ -6,13 +6,17 @@ Server state: the shared parameters and the knowledge bank (:mod:`omnifm_jax.ban
 
 Per round, each participant uploads (a) its trained shared parameters, (b) ONE spectral
 embedding, the L2-normalised mean of the spectral tokens it computed during local
-training, and (c) how often it retrieved each bank slot. The server then
+training, with a flag saying whether it computed any (a client that ran no step --
+``drop_last`` with fewer samples than a batch -- has none), and (c) how often it
+retrieved each bank slot. The server then
   1. averages the shared parameters weighted by n_k;
-  2. adds the retrieval counts to the bank's hits (Eq. 8's freq);
+  2. sets the bank's retrieval frequency (Eq. 8's freq) to this round's counts
+     (``hit_decay=0``; ``hit_decay=1`` accumulates them over all rounds);
   3. prunes prototypes retrieved fewer than ``min_hits`` times once they are
      ``prune_warmup`` rounds old (Eq. 8);
   4. ages the bank by one round;
-  5. inserts the new embeddings and projects onto B(rho) (Eq. 7).
+  5. inserts the new embeddings (only flagged ones of accepted participants) and
+     projects onto B(rho) (Eq. 7).
 At round 0 the bank is empty: clients retrieve nothing (Z = 0, no alignment term) and
 their uploads seed it, K^(0) = {s_k^(0)} (all K clients at full participation).
 
@@ -48,19 +52,25 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
            top_k: int = 2, bank_capacity: int = 256, rho: float = 1.0, min_hits: int = 1,
            prune_warmup: int = 2, low_pass_ratio: float = 0.25, log_magnitude: bool = True,
            spectral_dim: int = 64, attn_dim: int = 64, num_heads: int = 1, num_suffix: int = 4,
-           sharing: str = "fedper", use_gskr: bool = True, use_eca: bool = True, use_psp: bool = True):
+           sharing: str = "fedper", use_gskr: bool = True, use_eca: bool = True, use_psp: bool = True,
+           local_spectral_in_eca: bool = True, hit_decay: float = 0.0, drop_last: bool = True,
+           aggregate_bn_stats: bool = False):
     """OmniFM. Table 8 ablations: ``use_gskr=False``, ``use_eca=False``, ``use_psp=False``,
-    and ``lambda_align=0`` (w/o SPAlign)."""
+    and ``lambda_align=0`` (w/o SPAlign). ``local_spectral_in_eca``: ECA attends to the local
+    spectral token too (see :class:`~omnifm_jax.models.omnifm.OmniFM`); ``hit_decay``: see
+    :func:`~omnifm_jax.bank.add_hits`."""
     if sharing not in SHARING:
         raise ValueError(f"unknown sharing mode {sharing!r}; expected one of {sorted(SHARING)}")
     if not 1 <= top_k <= bank_capacity:
         raise ValueError(f"top_k must be in [1, bank_capacity={bank_capacity}], got {top_k}")
     if lambda_align < 0 or rho <= 0:
         raise ValueError(f"need lambda_align >= 0 and rho > 0, got {lambda_align}, {rho}")
+    if not 0.0 <= hit_decay <= 1.0:
+        raise ValueError(f"hit_decay must be in [0, 1], got {hit_decay}")
     model = OmniFM(backbone=backbone, head=task.make_head(), spectral_dim=spectral_dim,
                    low_pass_ratio=low_pass_ratio, log_magnitude=log_magnitude, attn_dim=attn_dim,
                    num_heads=num_heads, num_suffix=num_suffix, top_k=top_k, use_gskr=use_gskr,
-                   use_eca=use_eca, use_psp=use_psp)
+                   use_eca=use_eca, use_psp=use_psp, local_spectral_in_eca=local_spectral_in_eca)
 
     def init_extra(key):
         del key
@@ -86,18 +96,19 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
     def upload_extra(stats, bank):
         del bank
         embedding = l2_normalize(stats["s_sum"] / jnp.maximum(stats["count"], 1.0))
-        return {"embedding": embedding, "hits": stats["hits"]}
+        return {"embedding": embedding, "has_embedding": stats["count"] > 0, "hits": stats["hits"]}
 
     def update_extra(bank, up, weights):
         ok = weights > 0
         hits = jnp.sum(jnp.where(ok[:, None], up["hits"], 0), axis=0)
-        bank = bank_lib.add_hits(bank, hits)
+        bank = bank_lib.add_hits(bank, hits, decay=hit_decay)
         bank = bank_lib.prune(bank, min_hits=min_hits, warmup=prune_warmup)
         bank = bank_lib.tick(bank)
-        return bank_lib.insert(bank, up["embedding"], rho=rho, mask=ok)
+        return bank_lib.insert(bank, up["embedding"], rho=rho, mask=ok & up["has_embedding"])
 
     return personalized_sgd(name="omnifm", model=model, task=task, optimizer=optimizer,
                             personal_patterns=SHARING[sharing], local_epochs=local_epochs,
-                            batch_size=batch_size, init_extra=init_extra, model_context=lambda b: b,
+                            batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
+                            init_extra=init_extra, model_context=lambda b: b,
                             aux_loss=aux_loss, stats_init=stats_init, upload_extra=upload_extra,
                             update_extra=update_extra)

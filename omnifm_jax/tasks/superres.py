@@ -1,7 +1,8 @@
 """Super-resolution: L1 loss on [0, 1] images; PSNR and SSIM (dm-pix) per client and mean.
 
 The prediction is ``model_output + bicubic_upsample(lr)`` (a global residual skip), so the
-network learns the detail that bicubic interpolation misses. Metrics are computed on the
+network learns the detail that bicubic interpolation misses. Inputs are scaled to [0, 1]
+like the targets (the skip needs both in one range). Metrics are computed on the
 prediction clipped to [0, 1].
 """
 from __future__ import annotations
@@ -38,29 +39,31 @@ def super_resolution(scale: int, channels: int = 3) -> Task:
     def loss(pred, target):
         return jnp.mean(jnp.abs(pred - target), axis=(-3, -2, -1))
 
-    def eval_stats(pred, target, mask):
+    def eval_stats(pred, target):
         # Imported here, not at module level: classification runs (and the speed
         # benchmarks) then need no dm-pix, e.g. on a machine where only JAX is installed.
         import dm_pix
 
-        pred = jnp.clip(pred, 0.0, 1.0)
-        w = mask.astype(jnp.float32)
-        psnr = jnp.where(mask, dm_pix.psnr(pred, target), 0.0)
-        ssim = jnp.where(mask, dm_pix.ssim(pred, target), 0.0)
-        return {"psnr_sum": jnp.sum(psnr), "ssim_sum": jnp.sum(ssim), "n": jnp.sum(w)}
+        clipped = jnp.clip(pred, 0.0, 1.0)
+        return {"psnr": dm_pix.psnr(clipped, target), "ssim": dm_pix.ssim(clipped, target),
+                "loss": loss(pred, target)}
 
     def client_metrics(stats):
-        n = float(stats["n"])
-        return {"psnr": float(stats["psnr_sum"]) / n if n else float("nan"),
-                "ssim": float(stats["ssim_sum"]) / n if n else float("nan"), "n": int(n)}
+        n = int(np.shape(stats["psnr"])[0])
+        if n == 0:
+            return {"psnr": float("nan"), "ssim": float("nan"), "n": 0}
+        return {"psnr": float(np.mean(np.asarray(stats["psnr"], np.float64))),
+                "ssim": float(np.mean(np.asarray(stats["ssim"], np.float64))), "n": n}
 
-    def summarize(stats):
-        n = np.asarray(stats["n"], np.float64)
-        has = n > 0
-        psnr = np.asarray(stats["psnr_sum"], np.float64)[has] / n[has]
-        ssim = np.asarray(stats["ssim_sum"], np.float64)[has] / n[has]
+    def summarize(stats, counts):
+        counts = np.asarray(counts)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        per = [client_metrics({k: v[bounds[i]:bounds[i + 1]] for k, v in stats.items()})
+               for i in range(counts.size) if counts[i] > 0]
         # Mean over clients of the per-client means (the paper's "Avg." rows).
-        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+        return {"psnr": float(np.mean([m["psnr"] for m in per])) if per else float("nan"),
+                "ssim": float(np.mean([m["ssim"] for m in per])) if per else float("nan"),
+                "test_loss": float(np.mean(np.asarray(stats["loss"], np.float64))) if per else float("nan")}
 
     return Task("super_resolution", lambda: PixelShuffleHead(scale, channels), prepare_targets, predict,
                 loss, eval_stats, client_metrics, summarize, "psnr",
