@@ -14,7 +14,17 @@ Workload groups (``--workloads``; on a GPU each group finishes in a few minutes)
             (100 local steps, the per-step work of the paper's Table 1): 20 and 100 clients
             in float32, 20 clients in bfloat16, and OmniFM at 20 clients;
   variants  the 1,000-client CNN round with client chunks of 250 and 500, bfloat16
-            compute, and 4 rounds fused in one scan (time per round).
+            compute, and 4 rounds fused in one scan (time per round);
+  heterogeneous  clients of unequal size, FedAvg, FedAvgCNN, batch 32, drop_last: the real
+            4-modality federation (``real4``: 20 clients, Dirichlet 0.1) when its files are
+            there, else a synthetic federation with a Dirichlet 0.1 size profile of the same
+            pool size; and 10,000 clients with power-law sizes. Its own record fields:
+            ``engine_s`` (median round, the backend's default ``client_chunk="auto"``),
+            ``plain_loop_s`` (the same participants' real batches through one jitted SGD step
+            each, in a Python loop), ``engine_over_plain``, ``useful_client_steps /
+            executed_client_steps`` for every mapping strategy, ``eval_s`` vs
+            ``plain_eval_s`` (every client's test images through its model), and the data
+            memory against the real samples' bytes.
 
 Every record has:
   workload, algorithm, variant, clients, samples_per_client, batch_size, local_steps,
@@ -63,14 +73,14 @@ import numpy as np
 import optax
 
 from omnifm_jax import algorithms, federated
-from omnifm_jax.algorithms.base import ClientData, default_unroll, normalize_images
-from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.algorithms.base import ClientData
+from omnifm_jax.data.federation import ClientArrays, stack_clients
 from omnifm_jax.models import FedAvgCNN, ResNet18, TokenModel
 from omnifm_jax.tasks import classification
 
 NUM_CLASSES = 10
 IMAGE = 28
-GROUPS = ("cnn", "cnn10k", "omnifm", "resnet18", "variants")
+GROUPS = ("cnn", "cnn10k", "omnifm", "resnet18", "variants", "heterogeneous")
 # Table 1 (paper, Sec. 4.1): 20 clients, ~4.1k training images each, batch 10, 5 local
 # epochs, 100 rounds.
 TABLE1_STEPS_PER_ROUND = 5 * -(-4100 // 10)
@@ -94,7 +104,7 @@ class Row(NamedTuple):
 
     @property
     def local_steps(self) -> int:
-        return self.epochs * -(-self.samples // self.batch)
+        return self.epochs * (self.samples // self.batch)  # drop_last
 
     @property
     def variant(self) -> str:
@@ -132,12 +142,16 @@ def plan(smoke: bool, groups: List[str]) -> List[Row]:
     return [row for g in groups for row in table[g]]
 
 
-def random_federation(clients: int, samples: int, image: int = IMAGE, seed: int = 0) -> ClientArrays:
+def random_federation(clients: int, samples, image: int = IMAGE, seed: int = 0) -> ClientArrays:
+    """Random images and labels; ``samples`` per client (an int, or one count per client)."""
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (clients, samples, image, image, 3), dtype=np.uint8)
-    y = rng.integers(0, NUM_CLASSES, (clients, samples), dtype=np.int32)
-    n = np.full((clients,), samples, np.int32)
-    return ClientArrays(x=x, y=y, n=n, modality=np.zeros((clients, samples), np.int32))
+    counts = np.broadcast_to(np.asarray(samples, np.int64), (clients,))
+    total = int(counts.sum())
+    x = rng.integers(0, 256, (total, image, image, 3), dtype=np.uint8)
+    y = rng.integers(0, NUM_CLASSES, total, dtype=np.int32)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return stack_clients(x, y, np.zeros(total, np.int32),
+                         [np.arange(bounds[k], bounds[k + 1]) for k in range(clients)])
 
 
 def make_backbone(row: Row, smoke: bool):
@@ -205,17 +219,17 @@ def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batc
     Returns ``(run, flops)``: a no-argument callable and the FLOPs of all its steps.
     """
     model = TokenModel(backbone=backbone, head=task.make_head())
-    k = train.x.shape[0]
-    x_all = jnp.asarray(train.x).reshape((-1,) + train.x.shape[2:])
-    y_all = jnp.asarray(train.y).reshape(-1)
-    x_example = jnp.zeros((1,) + train.x.shape[2:])
+    k = train.n.shape[0]
+    x_all = jnp.asarray(train.x)
+    y_all = jnp.asarray(train.y)
+    x_example = jnp.zeros((1,) + train.x.shape[1:])
     variables = jax.jit(lambda key: model.init(key, x_example, train=False),
                         compiler_options=federated.init_compiler_options())(jax.random.key(0))
     params = variables["params"]
     opt = tx.init(params)
 
     def loss_fn(p, xb, yb):
-        out, _ = model.apply({"params": p}, normalize_images(xb), None, train=True)
+        out, _ = model.apply({"params": p}, task.scale_inputs(xb), None, train=True)
         return task.loss(out, yb).mean()
 
     def step(carry, t):
@@ -228,8 +242,7 @@ def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batc
         return (optax.apply_updates(p, u), o), None
 
     def run(p, o):
-        # Same unroll policy as the engine's local loop, so both pay the same loop overhead.
-        return jax.lax.scan(step, (p, o), jnp.arange(steps), unroll=default_unroll(steps))[0]
+        return jax.lax.scan(step, (p, o), jnp.arange(steps))[0]
 
     compiled = jax.jit(run).lower(params, opt).compile(compiler_options=compiler_options(smoke))
     flops = _cost(jax.jit(lambda p, o: step((p, o), 0)[0]).lower(params, opt), "flops") * steps
@@ -252,7 +265,7 @@ def compile_client_update(alg, state, train, smoke: bool = False):
 
 def _client(state, train, i: int):
     return (jax.tree_util.tree_map(lambda a: a[i], state.clients),
-            ClientData(train.x[i], train.y[i], train.n[i]))
+            ClientData(train.x, train.y, train.offsets[i], train.n[i], capacity=int(np.max(np.asarray(train.n)))))
 
 
 def sequential_per_client(update, state, train, timed: int) -> float:
@@ -274,10 +287,10 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
     fed = random_federation(row.clients, row.samples)
     train = jax.device_put(fed)
     if row.fused_rounds > 1:
-        round_fn = federated.make_rounds(alg, num_rounds=row.fused_rounds, num_clients=row.clients,
-                                         client_chunk=row.chunk, donate=False)
+        round_fn = federated.make_rounds(alg, fed, num_rounds=row.fused_rounds, client_chunk=row.chunk,
+                                         donate=False)
     else:
-        round_fn = federated.make_round(alg, num_clients=row.clients, client_chunk=row.chunk, donate=False)
+        round_fn = federated.make_round(alg, fed, client_chunk=row.chunk, donate=False)
     seq_key = (row.workload, row.algorithm, row.dtype, row.samples, row.batch, row.epochs)
     shared_key = (row.workload, row.dtype, row.clients, row.samples, row.batch, row.epochs)
     timed = min(row.clients, seq_clients)
@@ -339,6 +352,13 @@ def _fmt(v, spec: str) -> str:
 
 
 def to_markdown(records: List[Dict[str, Any]]) -> str:
+    hetero = [r for r in records if r.get("workload") == "heterogeneous"]
+    records = [r for r in records if r.get("workload") != "heterogeneous"]
+    parts = ([_uniform_markdown(records)] if records else []) + ([hetero_markdown(hetero)] if hetero else [])
+    return "\n\n".join(parts)
+
+
+def _uniform_markdown(records: List[Dict[str, Any]]) -> str:
     head = ("| workload | algorithm | variant | clients | local steps | engine (s) | client-steps/s | "
             "sequential (s) | speedup | shared model (s) | engine/shared | TFLOP/s | of bf16 peak | "
             "round MiB | Table-1 run (min) |\n" + "|---" * 15 + "|")
@@ -363,6 +383,188 @@ def to_markdown(records: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- heterogeneous
+
+class HeteroRow(NamedTuple):
+    federation: str        # "real4" | "dirichlet0.1" | "powerlaw10k"
+    participation: float
+    batch: int = 32
+
+
+def hetero_plan(smoke: bool) -> List[HeteroRow]:
+    from omnifm_jax.data.registry import default_real_data_dir
+
+    base = "real4" if (default_real_data_dir() / "blood_pbc").is_dir() else "dirichlet0.1"
+    if smoke:
+        return [HeteroRow(base, 0.2), HeteroRow("powerlaw10k", 0.02, 8)]
+    return [HeteroRow(base, 0.2), HeteroRow(base, 0.5), HeteroRow(base, 1.0),
+            HeteroRow("powerlaw10k", 0.1, 8), HeteroRow("powerlaw10k", 1.0, 8)]
+
+
+def powerlaw_sizes(clients: int, seed: int = 0) -> np.ndarray:
+    """Client sizes with a power-law tail: ``4 * Pareto(1.2)``, at least 4, at most 2,000."""
+    rng = np.random.default_rng(seed)
+    return np.clip((4 * (1 + rng.pareto(1.2, clients))).astype(np.int64), 4, 2000)
+
+
+def hetero_federation(name: str, smoke: bool):
+    """``(train, test)`` ragged splits of the named heterogeneous federation."""
+    from omnifm_jax.data import load_federation
+    from omnifm_jax.data.partition import dirichlet_partition, split_train_test
+
+    if name == "real4":
+        fed = load_federation("real4", num_clients=20, seed=0, alpha=0.1)
+        return fed.train, fed.test
+    if name == "dirichlet0.1":  # real4's pool size and label count, random images
+        labels = np.random.default_rng(0).integers(0, 17, 16782)
+        parts = dirichlet_partition(labels, num_clients=20, alpha=0.1, rng=np.random.default_rng(0))
+        tr, te = split_train_test(parts, seed=1)
+        return (random_federation(20, [len(i) for i in tr], seed=1),
+                random_federation(20, [len(i) for i in te], seed=2))
+    sizes = powerlaw_sizes(10000)
+    train = np.maximum(1, (sizes * 3) // 4)
+    return random_federation(10000, train, seed=1), random_federation(10000, sizes - train, seed=2)
+
+
+def plain_loop(params, train: ClientArrays, participants, batch: int, step) -> float:
+    """Seconds for the participants' real batches (drop_last, one epoch, a fresh shuffle)
+    through ONE jitted SGD step each, in a Python loop over host (numpy) batches: what a
+    user writes by hand."""
+    rng = np.random.default_rng(0)
+    n_all, off_all = np.asarray(train.n), np.asarray(train.offsets)
+    t = time.perf_counter()
+    p = params
+    for k in participants:
+        order = off_all[k] + rng.permutation(n_all[k])
+        p = params
+        for j in range(n_all[k] // batch):
+            idx = order[j * batch:(j + 1) * batch]
+            p = step(p, train.x[idx], train.y[idx])
+    jax.block_until_ready(p)
+    return time.perf_counter() - t
+
+
+def plain_eval(state, test: ClientArrays, batch: int, forward) -> float:
+    """Seconds for every client's test images through a jitted forward pass, one host
+    (numpy) batch of at most ``batch`` images of one client at a time, in a Python loop."""
+    n_all, off_all = np.asarray(test.n), np.asarray(test.offsets)
+    t = time.perf_counter()
+    out = None
+    for k in range(n_all.size):
+        client = jax.tree_util.tree_map(lambda a: a[k], state.clients)
+        for j in range(0, int(n_all[k]), batch):
+            lo = int(off_all[k]) + j
+            out = forward(state.server, client, test.x[lo:lo + min(batch, int(n_all[k]) - j)])
+    jax.block_until_ready(out)
+    return time.perf_counter() - t
+
+
+def bench_heterogeneous(row: HeteroRow, *, smoke: bool, repeats: int) -> Dict[str, Any]:
+    train_h, test_h = hetero_federation(row.federation, smoke)
+    task = classification(17 if row.federation != "powerlaw10k" else NUM_CLASSES)
+    alg = algorithms.build("fedavg", task=task, backbone=FedAvgCNN(), optimizer=optax.sgd(0.05),
+                           local_epochs=1, batch_size=row.batch)
+    train, test = jax.device_put(train_h), jax.device_put(test_h)
+    state = federated.init(alg, jax.random.key(0), train)
+    k = train_h.num_clients
+    m = federated.num_participants(k, row.participation)
+    t = time.perf_counter()
+    round_fn = federated.make_round(alg, train_h, participation=row.participation, donate=False)
+    compiled = round_fn.lower(state, train).compile()
+    compile_s = time.perf_counter() - t
+    chunk = round_fn.client_chunk
+    # what "auto" picks on an accelerator for this federation and participant count
+    accel_chunk = federated.choose_client_chunk(np.asarray(alg.local_steps(jnp.asarray(train_h.n))), m, m)
+
+    model = TokenModel(backbone=FedAvgCNN(), head=task.make_head())
+
+    @jax.jit
+    def step(p, xb, yb):
+        def loss(p):
+            out, _ = model.apply({"params": p}, task.scale_inputs(xb), None, train=True)
+            return task.loss(out, yb).mean()
+        g = jax.grad(loss)(p)
+        return jax.tree_util.tree_map(lambda a, b: a - 0.05 * b, p, g)
+
+    jax.block_until_ready(compiled(state, train))  # warm-up
+    params0 = combine_params(state)
+    step(params0, train_h.x[:row.batch], train_h.y[:row.batch])
+    engine, plain, useful, executed = [], [], 0, {1: 0, accel_chunk: 0, None: 0}
+    s = state
+    for _ in range(repeats):
+        t = time.perf_counter()
+        new, rm = compiled(s, train)
+        jax.block_until_ready(new)
+        engine.append(time.perf_counter() - t)
+        part, act = np.asarray(rm.participants), np.asarray(rm.active)
+        steps = np.asarray(rm.client_metrics["local_steps"])
+        useful += int(steps.sum())
+        for c in executed:
+            executed[c] += int(federated.executed_client_steps(jnp.asarray(steps), c))
+        plain.append(plain_loop(combine_params(s), train_h, part[:act], row.batch, step))
+        s = new
+    evaluate = federated.make_evaluate(alg, task, test_h, batch_size=128)
+    evaluate(state, test)
+    eval_s = median_time(lambda: evaluate(state, test), repeats)
+    forward = jax.jit(lambda server, client, x: alg.predict(server, client, task.scale_inputs(x)))
+    plain_eval(state, test_h, 128, forward)  # compile every batch shape once
+    plain_eval_s = statistics.median(plain_eval(state, test_h, 128, forward) for _ in range(repeats))
+
+    sample_bytes = int(np.prod(train_h.x.shape[1:])) + int(np.dtype(train_h.y.dtype).itemsize)
+    real = sample_bytes * int(train_h.n.sum() + test_h.n.sum())
+    stored = sum(np.asarray(a).nbytes for split in (train_h, test_h) for a in split)
+    padded = sample_bytes * k * (int(train_h.n.max()) + int(test_h.n.max()))
+    engine_s, plain_s = statistics.median(engine), statistics.median(plain)
+    kind = str(jax.devices()[0].device_kind)
+    return {
+        "workload": "heterogeneous", "algorithm": "fedavg", "federation": row.federation, "clients": k,
+        "participation": row.participation, "participants": m, "batch_size": row.batch,
+        "client_sizes": {"min": int(train_h.n.min()), "median": float(np.median(train_h.n)),
+                         "max": int(train_h.n.max())},
+        "client_chunk": chunk, "compile_s": compile_s, "rounds_timed": repeats,
+        "engine_s": engine_s, "plain_loop_s": plain_s, "engine_over_plain": engine_s / plain_s,
+        "useful_client_steps": useful, "executed_client_steps": executed[chunk if chunk in executed else 1],
+        "useful_fraction": {("one by one" if c == 1 else "all at once" if c is None else f"sorted chunks of {c}"):
+                            (useful / v if v else 1.0) for c, v in executed.items()},
+        "accelerator_chunk": accel_chunk,
+        "eval_s": eval_s, "plain_eval_s": plain_eval_s, "eval_over_plain": eval_s / plain_eval_s,
+        "data_bytes": stored, "real_sample_bytes": real, "data_over_real": stored / real,
+        "padded_layout_bytes": padded, "device": kind, "backend": jax.default_backend(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def combine_params(state):
+    from omnifm_jax.algorithms.base import combine
+    return combine(state.server.params, jax.tree_util.tree_map(lambda a: a[0], state.clients.personal))["params"]
+
+
+def hetero_markdown(records: List[Dict[str, Any]]) -> str:
+    lines = ["| federation | clients | participation | sizes (min/median/max) | chunk | engine (s) | "
+             "plain loop (s) | engine/plain | useful/executed (engine; one by one; sorted chunks; all at once) | "
+             "eval (s) | plain eval (s) | eval/plain | data / real bytes | padded layout / real |",
+             "|---" * 14 + "|"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r.get('federation', '?')} | failed: {r['error'][:80]} |" + " |" * 12)
+            continue
+        uf = r["useful_fraction"]
+        chunked = next((v for key, v in uf.items() if key.startswith("sorted")), None)
+        sz = r["client_sizes"]
+        lines.append(
+            f"| {r['federation']} | {r['clients']} | {r['participation']} | {sz['min']}/{sz['median']:.0f}/{sz['max']} | "
+            f"{r['client_chunk']} | {r['engine_s']:.3f} | {r['plain_loop_s']:.3f} | {r['engine_over_plain']:.2f} | "
+            f"{r['useful_client_steps'] / max(r['executed_client_steps'], 1):.2f}; {uf['one by one']:.2f}; "
+            f"{_fmt(chunked, '.2f')} (chunk {r['accelerator_chunk']}); {uf['all at once']:.2f} | "
+            f"{r['eval_s']:.3f} | {r['plain_eval_s']:.3f} | {r['eval_over_plain']:.2f} | "
+            f"{r['data_over_real']:.3f} | {r['padded_layout_bytes'] / r['real_sample_bytes']:.1f} |")
+    ok = [r for r in records if "error" not in r]
+    if ok:
+        lines.append(f"\nDevice: {ok[0]['device']} ({ok[0]['backend']}), {ok[0]['date']}; medians over "
+                     f"{ok[0]['rounds_timed']} rounds (different participants each round).")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a 2-core CPU")
@@ -374,7 +576,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3
-    rows = plan(args.smoke, [g for g in args.workloads.split(",") if g])
+    groups = [g for g in args.workloads.split(",") if g]
+    rows = plan(args.smoke, [g for g in groups if g != "heterogeneous"])
     cache = _Cache()
     jobs = [(f"{row.workload}/{row.algorithm} clients={row.clients} {row.variant}",
              {"workload": row.workload, "algorithm": row.algorithm, "variant": row.variant, "clients": row.clients},
@@ -383,6 +586,14 @@ def main(argv=None) -> int:
              lambda r: (f"engine {r['engine_s']:.4f}s  sequential {r['sequential_s']:.3f}s  "
                         f"shared {r['shared_s']:.4f}s  (compile {r['compile_s']:.1f}s)"))
             for row in rows]
+    if "heterogeneous" in groups:
+        jobs += [(f"heterogeneous/{h.federation} participation={h.participation}",
+                  {"workload": "heterogeneous", "algorithm": "fedavg", "federation": h.federation,
+                   "participation": h.participation},
+                  functools.partial(bench_heterogeneous, h, smoke=args.smoke, repeats=max(args.repeats, 3)),
+                  lambda r: (f"engine {r['engine_s']:.3f}s  plain loop {r['plain_loop_s']:.3f}s  "
+                             f"eval {r['eval_s']:.3f}s vs {r['plain_eval_s']:.3f}s"))
+                 for h in hetero_plan(args.smoke)]
     return run_jobs(jobs, to_markdown, json_path=args.json, md_path=args.md)
 
 
