@@ -1,5 +1,5 @@
 """Real 4-modality federation (blood microscopy, fundus, chest X-ray, breast ultrasound),
-20 clients, Dirichlet 0.1 (client sizes 68..2,211 training images), FedAvgCNN, 20% of the
+20 clients, Dirichlet 0.1 (client sizes 165..1,192 training images), FedAvgCNN, 20% of the
 clients per round. Needs the real images (OMNIFM_REAL_DATA)."""
 
 
