@@ -205,3 +205,37 @@ def test_train_loss_is_pflibs_pooled_loss_of_the_current_models(tiny_run):
         logp -= np.log(np.exp(logp).sum(1, keepdims=True))
         losses.append(-logp[np.arange(len(y)), y])
     np.testing.assert_allclose(lines[-1]["train_loss"], np.concatenate(losses).mean(), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- protocol defaults
+
+@pytest.mark.parametrize("scaling, lo, hi", [("auto", -1.0, 1.0), ("pflib", -1.0, 1.0), ("unit", 0.0, 1.0)])
+def test_classification_inputs_are_scaled_like_pflib(scaling, lo, hi):
+    """Default: torchvision's ToTensor() (x / 255) then Normalize(0.5, 0.5) ((t - 0.5) / 0.5),
+    computed here in float64 on every uint8 value; ``unit`` keeps ToTensor() only."""
+    cfg = cfg_of("default", TINY + [f"input_scaling={scaling}"])
+    task = experiment.build_task(cfg, experiment.load_data(cfg))
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    tensor = x.astype(np.float64) / 255.0
+    expected = (tensor - 0.5) / 0.5 if lo == -1.0 else tensor
+    got = np.asarray(task.scale_inputs(jax.numpy.asarray(x)), np.float64)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert got.min() == pytest.approx(lo) and got.max() == pytest.approx(hi)
+
+
+def test_table1_config_is_pflibs_resnet18_on_the_train_splits():
+    """Table 1: torchvision's ResNet-18 (7x7 stride-2 stem + max-pool, BatchNorm) as PFLlib
+    builds it, on the official TRAIN splits only, with the protocol switches at PFLlib's values."""
+    cfg = cfg_of("table1_resnet18")
+    assert cfg["backbone"] == "resnet18"
+    assert cfg["backbone_kwargs"] == {"stem": "imagenet", "norm": "batch"}
+    assert list(cfg["dataset_kwargs"]["splits"]) == ["train"]
+    assert (cfg["drop_last"], cfg["aggregate_bn_stats"], cfg["shared_init"], cfg["input_scaling"]) == \
+        (True, False, True, "auto")
+    model = experiment.build_backbone(cfg)
+    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32), train=False)
+    # the imagenet stem: a 7x7 convolution over 3 input channels, BatchNorm statistics present
+    kernels = [np.shape(l) for p, l in jax.tree_util.tree_leaves_with_path(variables["params"])
+               if "kernel" in jax.tree_util.keystr(p)]
+    assert any(k[:3] == (7, 7, 3) for k in kernels)
+    assert "batch_stats" in variables
