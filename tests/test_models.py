@@ -493,3 +493,32 @@ def test_attention_head_lets_prompts_depend_on_the_input():
     assert head.apply(hv, tokens, layout=layout).shape == (2, 3)
     with pytest.raises(ValueError, match="unknown head pool"):
         ClassificationHead(3, pool="max").init(jax.random.key(1), tokens, layout=layout)
+
+
+def test_omnifm_wo_gskr_batch_mean_ignores_padded_samples():
+    """w/o GSKR, S_g is the batch mean of s: with a mask, padded samples (here: other images,
+    zeros and copies) change neither the real samples' outputs nor their spectral prototypes,
+    in training mode (the mask a partial batch carries) and in evaluation."""
+    rng = np.random.default_rng(21)
+    model = omnifm("wo_gskr")
+    n = 8
+    x = images(rng, n=n)
+    bank = random_bank(rng)
+    variables = fake_variables(model, x, bank, rng=rng)
+    real = 3
+    pads = {"random": images(np.random.default_rng(22), n=n)[: n - real], "zeros": np.zeros_like(x[: n - real]),
+            "copies": np.repeat(x[:1], n - real, axis=0)}
+    (alone, aux_alone) = model.apply(variables, x[:real], bank, train=True, mask=jnp.ones((real,), bool))
+    for name, pad in pads.items():
+        xp = jnp.concatenate([x[:real], jnp.asarray(pad, x.dtype)])
+        mask = jnp.arange(n) < real
+        for train in (True, False):
+            out, aux = model.apply(variables, xp, bank, train=train, mask=mask)
+            np.testing.assert_allclose(np.asarray(out)[:real], np.asarray(alone), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name} pads, train={train}")
+            np.testing.assert_allclose(np.asarray(aux.prototypes)[:real], np.asarray(aux_alone.prototypes),
+                                       rtol=1e-5, atol=1e-6)
+    # and without the mask the pads would have changed them (the test can fail)
+    out, _ = model.apply(variables, jnp.concatenate([x[:real], jnp.asarray(pads["random"], x.dtype)]), bank,
+                         train=True)
+    assert not np.allclose(np.asarray(out)[:real], np.asarray(alone), rtol=1e-5, atol=1e-5)
