@@ -306,25 +306,34 @@ def test_client_smaller_than_a_batch_does_no_step_but_is_weighted():
 
 # ----------------------------------------------------------------------------- padded samples, BatchNorm
 
-def test_padded_samples_reach_no_batchnorm_statistic():
+@pytest.mark.parametrize("backbone", ["tiny_bn", "resnet18_bn"])
+def test_padded_samples_reach_no_batchnorm_statistic(backbone):
     """BatchNorm model through the engine, drop_last=False: 5 real samples in a batch of 8
     (3 masked places) give the same parameters, running statistics and loss as the same 5
-    samples in a batch of 5. Before masking BatchNorm, the 3 places changed both."""
+    samples in a batch of 5. Before masking BatchNorm, the 3 places changed both. Checked on a
+    one-layer BN model and on a narrow ResNet-18 with BatchNorm (torchvision stem)."""
+    from omnifm_jax.models import ResNet18
+
+    make = {"tiny_bn": TinyBNBackbone,
+            "resnet18_bn": lambda: ResNet18(stem="imagenet", norm="batch", width=4, stage_sizes=(1, 1, 1, 1))}[backbone]
     data = make_clients([5], seed=8)
     results = []
     for batch in (8, 5):
-        alg = build("fedavg", backbone=TinyBNBackbone(), batch_size=batch, drop_last=False, lr=0.5)
+        alg = build("fedavg", backbone=make(), batch_size=batch, drop_last=False, lr=0.5)
         state = federated.init(alg, jax.random.key(2), data)
         new, m = federated.make_round(alg, data, donate=False)(state, jax.device_put(data))
         assert int(m.client_metrics["local_steps"][0]) == 1
         results.append((new, m))
     (a, ma), (b, mb) = results
-    assert_trees_close(a.server.params, b.server.params, rtol=1e-5, atol=1e-6)
-    assert_trees_close(a.clients.personal, b.clients.personal, rtol=1e-5, atol=1e-6)
+    # float32 sums over 8 vs 5 rows round differently (ResNet: ~2e-6); with BatchNorm blind
+    # to the mask the ResNet's parameters differ by up to 5 (measured), far outside these
+    tol = dict(rtol=1e-5, atol=1e-6) if backbone == "tiny_bn" else dict(rtol=1e-4, atol=1e-5)
+    assert_trees_close(a.server.params, b.server.params, **tol)
+    assert_trees_close(a.clients.personal, b.clients.personal, **tol)
     np.testing.assert_allclose(np.asarray(ma.client_metrics["train_loss"]),
                                np.asarray(mb.client_metrics["train_loss"]), rtol=1e-5)
-    stats = a.clients.personal["batch_stats"]["backbone"]["norm"]
-    assert np.max(np.abs(np.asarray(stats["mean"]))) > 1e-4  # the statistics did move
+    stats = jax.tree_util.tree_leaves(a.clients.personal["batch_stats"])
+    assert max(float(np.max(np.abs(np.asarray(l) - np.round(np.asarray(l))))) for l in stats) > 1e-4  # they moved
 
 
 def test_batchnorm_statistics_stay_on_each_client():
