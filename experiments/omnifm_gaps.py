@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omnifm_jax import config as config_lib, experiment, federated
-from omnifm_jax.algorithms.base import combine
+from omnifm_jax.algorithms.labels import combine
 from omnifm_jax.data.federation import client_slice
 from omnifm_jax.models.omnifm import OmniFM
 

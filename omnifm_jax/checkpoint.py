@@ -108,7 +108,7 @@ def _is_key(leaf: Any) -> bool:
 
 
 def _path(path) -> str:
-    from omnifm_jax.algorithms.base import path_name
+    from omnifm_jax.algorithms.labels import path_name
     return path_name(path) or "<root>"
 
 

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from omnifm_jax import algorithms, federated
-from omnifm_jax.algorithms import base
+from omnifm_jax.algorithms import aggregation, base, labels
 from omnifm_jax.tasks import classification
 
 from _helpers import NUM_CLASSES, TinyBackbone, make_clients  # noqa: E402
@@ -42,7 +42,7 @@ def client_data(train, k):
 def named_leaves(tree):
     """{path: leaf} of the non-None leaves."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {base.path_name(p): np.asarray(v) for p, v in flat}
+    return {labels.path_name(p): np.asarray(v) for p, v in flat}
 
 
 def array_leaves(tree):
@@ -92,11 +92,11 @@ def test_weight_zero_participant_with_nan_is_excluded(fedavg_uploads):
 def test_weighted_mean_falls_back_when_all_weights_zero():
     stacked = {"a": jnp.array([[1.0, 2.0], [jnp.nan, 4.0]]), "b": jnp.array([[3], [5]], jnp.int32)}
     fallback = {"a": jnp.array([7.0, 8.0]), "b": jnp.array([9], jnp.int32)}
-    out = base.weighted_mean(stacked, jnp.zeros(2), fallback)
+    out = aggregation.weighted_mean(stacked, jnp.zeros(2), fallback)
     np.testing.assert_array_equal(np.asarray(out["a"]), [7.0, 8.0])
     np.testing.assert_array_equal(np.asarray(out["b"]), [9])
     assert out["b"].dtype == jnp.int32
-    out = base.weighted_mean(stacked, jnp.array([1.0, 3.0]), fallback)
+    out = aggregation.weighted_mean(stacked, jnp.array([1.0, 3.0]), fallback)
     a = np.asarray(out["a"])  # a NaN with a positive weight is not hidden by the mean
     assert np.isnan(a[0]) and a[1] == pytest.approx((2 + 12) / 4)
     # integer leaves are averaged in float and cast back: (3 + 15) / 4 = 4.5 -> 4
@@ -105,7 +105,7 @@ def test_weighted_mean_falls_back_when_all_weights_zero():
 
 def test_weighted_mean_ignores_nan_with_zero_weight():
     stacked = {"a": jnp.array([[1.0, 2.0], [jnp.nan, jnp.inf], [3.0, 6.0]])}
-    out = base.weighted_mean(stacked, jnp.array([1.0, 0.0, 3.0]), {"a": jnp.zeros(2)})
+    out = aggregation.weighted_mean(stacked, jnp.array([1.0, 0.0, 3.0]), {"a": jnp.zeros(2)})
     np.testing.assert_allclose(np.asarray(out["a"]), [(1 + 9) / 4, (2 + 18) / 4])
 
 
@@ -166,7 +166,7 @@ def test_shared_params_identical_across_clients_after_round(personalised_round):
     _, alg, _, state1, _ = personalised_round
     server = named_leaves(state1.server.params)
     for k in range(4):
-        full = base.combine(state1.server.params, client(state1.clients.personal, k))
+        full = labels.combine(state1.server.params, client(state1.clients.personal, k))
         full = named_leaves(full)
         assert set(full) == set(server) | personal_paths(state1)
         for path, v in server.items():
@@ -176,10 +176,10 @@ def test_shared_params_identical_across_clients_after_round(personalised_round):
 def test_partition_combine_roundtrip():
     alg = build("fedper")
     state = federated.init(alg, jax.random.key(0), TRAIN)
-    full = base.combine(state.server.params, client(state.clients.personal, 0))
-    mask = base.personal_mask(full, (r"^params/head/",))
-    shared, personal = base.partition(full, mask)
-    assert jax.tree_util.tree_structure(base.combine(shared, personal)) == jax.tree_util.tree_structure(full)
+    full = labels.combine(state.server.params, client(state.clients.personal, 0))
+    mask = labels.personal_mask(full, (r"^params/head/",))
+    shared, personal = labels.partition(full, mask)
+    assert jax.tree_util.tree_structure(labels.combine(shared, personal)) == jax.tree_util.tree_structure(full)
     assert named_leaves(shared).keys() == named_leaves(state.server.params).keys()
 
 

@@ -182,7 +182,7 @@ def test_dropout_and_faults_are_counted_separately(setup, drop_fn):
 def counting_algorithm():
     """A model-free algorithm (compiles in milliseconds): the server holds a vector, each
     client uploads it plus its sample count and counts its own updates."""
-    from omnifm_jax.algorithms import base
+    from omnifm_jax.algorithms import aggregation, base
 
     def client_update(server, client, data, key):
         noise = jax.random.uniform(key, (3,))
@@ -191,7 +191,7 @@ def counting_algorithm():
                                  metrics={"train_loss": jnp.float32(0.0)})
 
     def server_update(server, uploads, weights):
-        return {"w": base.weighted_mean(uploads["w"], weights, server["w"])}
+        return {"w": aggregation.weighted_mean(uploads["w"], weights, server["w"])}
 
     return base.FederatedAlgorithm(
         "counting", init_server=lambda key, x: {"w": jnp.zeros(3)},

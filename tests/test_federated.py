@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from omnifm_jax import algorithms, federated
-from omnifm_jax.algorithms import base
+from omnifm_jax.algorithms import base, local_training
 from omnifm_jax.models.heads import ClassificationHead
 from omnifm_jax.models.omnifm import TokenModel
 from omnifm_jax.tasks import classification
@@ -56,7 +56,7 @@ def _client_perms(state, client_id, n, capacity, epochs):
     split(key_r); client key = fold_in(client, id); local_train splits it into (perm, step)."""
     _, client_key = jax.random.split(jax.random.fold_in(state.key, state.round))
     perm_key, _ = jax.random.split(jax.random.fold_in(client_key, client_id))
-    return np.asarray(base.epoch_permutations(perm_key, jnp.int32(n), capacity, epochs))
+    return np.asarray(local_training.epoch_permutations(perm_key, jnp.int32(n), capacity, epochs))
 
 
 def test_fedavg_round_equals_independent_numpy_fedavg():

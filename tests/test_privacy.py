@@ -23,7 +23,7 @@ import optax
 import pytest
 
 from omnifm_jax import algorithms, federated
-from omnifm_jax.algorithms.base import path_name
+from omnifm_jax.algorithms.labels import path_name
 from omnifm_jax.data.federation import ClientArrays
 from omnifm_jax.tasks import classification
 

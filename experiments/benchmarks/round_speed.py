@@ -541,7 +541,7 @@ def bench_heterogeneous(row: HeteroRow, *, smoke: bool, repeats: int) -> Dict[st
 
 
 def combine_params(state):
-    from omnifm_jax.algorithms.base import combine
+    from omnifm_jax.algorithms.labels import combine
     return combine(state.server.params, jax.tree_util.tree_map(lambda a: a[0], state.clients.personal))["params"]
 
 

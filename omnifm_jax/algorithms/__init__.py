@@ -9,9 +9,8 @@ import pkgutil
 from omnifm_jax.algorithms.base import ClientData, ClientResult, FederatedAlgorithm
 from omnifm_jax.algorithms.registry import available, get, register
 
-for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in ("base", "registry", "sgd"):
-        importlib.import_module(f"{__name__}.{_m.name}")
+for _m in pkgutil.iter_modules(__path__):  # every module; the algorithm files register themselves
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 
 def build(name: str, **kwargs) -> FederatedAlgorithm:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from omnifm_jax import bank as bank_lib
-from omnifm_jax.algorithms import base
+from omnifm_jax.algorithms.local_training import masked_mean
 from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import OmniFM
@@ -76,27 +76,23 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
         del key
         return bank_lib.init(bank_capacity, spectral_dim)
 
-    def aux_loss(aux, mask, bank):
-        align = base.masked_mean(spectral_alignment(aux.s, aux.prototypes, aux.valid), mask)
+    def loss_terms(inputs):
+        aux, mask = inputs.aux, inputs.mask
+        align = masked_mean(spectral_alignment(aux.s, aux.prototypes, aux.valid), mask)
         w = mask.astype(jnp.float32)
         s = jax.lax.stop_gradient(aux.s)
         stats = {
-            "hits": bank_lib.hit_counts(bank.capacity, aux.indices, mask[:, None].astype(jnp.int32)),
+            "hits": bank_lib.hit_counts(inputs.server.capacity, aux.indices, mask[:, None].astype(jnp.int32)),
             "s_sum": jnp.sum(s * w[:, None], axis=0),
             "count": jnp.sum(w),
             "align": align * jnp.sum(w),
         }
         return lambda_align * align, stats
 
-    def stats_init(bank):
-        return {"hits": jnp.zeros((bank.capacity,), jnp.int32),
-                "s_sum": jnp.zeros((bank.dim,), jnp.float32),
-                "count": jnp.zeros((), jnp.float32), "align": jnp.zeros((), jnp.float32)}
-
-    def upload_extra(stats, bank):
-        del bank
+    def finish(inputs):
+        stats = inputs.stats
         embedding = l2_normalize(stats["s_sum"] / jnp.maximum(stats["count"], 1.0))
-        return {"embedding": embedding, "has_embedding": stats["count"] > 0, "hits": stats["hits"]}
+        return inputs.client, {"embedding": embedding, "has_embedding": stats["count"] > 0, "hits": stats["hits"]}
 
     def update_extra(bank, up, weights):
         ok = weights > 0
@@ -110,5 +106,4 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
                             personal_patterns=SHARING[sharing], local_epochs=local_epochs,
                             batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
                             init_extra=init_extra, model_context=lambda b: b,
-                            aux_loss=aux_loss, stats_init=stats_init, upload_extra=upload_extra,
-                            update_extra=update_extra)
+                            loss_terms=loss_terms, finish=finish, update_extra=update_extra)

@@ -1,15 +1,24 @@
-"""Personalised local SGD with partial sharing: the family FedAvg, FedPer, FedBN, Local and
-OmniFM belong to. Each of those is a few lines that call :func:`personalized_sgd` with its
-path rules and hooks.
+"""Personalised local SGD with partial sharing, and the hooks that make most federated
+algorithms one small file: FedAvg, FedPer, FedBN, Local, FedProx, SCAFFOLD, FedDyn, MOON,
+FedRep, the server optimizers and OmniFM are each a call of :func:`personalized_sgd`.
 
 Round protocol for a participant k:
-  1. ``variables = combine(server.params, personal_k)`` (download the shared part);
-  2. local training on the client's data (:func:`base.local_train`), loss =
-     task loss + the algorithm's auxiliary loss;
-  3. upload ``Upload(shared=<trained shared part>, extra=<algorithm's extra>)``.
-The server sets its shared params to the mean of the uploads weighted by ``n_k`` (FedAvg
-aggregation, PFLlib's ``receive_models``/``aggregate_parameters``) and updates its extra
-state (OmniFM: the knowledge bank).
+  1. ``variables = download(server, client)`` (default: the server's shared part combined
+     with the client's personal part);
+  2. local training on the client's data (:func:`local_training.local_train`), one phase per
+     entry of ``phases``; loss = task loss + the algorithm's ``loss_terms``; gradients pass
+     ``grad_transform`` before the client optimizer;
+  3. ``finish`` turns the trained model into the client's new algorithm state and the
+     algorithm's part of the upload; the trained shared part is uploaded too.
+The server (``server_update(server, uploads, weights)``) aggregates the shared parts with
+the n_k-weighted mean (PFLlib's ``aggregate_parameters``), optionally followed by a server
+optimizer on the mean update, and updates its own algorithm state; an algorithm may replace
+that step whole (``aggregate``).
+
+State: :class:`ServerState` ``(params, extra, opt_state)`` and :class:`ClientState`
+``(personal, opt_state, extra)``; ``extra`` is the algorithm's own slot on each side
+(OmniFM's knowledge bank; SCAFFOLD's control variates; FedDyn's gradient memory; MOON's
+previous model).
 
 Shared by default: the ``params`` collection minus the personal patterns. BatchNorm
 running statistics stay on each client (PFLlib aggregates ``parameters()`` only);
@@ -17,48 +26,143 @@ running statistics stay on each client (PFLlib aggregates ``parameters()`` only)
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from omnifm_jax.algorithms import base
+from omnifm_jax.algorithms import aggregation, labels
+from omnifm_jax.algorithms import local_training as lt
+from omnifm_jax.algorithms.base import ClientResult, FederatedAlgorithm
 from omnifm_jax.tasks.base import Task
 
 
 class ServerState(NamedTuple):
-    params: Any  # shared variables (None where personal)
-    extra: Any   # algorithm's own server state (e.g. the knowledge bank), or None
+    params: Any            # shared variables (None where personal)
+    extra: Any             # the algorithm's own server state (e.g. the knowledge bank), or None
+    opt_state: Any = None  # the server optimizer's state (FedAvgM, FedAdam, ...), or None
 
 
 class ClientState(NamedTuple):
-    personal: Any   # personal variables (None where shared)
-    opt_state: Any  # the client optimizer's state
+    personal: Any          # personal variables (None where shared)
+    opt_state: Any         # the client optimizer's state
+    extra: Any = None      # the algorithm's own per-client state, or None
 
 
 class Upload(NamedTuple):
     shared: Any  # trained shared variables (None for algorithms that do not communicate)
-    extra: Any   # e.g. OmniFM's spectral embedding and retrieval counts
+    extra: Any   # the algorithm's part (OmniFM's spectral embedding, SCAFFOLD's control delta, ...)
 
 
-def _no_aux_loss(aux, mask, extra):
-    del aux, mask, extra
+class LossInputs(NamedTuple):
+    """What ``loss_terms`` sees at every local step.
+
+    Attributes:
+      params: the ``params`` collection being trained (full tree: shared and personal).
+      global_params: the ``params`` this round started from (what was downloaded).
+      aux: the model's auxiliary output for the batch.
+      mask: bool[B] real samples of the batch.
+      server: the server's algorithm state (``ServerState.extra``).
+      client: the client's algorithm state (``ClientState.extra``).
+      x: f32[B, ...] the scaled batch inputs.
+      apply: ``params -> (output, aux)``: the model on this batch with other parameters (in
+        evaluation mode, the client's other collections), e.g. MOON's global and previous model.
+    """
+    params: Any
+    global_params: Any
+    aux: Any
+    mask: jax.Array
+    server: Any
+    client: Any
+    x: jax.Array
+    apply: Callable[[Any], Any]
+
+
+class FinishInputs(NamedTuple):
+    """What ``finish`` sees after local training.
+
+    Attributes:
+      variables: the trained variables (full tree).
+      global_variables: the variables this round started from.
+      stats: the per-step statistics of ``loss_terms``, summed over steps.
+      steps: int32[] local steps run.
+      server: the server's algorithm state.
+      client: the client's algorithm state before the round.
+    """
+    variables: Any
+    global_variables: Any
+    stats: Any
+    steps: jax.Array
+    server: Any
+    client: Any
+
+
+class Phase(NamedTuple):
+    """A stretch of local training: ``epochs`` epochs in which only the parameters whose
+    paths match ``trainable`` (regexes; None: all) are updated (FedRep: head, then body)."""
+    epochs: int
+    trainable: Optional[Tuple[str, ...]] = None
+
+
+def _no_loss_terms(inputs: LossInputs):
+    del inputs
     return jnp.zeros((), jnp.float32), {}
+
+
+def _no_finish(inputs: FinishInputs):
+    return inputs.client, None
+
+
+def make_task_loss(model: nn.Module, task: Task, context: Any,
+                   loss_terms: Callable[[LossInputs], Any] = _no_loss_terms, *, global_params: Any = None,
+                   server: Any = None, client: Any = None) -> Callable:
+    """The loss of one local step for :func:`~omnifm_jax.algorithms.local_training.local_train`:
+    the task loss (masked mean over the batch) plus ``loss_terms(LossInputs)``. Algorithms
+    that train a second model (Ditto's personal model) build theirs with it too."""
+
+    def loss_fn(params, rest, x, y, mask, step_key):
+        del step_key
+        mutable = [c for c in lt.MUTABLE if c in rest]
+        (out, aux), new_rest = model.apply({"params": params, **rest}, x, context, train=True,
+                                           mask=mask, mutable=mutable)
+        pred = task.predict(out, x)
+        loss = lt.masked_mean(task.loss(pred, task.prepare_targets(y)), mask)
+
+        def apply_other(other_params):
+            return model.apply({"params": other_params, **rest}, x, context, train=False, mask=mask)
+
+        extra_loss, stats = loss_terms(LossInputs(params, global_params, aux, mask, server, client, x, apply_other))
+        return loss + extra_loss, (dict(new_rest), stats)
+
+    return loss_fn
+
+
+def trainable_mask(params: Any, patterns: Optional[Sequence[str]]) -> Any:
+    """Tree of bools: True where a parameter's path (``"params/..."``) matches a pattern;
+    ``None`` when every parameter trains."""
+    if patterns is None:
+        return None
+    return labels.personal_mask({"params": params}, tuple(patterns), shared_collections=("params",))["params"]
 
 
 def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: optax.GradientTransformation,
                      personal_patterns: Sequence[str], local_epochs: int, batch_size: int,
                      drop_last: bool = True, aggregate_bn_stats: bool = False,
                      communicate: bool = True,
+                     phases: Optional[Sequence[Phase]] = None,
                      init_extra: Callable[[jax.Array], Any] = lambda key: None,
+                     init_client_extra: Callable[[jax.Array, Any, Any], Any] = lambda key, server, variables: None,
                      model_context: Callable[[Any], Any] = lambda extra: None,
-                     aux_loss: Callable[[Any, jax.Array, Any], Any] = _no_aux_loss,
-                     stats_init: Callable[[Any], Any] = lambda extra: {},
-                     upload_extra: Callable[[Any, Any], Any] = lambda stats, extra: None,
+                     loss_terms: Callable[[LossInputs], Any] = _no_loss_terms,
+                     grad_transform: Optional[Callable[..., Any]] = None,
+                     finish: Callable[[FinishInputs], Any] = _no_finish,
                      update_extra: Callable[[Any, Any, jax.Array], Any] = lambda extra, up, w: extra,
-                     ) -> base.FederatedAlgorithm:
+                     server_optimizer: Optional[optax.GradientTransformation] = None,
+                     aggregate: Optional[Callable[[ServerState, Upload, jax.Array], ServerState]] = None,
+                     download: Optional[Callable[..., Any]] = None,
+                     ) -> FederatedAlgorithm:
     """Build a partial-sharing local-SGD algorithm.
 
     Args:
@@ -72,19 +176,33 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         with its empty places masked out.
       aggregate_bn_stats: also average BatchNorm running statistics (PFLlib keeps them local).
       communicate: False for Local (nothing is uploaded, the server never changes).
-      init_extra: ``key -> extra server state``.
-      model_context: ``extra -> the model's second argument`` (OmniFM: the bank).
-      aux_loss: ``(aux, mask, extra) -> (scalar loss, per-step stats)``.
-      stats_init: ``extra -> zero stats`` (same structure as aux_loss's stats).
-      upload_extra: ``(summed stats, extra) -> extra upload``.
-      update_extra: ``(extra, stacked extra uploads, weights) -> new extra``.
+      phases: the local work as :class:`Phase` s (default: one phase of ``local_epochs``
+        epochs training everything).
+      init_extra: ``key -> the server's algorithm state``.
+      init_client_extra: ``(key, server_state, initial variables) -> a client's algorithm state``.
+      model_context: ``server extra -> the model's second argument`` (OmniFM: the bank).
+      loss_terms: ``LossInputs -> (scalar loss, per-step stats)`` added to the task loss
+        (FedProx's proximal term, MOON's contrastive term, OmniFM's SPAlign).
+      grad_transform: ``(grads, params, server extra, client extra) -> grads`` before the
+        client optimizer (SCAFFOLD's correction).
+      finish: ``FinishInputs -> (new client extra, extra upload)``.
+      update_extra: ``(server extra, stacked extra uploads, weights) -> new server extra``.
+      server_optimizer: an optax transformation applied to the mean update (FedAvgM,
+        FedAdam, FedYogi: :func:`aggregation.server_optimizer_step`); None: the mean itself.
+      aggregate: replaces the whole server step: ``(server, uploads, weights) -> server``
+        (SCAFFOLD, FedDyn).
+      download: ``(server, client, data, key) -> variables`` the round starts from
+        (default: shared part from the server, personal part the client's own).
     """
     if local_epochs < 1 or batch_size < 1:
         raise ValueError(f"local_epochs and batch_size must be >= 1, got {local_epochs}, {batch_size}")
+    phases = tuple(phases) if phases is not None else (Phase(local_epochs),)
+    if not phases or any(int(p.epochs) < 0 for p in phases) or sum(int(p.epochs) for p in phases) < 1:
+        raise ValueError(f"phases must hold >= 1 epoch in all, got {phases}")
     shared_collections = ("params", "batch_stats") if aggregate_bn_stats else ("params",)
 
     def split(variables):
-        return base.partition(variables, base.personal_mask(variables, personal_patterns, shared_collections))
+        return labels.partition(variables, labels.personal_mask(variables, personal_patterns, shared_collections))
 
     def initial_variables(key, extra, x_example):
         k_model, _ = jax.random.split(key)
@@ -94,51 +212,67 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         _, k_extra = jax.random.split(key)
         extra = init_extra(k_extra)
         shared, _ = split(initial_variables(key, extra, x_example))
-        return ServerState(params=shared, extra=extra)
+        opt_state = server_optimizer.init(shared) if server_optimizer is not None else None
+        return ServerState(params=shared, extra=extra, opt_state=opt_state)
 
     def init_client(key, server, x_example):
         # Given the server's key, this is the personal part of the server's initial model.
         _, personal = split(initial_variables(key, server.extra, x_example))
-        full = base.combine(server.params, personal)
-        return ClientState(personal=personal, opt_state=optimizer.init(full["params"]))
+        full = labels.combine(server.params, personal)
+        extra = init_client_extra(jax.random.fold_in(key, 1), server.extra, full)
+        return ClientState(personal=personal, opt_state=optimizer.init(full["params"]), extra=extra)
 
     def local_steps(n):
-        return base.num_local_steps(n, batch_size, local_epochs, drop_last)
+        per_epoch = lt.steps_per_epoch(n, batch_size, drop_last)
+        return sum(int(p.epochs) for p in phases) * per_epoch
 
     def client_update(server, client, data, key):
         context = model_context(server.extra)
-        variables = base.combine(server.params, client.personal)
-
-        def loss_fn(params, rest, x, y, mask, step_key):
-            del step_key
-            mutable = [c for c in base.MUTABLE if c in rest]
-            (out, aux), new_rest = model.apply({"params": params, **rest}, x, context, train=True,
-                                               mask=mask, mutable=mutable)
-            pred = task.predict(out, x)
-            loss = base.masked_mean(task.loss(pred, task.prepare_targets(y)), mask)
-            extra_loss, stats = aux_loss(aux, mask, server.extra)
-            return loss + extra_loss, (dict(new_rest), stats)
-
-        out = base.local_train(loss_fn, optimizer, variables, client.opt_state, data, key,
-                               epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                               stats_init=stats_init(server.extra), scale_inputs=task.scale_inputs)
-        shared, personal = split(out.variables)
-        upload = Upload(shared=shared if communicate else None,
-                        extra=upload_extra(out.stats, server.extra) if communicate else None)
-        metrics = {"train_loss": out.mean_loss, "local_steps": out.steps}
-        return base.ClientResult(ClientState(personal, out.opt_state), upload, metrics)
+        if download is not None:
+            variables = download(server, client, data, jax.random.fold_in(key, 0x646C))
+        else:
+            variables = labels.combine(server.params, client.personal)
+        start = variables
+        loss_fn = make_task_loss(model, task, context, loss_terms, global_params=start["params"],
+                                 server=server.extra, client=client.extra)
+        transform = None
+        if grad_transform is not None:
+            transform = lambda g, p: grad_transform(g, p, server.extra, client.extra)
+        opt_state, stats, loss_sum, steps = client.opt_state, None, jnp.zeros((), jnp.float32), jnp.int32(0)
+        for i, phase in enumerate(phases):
+            if int(phase.epochs) == 0:
+                continue
+            phase_key = key if len(phases) == 1 else jax.random.fold_in(key, i)
+            out = lt.local_train(loss_fn, optimizer, variables, opt_state, data, phase_key,
+                                 epochs=int(phase.epochs), batch_size=batch_size, drop_last=drop_last,
+                                 scale_inputs=task.scale_inputs, grad_transform=transform,
+                                 trainable=trainable_mask(variables["params"], phase.trainable))
+            variables, opt_state = out.variables, out.opt_state
+            stats = out.stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, out.stats)
+            loss_sum = loss_sum + out.loss_sum
+            steps = steps + out.steps
+        new_extra, extra_up = finish(FinishInputs(variables, start, stats, steps, server.extra, client.extra))
+        shared, personal = split(variables)
+        upload = Upload(shared=shared if communicate else None, extra=extra_up if communicate else None)
+        metrics = {"train_loss": loss_sum / jnp.maximum(steps, 1).astype(jnp.float32), "local_steps": steps}
+        return ClientResult(ClientState(personal, opt_state, new_extra), upload, metrics)
 
     def server_update(server, uploads, weights):
         if not communicate:
             return server
-        params = base.weighted_mean(uploads.shared, weights, server.params)
+        if aggregate is not None:
+            return aggregate(server, uploads, weights)
+        mean = aggregation.weighted_mean(uploads.shared, weights, server.params)
+        params, opt_state = mean, server.opt_state
+        if server_optimizer is not None:
+            params, opt_state = aggregation.server_optimizer_step(server_optimizer, server.params, mean,
+                                                                  server.opt_state, aggregation.any_accepted(weights))
         extra = update_extra(server.extra, uploads.extra, weights)
-        return ServerState(params=params, extra=extra)
+        return ServerState(params=params, extra=extra, opt_state=opt_state)
 
     def predict(server, client, x, mask=None):
-        variables = base.combine(server.params, client.personal)
+        variables = labels.combine(server.params, client.personal)
         out, _ = model.apply(variables, x, model_context(server.extra), train=False, mask=mask)
         return task.predict(out, x)
 
-    return base.FederatedAlgorithm(name, init_server, init_client, client_update, server_update, predict,
-                                   local_steps)
+    return FederatedAlgorithm(name, init_server, init_client, client_update, server_update, predict, local_steps)
