@@ -34,14 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnifm_jax import config as config_lib, experiment, federated
+from omnifm_jax import algorithms, config as config_lib, experiment, federated
 from omnifm_jax.algorithms.labels import combine
 from omnifm_jax.data.federation import client_slice
 from omnifm_jax.models.omnifm import OmniFM
 
 VARIANTS = {
     "default": [],
-    "retrieved_only": ["local_spectral_in_eca=False"],
+    "retrieved_only": ["algorithm_kwargs.local_spectral_in_eca=False"],
     "attention_head": ["head_pool=attention"],
 }
 MODEL_KEYS = ("spectral_dim", "low_pass_ratio", "log_magnitude", "attn_dim", "num_heads", "num_suffix", "top_k",
@@ -72,8 +72,9 @@ def run_variant(cfg: dict, rounds: int, every: int, log=print) -> list:
     experiment.validate_data(cfg, fed)
     task = experiment.build_task(cfg, fed)
     alg = experiment.build_algorithm(cfg, task)
+    hp = {**algorithms.hyperparameters("omnifm"), **cfg["algorithm_kwargs"]}
     model = OmniFM(backbone=experiment.build_backbone(cfg), head=task.make_head(),
-                   **{k: cfg[k] for k in MODEL_KEYS})
+                   **{k: hp[k] for k in MODEL_KEYS})
     train, test = jax.device_put(fed.train), jax.device_put(fed.test)
     state = federated.init(alg, jax.random.key(cfg["seed"]), train)
     round_fn = federated.make_round(alg, fed.train, participation=cfg["participation"])

@@ -2,6 +2,7 @@
 
   omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR] [--resume]
   omnifm data describe --dataset NAME --clients K [...]
+  omnifm algorithms            every algorithm, its reference and its hyper-parameters
 """
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def _saved_config(out: Path) -> dict:
     return config_lib.update(copy.deepcopy(config_lib.DEFAULTS), json.loads(path.read_text()), where=str(path))
 
 
+def _algorithms(args) -> int:
+    import inspect
+
+    from omnifm_jax import algorithms
+
+    del args
+    for name in algorithms.available():
+        doc = (inspect.getmodule(algorithms.get(name)).__doc__ or "").strip().split("\n\n")[0]
+        print(f"{name}: {' '.join(doc.split())}")
+        hp = algorithms.hyperparameters(name)
+        print("    algorithm_kwargs: " + (", ".join(f"{k}={v!r}" for k, v in hp.items()) or "none"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from omnifm_jax.data.describe import add_data_parser
 
@@ -60,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in --out from its newest good checkpoint (config from "
                             "OUT/config.json unless --config is given; --set rounds=N trains further)")
     train.set_defaults(func=_train)
+    algs = sub.add_parser("algorithms", help="list the algorithms and their hyper-parameters (algorithm_kwargs)")
+    algs.set_defaults(func=_algorithms)
     data = sub.add_parser("data", help="inspect data sets and federations")
     add_data_parser(data.add_subparsers(dest="data_command", required=True))
     return parser

@@ -5,15 +5,18 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
-import inspect
 from pathlib import Path
 from typing import Any, Dict, Sequence
+
+from omnifm_jax import checks
+from omnifm_jax.checks import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 #: Every key a run understands, with its default. Configs may only set these.
 DEFAULTS: Dict[str, Any] = {
-    "algorithm": "omnifm",          # omnifm, fedavg, fedper, local, ...
+    "algorithm": "omnifm",          # omnifm, fedavg, fedprox, ... (`omnifm algorithms` lists them)
+    "algorithm_kwargs": {},         # the algorithm's own hyper-parameters (defaults in its file)
     "task": "classification",       # classification or super_resolution
     "dataset": "synthetic",         # see omnifm_jax.data.registry
     "dataset_kwargs": {},           # extra options of the data set / partition
@@ -45,25 +48,6 @@ DEFAULTS: Dict[str, Any] = {
     "dropout": 0.0,                 # fraction of each round's participants that fail to report
     "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
-    # OmniFM
-    "lambda_align": 0.1,
-    "top_k": 2,
-    "bank_capacity": 256,
-    "rho": 1.0,
-    "min_hits": 1,
-    "prune_warmup": 2,
-    "low_pass_ratio": 0.25,
-    "log_magnitude": True,
-    "spectral_dim": 64,
-    "attn_dim": 64,
-    "num_heads": 1,
-    "num_suffix": 4,
-    "sharing": "fedper",
-    "use_gskr": True,
-    "use_eca": True,
-    "use_psp": True,
-    "local_spectral_in_eca": True,  # ECA also attends to the local spectral token (task loss trains s)
-    "hit_decay": 0.0,               # Eq. 8 retrieval frequency: 0 = last round's count, 1 = cumulative
 }
 
 TASKS = ("classification", "super_resolution")
@@ -73,8 +57,9 @@ INPUT_SCALINGS = ("auto", "pflib", "unit")
 HEAD_POOLS = ("mean", "attention")
 
 
-class ConfigError(ValueError):
-    """A configuration is invalid (unknown key, impossible value)."""
+#: A component key and the dict of its own options: switching the component (an override
+#: that changes it) resets the options to the new component's defaults.
+COMPONENT_KWARGS = {"algorithm": "algorithm_kwargs", "dataset": "dataset_kwargs", "backbone": "backbone_kwargs"}
 
 
 def load_config(name_or_path: str | None = None) -> Dict[str, Any]:
@@ -120,17 +105,29 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``key=value`` (or ``dict_key.sub=value``) overrides."""
+    """Apply ``key=value`` (or ``dict_key.sub=value``) overrides.
+
+    An override that switches a component (``algorithm``, ``dataset``, ``backbone``) to
+    another one also resets that component's options (``algorithm_kwargs``, ...) to the
+    new component's defaults, unless the same overrides set them: the options a config
+    gives one data set rarely fit another.
+    """
     cfg = copy.deepcopy(cfg)
+    parsed = []
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
         key = key.strip()
-        value = parse_value(text)
         top, _, sub = key.partition(".")
         if top not in DEFAULTS:
             raise ConfigError(f"unknown config key {top!r}; known keys: {sorted(DEFAULTS)}")
+        parsed.append((key, top, sub, parse_value(text)))
+    for component, options in COMPONENT_KWARGS.items():
+        switched = any(top == component and value != cfg[component] for _, top, _, value in parsed)
+        if switched and not any(key == options for key, _, _, _ in parsed):
+            cfg[options] = {}
+    for key, top, sub, value in parsed:
         if sub:
             if not isinstance(cfg[top], dict):
                 raise ConfigError(f"{top!r} is not a dict; cannot set {key!r}")
@@ -140,87 +137,59 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     return cfg
 
 
-def _require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
-
-
-def _in_range(cfg: Dict[str, Any], key: str, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> None:
-    v = cfg[key]
-    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    ok = _is_number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    _require(ok, f"{key} must be a number in {interval}, got {v!r}")
-
-
 def validate(cfg: Dict[str, Any]) -> None:
     """Raise :class:`ConfigError` naming the first impossible value."""
     from omnifm_jax import algorithms
-    from omnifm_jax.algorithms.omnifm import SHARING
 
-    _require(isinstance(cfg, dict), f"a config is a dict, got {type(cfg).__name__}")
+    require = checks.require
+    require(isinstance(cfg, dict), f"a config is a dict, got {type(cfg).__name__}")
     unknown = sorted(set(cfg) - set(DEFAULTS))
-    _require(not unknown, f"unknown key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+    require(not unknown, f"unknown key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
     missing = sorted(set(DEFAULTS) - set(cfg))
-    _require(not missing, f"missing key(s) {missing} (start from load_config() or DEFAULTS)")
-    _require(cfg["algorithm"] in algorithms.available(),
-             f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
-    _require(cfg["task"] in TASKS, f"task must be one of {TASKS}, got {cfg['task']!r}")
-    _require(cfg["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {cfg['optimizer']!r}")
-    _require(cfg["backbone"] in BACKBONES, f"backbone must be one of {BACKBONES}, got {cfg['backbone']!r}")
-    _require(isinstance(cfg["dataset"], str) and cfg["dataset"] != "",
-             f"dataset must be a non-empty string, got {cfg['dataset']!r}")
-    _require(cfg["sharing"] in SHARING, f"sharing must be one of {sorted(SHARING)}, got {cfg['sharing']!r}")
+    require(not missing, f"missing key(s) {missing} (start from load_config() or DEFAULTS)")
+    require(cfg["algorithm"] in algorithms.available(),
+            f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
+    checks.choice("task", cfg["task"], TASKS)
+    checks.choice("optimizer", cfg["optimizer"], OPTIMIZERS)
+    checks.choice("backbone", cfg["backbone"], BACKBONES)
+    require(isinstance(cfg["dataset"], str) and cfg["dataset"] != "",
+            f"dataset must be a non-empty string, got {cfg['dataset']!r}")
     for key in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every", "eval_batch_size",
-                "top_k", "bank_capacity", "spectral_dim", "attn_dim", "num_heads", "checkpoint_keep"):
-        _require(_is_int(cfg[key]) and cfg[key] >= 1, f"{key} must be an integer >= 1, got {cfg[key]!r}")
-    for key in ("num_suffix", "min_hits", "prune_warmup", "seed", "checkpoint_every"):
-        _require(_is_int(cfg[key]) and cfg[key] >= 0, f"{key} must be an integer >= 0, got {cfg[key]!r}")
-    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp", "shard_clients", "drop_last",
-                "aggregate_bn_stats", "shared_init", "random_join", "dropped_keep_update", "eval_train_loss",
-                "local_spectral_in_eca"):
-        _require(isinstance(cfg[key], bool), f"{key} must be True or False, got {cfg[key]!r}")
-    _in_range(cfg, "participation", 0, 1, lo_open=True, hi_open=False)
-    _in_range(cfg, "dropout", 0, 1, lo_open=False, hi_open=True)
-    _in_range(cfg, "momentum", 0, 1, lo_open=False, hi_open=True)
-    _in_range(cfg, "low_pass_ratio", 0, 1, lo_open=True, hi_open=False)
-    _in_range(cfg, "hit_decay", 0, 1, lo_open=False, hi_open=False)
-    _require(cfg["input_scaling"] in INPUT_SCALINGS,
-             f"input_scaling must be one of {INPUT_SCALINGS}, got {cfg['input_scaling']!r}")
-    _require(cfg["head_pool"] in HEAD_POOLS, f"head_pool must be one of {HEAD_POOLS}, got {cfg['head_pool']!r}")
-    _require(_is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"), f"lr must be a finite number > 0, got {cfg['lr']!r}")
-    _require(_is_number(cfg["rho"]) and 0 < cfg["rho"] < float("inf"), f"rho must be a finite number > 0, got {cfg['rho']!r}")
-    _require(_is_number(cfg["lambda_align"]) and 0 <= cfg["lambda_align"] < float("inf"),
-             f"lambda_align must be a finite number >= 0, got {cfg['lambda_align']!r}")
-    _require(cfg["top_k"] <= cfg["bank_capacity"],
-             f"top_k={cfg['top_k']} is larger than bank_capacity={cfg['bank_capacity']}")
-    _require(cfg["attn_dim"] % cfg["num_heads"] == 0,
-             f"attn_dim={cfg['attn_dim']} is not divisible by num_heads={cfg['num_heads']}")
-    _require(cfg["scale"] in (2, 4, 8) and _is_int(cfg["scale"]), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
-    _require(cfg["client_chunk"] in ("auto", None) or (_is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
-             f"client_chunk must be 'auto', None or an integer >= 1, got {cfg['client_chunk']!r}")
-    _require(isinstance(cfg["dataset_kwargs"], dict) and isinstance(cfg["backbone_kwargs"], dict),
-             "dataset_kwargs and backbone_kwargs must be dicts")
+                "checkpoint_keep"):
+        checks.integer(key, cfg[key], 1)
+    for key in ("seed", "checkpoint_every"):
+        checks.integer(key, cfg[key], 0)
+    for key in ("shard_clients", "drop_last", "aggregate_bn_stats", "shared_init", "random_join",
+                "dropped_keep_update", "eval_train_loss"):
+        checks.boolean(key, cfg[key])
+    checks.interval("participation", cfg["participation"], 0, 1, lo_open=True, hi_open=False)
+    checks.interval("dropout", cfg["dropout"], 0, 1, lo_open=False, hi_open=True)
+    checks.interval("momentum", cfg["momentum"], 0, 1, lo_open=False, hi_open=True)
+    checks.choice("input_scaling", cfg["input_scaling"], INPUT_SCALINGS)
+    checks.choice("head_pool", cfg["head_pool"], HEAD_POOLS)
+    require(checks.is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"),
+            f"lr must be a finite number > 0, got {cfg['lr']!r}")
+    require(cfg["scale"] in (2, 4, 8) and checks.is_int(cfg["scale"]), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
+    require(cfg["client_chunk"] in ("auto", None) or (checks.is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
+            f"client_chunk must be 'auto', None or an integer >= 1, got {cfg['client_chunk']!r}")
+    require(all(isinstance(cfg[k], dict) for k in COMPONENT_KWARGS.values()),
+            "dataset_kwargs, backbone_kwargs and algorithm_kwargs must be dicts")
     m = int(cfg["num_clients"] * cfg["participation"])
-    _require(m >= 1, f"participation={cfg['participation']} of num_clients={cfg['num_clients']} selects "
-                     f"int({cfg['num_clients']} * {cfg['participation']}) = 0 clients per round (PFLlib's rule); "
-                     "raise participation")
+    require(m >= 1, f"participation={cfg['participation']} of num_clients={cfg['num_clients']} selects "
+                    f"int({cfg['num_clients']} * {cfg['participation']}) = 0 clients per round (PFLlib's rule); "
+                    "raise participation")
     if cfg["random_join"]:
         m = cfg["num_clients"]
-    if cfg["algorithm"] == "omnifm":
-        _require(m <= cfg["bank_capacity"],
-                 f"{m} participants per round upload more embeddings than bank_capacity={cfg['bank_capacity']}")
+    algorithms.check(cfg["algorithm"], cfg["algorithm_kwargs"],
+                     {"num_clients": cfg["num_clients"], "participants": m})
 
 
-def algorithm_kwargs(cfg: Dict[str, Any], factory) -> Dict[str, Any]:
-    """The config values the algorithm factory accepts (its keyword-only hyper-parameters)."""
-    params = inspect.signature(factory).parameters
-    fixed = {"task", "backbone", "optimizer", "local_epochs", "batch_size"}
-    return {k: cfg[k] for k in params if k not in fixed and k in cfg}
+def algorithm_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments of the config's algorithm factory besides the engine's: the run
+    values it takes (``drop_last``, ``aggregate_bn_stats``, ``lr``, ``num_clients``) and
+    its ``algorithm_kwargs``."""
+    from omnifm_jax import algorithms
+
+    kw = {k: cfg[k] for k in algorithms.run_args(cfg["algorithm"])}
+    kw.update(cfg["algorithm_kwargs"])
+    return kw

@@ -69,7 +69,7 @@ def build_algorithm(cfg: Dict[str, Any], task):
     else:
         tx = optax.sgd(cfg["lr"], momentum=cfg["momentum"] or None)
     return factory(task=task, backbone=build_backbone(cfg), optimizer=tx, local_epochs=cfg["local_epochs"],
-                   batch_size=cfg["batch_size"], **config_lib.algorithm_kwargs(cfg, factory))
+                   batch_size=cfg["batch_size"], **config_lib.algorithm_kwargs(cfg))
 
 
 def load_data(cfg: Dict[str, Any]):

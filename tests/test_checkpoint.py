@@ -209,8 +209,9 @@ def test_resume_config_check():
     ck.check_resumable(meta, cfg, data_sha256="a" * 64)
     more = dict(cfg, rounds=20, eval_every=5, checkpoint_every=2, checkpoint_keep=1)
     ck.check_resumable(meta, more)  # training further, other bookkeeping: fine
-    with pytest.raises(config_lib.ConfigError, match=r"differs in \['lr', 'top_k'\].*lr: checkpoint 0.1 vs now 0.5"):
-        ck.check_resumable(meta, dict(cfg, lr=0.5, top_k=3))
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"differs in \['algorithm_kwargs', 'lr'\].*lr: checkpoint 0.1 vs now 0.5"):
+        ck.check_resumable(meta, dict(cfg, lr=0.5, algorithm_kwargs={"top_k": 3}))
     with pytest.raises(config_lib.ConfigError, match="it is at round 4 but rounds=3"):
         ck.check_resumable(meta, dict(cfg, rounds=3))
     with pytest.raises(config_lib.ConfigError, match="data differ"):
@@ -227,7 +228,7 @@ def get_config():
                            "num_modalities": 2, "channels": 1, "min_size": 4},
         "backbone": "cnn", "backbone_kwargs": {"hidden": 16},
         "num_clients": 3, "rounds": 6, "local_epochs": 1, "batch_size": 8, "dropout": 0.3,
-        "bank_capacity": 8, "spectral_dim": 8, "attn_dim": 8, "num_suffix": 2,
+        "algorithm_kwargs": {"bank_capacity": 8, "spectral_dim": 8, "attn_dim": 8, "num_suffix": 2},
         "eval_every": 1, "checkpoint_every": 1, "checkpoint_keep": 3,
     }
 """

@@ -14,7 +14,10 @@ from omnifm_jax import cli, config as config_lib, experiment, federated
 #: A tiny classification run: 3 clients, 16x16 images, small FedAvgCNN and OmniFM widths.
 TINY = ["rounds=2", "num_clients=3", "local_epochs=1", "batch_size=8",
         "dataset_kwargs.samples_per_class_per_modality=3", "dataset_kwargs.image_size=16",
-        "backbone_kwargs.hidden=16", "spectral_dim=8", "attn_dim=8", "bank_capacity=8", "num_suffix=2"]
+        "backbone_kwargs.hidden=16"]
+#: OmniFM's modules at tiny widths (its own hyper-parameters: algorithm_kwargs).
+TINY_OMNIFM = ["algorithm_kwargs.spectral_dim=8", "algorithm_kwargs.attn_dim=8", "algorithm_kwargs.bank_capacity=8",
+               "algorithm_kwargs.num_suffix=2"]
 
 #: sr_synthetic as shipped, shortened to 6 rounds. Compilation dominates its cost (rounds
 #: take ~0.5 s each on CPU); measured: bicubic 20.48 dB, the model 20.43 / 20.51 / 20.61 /
@@ -52,7 +55,7 @@ def spy_make_round():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, spy_make_round):
     out = tmp_path_factory.mktemp("tiny")
-    cfg = cfg_of("default", TINY)
+    cfg = cfg_of("default", TINY + TINY_OMNIFM)
     return cfg, out, quiet_run(cfg, out)
 
 
@@ -145,7 +148,8 @@ def test_cli_train(tmp_path, capsys):
 @pytest.mark.parametrize("override, message", [
     ("no_such_key=1", "unknown config key 'no_such_key'"),
     ("participation=0", "participation must be a number in (0, 1]"),
-    ("top_k=300", "top_k=300 is larger than bank_capacity=256"),
+    ("algorithm_kwargs.top_k=300", "algorithm 'omnifm': top_k=300 is larger than bank_capacity=256"),
+    ("algorithm_kwargs.topk=3", "algorithm 'omnifm' takes no hyper-parameter(s) ['topk']; its hyper-parameters"),
     ("algorithm=nope", "algorithm 'nope' unknown"),
 ])
 def test_cli_bad_overrides_exit_2(tmp_path, capsys, override, message):
@@ -169,13 +173,15 @@ def test_cli_unknown_config_exit_2(capsys):
 #: Measured with PFLlib's protocol (drop_last, inputs in [-1, 1]), best round, seeds 0/1/2:
 #: FedAvg 0.58 / 0.44 / 0.73 (chance 0.167); at 5 rounds FedAvg seed 0 was still at 0.30.
 QUALITY = ["num_clients=4", "rounds=8", "dataset_kwargs.samples_per_class_per_modality=20",
-           "dataset_kwargs.image_size=16", "backbone_kwargs.hidden=64", "spectral_dim=16", "attn_dim=16", "checkpoint_every=0"]
+           "dataset_kwargs.image_size=16", "backbone_kwargs.hidden=64", "checkpoint_every=0"]
+QUALITY_OMNIFM = ["algorithm_kwargs.spectral_dim=16", "algorithm_kwargs.attn_dim=16"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["omnifm", "fedavg"])
 def test_default_variant_beats_chance(algorithm):
-    summary = quiet_run(cfg_of("default", QUALITY + [f"algorithm={algorithm}"]))
+    summary = quiet_run(cfg_of("default", QUALITY + [f"algorithm={algorithm}"]
+                               + (QUALITY_OMNIFM if algorithm == "omnifm" else [])))
     chance = 1 / 6
     assert summary["best"]["accuracy"] > QUALITY_MIN, summary["best"]
     assert summary["best"]["accuracy"] > 2 * chance
@@ -213,7 +219,7 @@ def test_train_loss_is_pflibs_pooled_loss_of_the_current_models(tiny_run):
 def test_classification_inputs_are_scaled_like_pflib(scaling, lo, hi):
     """Default: torchvision's ToTensor() (x / 255) then Normalize(0.5, 0.5) ((t - 0.5) / 0.5),
     computed here in float64 on every uint8 value; ``unit`` keeps ToTensor() only."""
-    cfg = cfg_of("default", TINY + [f"input_scaling={scaling}"])
+    cfg = cfg_of("default", TINY + TINY_OMNIFM + [f"input_scaling={scaling}"])
     task = experiment.build_task(cfg, experiment.load_data(cfg))
     x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
     tensor = x.astype(np.float64) / 255.0

@@ -23,11 +23,20 @@ from omnifm_jax.data.registry import load_federation
 CONFIG_CASES = [
     # (what is wrong, overrides, error message pattern)
     ("unknown key", {"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\]"),
-    ("low-pass ratio 0", {"low_pass_ratio": 0}, r"low_pass_ratio must be a number in \(0, 1\], got 0"),
-    ("low-pass ratio > 1", {"low_pass_ratio": 1.5}, r"low_pass_ratio must be a number in \(0, 1\]"),
-    ("top-k larger than the bank", {"top_k": 9, "bank_capacity": 8}, r"top_k=9 is larger than bank_capacity=8"),
-    ("more participants than bank slots", {"num_clients": 20, "bank_capacity": 16},
+    ("low-pass ratio 0", {"algorithm_kwargs": {"low_pass_ratio": 0}},
+     r"algorithm 'omnifm': low_pass_ratio must be a number in \(0, 1\], got 0"),
+    ("low-pass ratio > 1", {"algorithm_kwargs": {"low_pass_ratio": 1.5}}, r"low_pass_ratio must be a number in \(0, 1\]"),
+    ("top-k larger than the bank", {"algorithm_kwargs": {"top_k": 9, "bank_capacity": 8}},
+     r"algorithm 'omnifm': top_k=9 is larger than bank_capacity=8"),
+    ("more participants than bank slots", {"num_clients": 20, "algorithm_kwargs": {"bank_capacity": 16}},
      r"20 participants per round upload more embeddings than bank_capacity=16"),
+    ("unknown algorithm hyper-parameter", {"algorithm_kwargs": {"topk": 3}},
+     r"algorithm 'omnifm' takes no hyper-parameter\(s\) \['topk'\]; its hyper-parameters \(defaults\): "
+     r"lambda_align=0.1, top_k=2, "),
+    ("hyper-parameter of another algorithm", {"algorithm": "fedavg", "algorithm_kwargs": {"top_k": 3}},
+     r"algorithm 'fedavg' takes no hyper-parameter\(s\) \['top_k'\]; its hyper-parameters \(defaults\): none"),
+    ("algorithm_kwargs not a dict", {"algorithm_kwargs": ["top_k", 3]},
+     r"dataset_kwargs, backbone_kwargs and algorithm_kwargs must be dicts"),
     ("participation 0", {"participation": 0.0}, r"participation must be a number in \(0, 1\], got 0.0"),
     ("dropout 1", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
     ("negative dropout", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
@@ -41,25 +50,26 @@ CONFIG_CASES = [
     ("lr as text", {"lr": "fast"}, r"lr must be a finite number > 0, got 'fast'"),
     ("lr NaN", {"lr": float("nan")}, r"lr must be a finite number > 0, got nan"),
     ("momentum 1", {"momentum": 1.0}, r"momentum must be a number in \[0, 1\), got 1.0"),
-    ("rho 0", {"rho": 0.0}, r"rho must be a finite number > 0, got 0.0"),
-    ("negative lambda", {"lambda_align": -0.1}, r"lambda_align must be a finite number >= 0, got -0.1"),
-    ("attention heads do not divide", {"attn_dim": 10, "num_heads": 3},
+    ("rho 0", {"algorithm_kwargs": {"rho": 0.0}}, r"rho must be a finite number > 0, got 0.0"),
+    ("negative lambda", {"algorithm_kwargs": {"lambda_align": -0.1}}, r"lambda_align must be a finite number >= 0, got -0.1"),
+    ("attention heads do not divide", {"algorithm_kwargs": {"attn_dim": 10, "num_heads": 3}},
      r"attn_dim=10 is not divisible by num_heads=3"),
-    ("unknown algorithm", {"algorithm": "fedprox"}, r"algorithm 'fedprox' unknown; available: \["),
+    ("unknown algorithm", {"algorithm": "fedsgd"}, r"algorithm 'fedsgd' unknown; available: \["),
     ("unknown task", {"task": "segmentation"}, r"task must be one of \('classification', 'super_resolution'\)"),
     ("unknown backbone", {"backbone": "vit"}, r"backbone must be one of \('cnn', 'resnet18', 'edsr'\), got 'vit'"),
     ("unknown optimizer", {"optimizer": "rmsprop"}, r"optimizer must be one of \('sgd', 'adam'\), got 'rmsprop'"),
-    ("unknown sharing mode", {"sharing": "everything"}, r"sharing must be one of \['bank_only', 'fedper', 'full'\]"),
-    ("flag as text", {"use_gskr": "yes"}, r"use_gskr must be True or False, got 'yes'"),
+    ("unknown sharing mode", {"algorithm_kwargs": {"sharing": "everything"}},
+     r"sharing must be one of \['bank_only', 'fedper', 'full'\]"),
+    ("flag as text", {"algorithm_kwargs": {"use_gskr": "yes"}}, r"use_gskr must be True or False, got 'yes'"),
     ("SR scale 3", {"scale": 3}, r"scale must be 2, 4 or 8, got 3"),
     ("client_chunk 0", {"client_chunk": 0}, r"client_chunk must be 'auto', None or an integer >= 1, got 0"),
     ("participants per round 0", {"num_clients": 4, "participation": 0.2},
      r"participation=0.2 of num_clients=4 selects int\(4 \* 0.2\) = 0 clients per round"),
     ("unknown input scaling", {"input_scaling": "zscore"}, r"input_scaling must be one of \('auto', 'pflib', 'unit'\)"),
     ("unknown head pool", {"head_pool": "max"}, r"head_pool must be one of \('mean', 'attention'\), got 'max'"),
-    ("hit decay > 1", {"hit_decay": 1.5}, r"hit_decay must be a number in \[0, 1\], got 1.5"),
+    ("hit decay > 1", {"algorithm_kwargs": {"hit_decay": 1.5}}, r"hit_decay must be a number in \[0, 1\], got 1.5"),
     ("protocol flag as text", {"drop_last": "yes"}, r"drop_last must be True or False, got 'yes'"),
-    ("dataset_kwargs not a dict", {"dataset_kwargs": ["alpha", 0.5]}, r"dataset_kwargs and backbone_kwargs must be dicts"),
+    ("dataset_kwargs not a dict", {"dataset_kwargs": ["alpha", 0.5]}, r"dataset_kwargs, backbone_kwargs and algorithm_kwargs must be dicts"),
 ]
 
 
@@ -250,7 +260,8 @@ def test_run_refuses_bad_config_before_loading_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(experiment, "load_data", no_data)
     with pytest.raises(ConfigError, match=r"top_k=9 is larger than bank_capacity=8"):
-        experiment.run(tiny_cfg(top_k=9, bank_capacity=8), tmp_path / "run", progress=False)
+        experiment.run(tiny_cfg(algorithm="omnifm", algorithm_kwargs={"top_k": 9, "bank_capacity": 8}),
+                       tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match=r"backbone_kwargs \{'width': 3\} do not fit backbone 'cnn'"):
         experiment.run(tiny_cfg(backbone_kwargs={"width": 3}), tmp_path / "run", progress=False)
 

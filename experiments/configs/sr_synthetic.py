@@ -17,7 +17,6 @@ def get_config():
         "batch_size": 16,
         "optimizer": "adam",
         "lr": 1e-3,
-        "spectral_dim": 32,
-        "attn_dim": 16,
+        "algorithm_kwargs": {"spectral_dim": 32, "attn_dim": 16},
         "seed": 0,
     }

@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax import bank as bank_lib
+from omnifm_jax import bank as bank_lib, checks
 from omnifm_jax.algorithms.local_training import masked_mean
 from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
@@ -47,7 +47,29 @@ SHARING = {
 }
 
 
-@register("omnifm")
+def validate(hp, context):
+    """OmniFM's hyper-parameters; ``context["participants"]``: uploads per round."""
+    checks.choice("sharing", hp["sharing"], sorted(SHARING))
+    for key in ("top_k", "bank_capacity", "spectral_dim", "attn_dim", "num_heads"):
+        checks.integer(key, hp[key], 1)
+    for key in ("num_suffix", "min_hits", "prune_warmup"):
+        checks.integer(key, hp[key], 0)
+    for key in ("log_magnitude", "use_gskr", "use_eca", "use_psp", "local_spectral_in_eca"):
+        checks.boolean(key, hp[key])
+    checks.interval("low_pass_ratio", hp["low_pass_ratio"], 0, 1, lo_open=True, hi_open=False)
+    checks.interval("hit_decay", hp["hit_decay"], 0, 1, lo_open=False, hi_open=False)
+    checks.finite("rho", hp["rho"], positive=True)
+    checks.finite("lambda_align", hp["lambda_align"], positive=False)
+    checks.require(hp["top_k"] <= hp["bank_capacity"],
+                   f"top_k={hp['top_k']} is larger than bank_capacity={hp['bank_capacity']}")
+    checks.require(hp["attn_dim"] % hp["num_heads"] == 0,
+                   f"attn_dim={hp['attn_dim']} is not divisible by num_heads={hp['num_heads']}")
+    m = context.get("participants")
+    checks.require(m is None or m <= hp["bank_capacity"],
+                   f"{m} participants per round upload more embeddings than bank_capacity={hp['bank_capacity']}")
+
+
+@register("omnifm", validate=validate)
 def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align: float = 0.1,
            top_k: int = 2, bank_capacity: int = 256, rho: float = 1.0, min_hits: int = 1,
            prune_warmup: int = 2, low_pass_ratio: float = 0.25, log_magnitude: bool = True,
@@ -58,15 +80,7 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
     """OmniFM. Table 8 ablations: ``use_gskr=False``, ``use_eca=False``, ``use_psp=False``,
     and ``lambda_align=0`` (w/o SPAlign). ``local_spectral_in_eca``: ECA attends to the local
     spectral token too (see :class:`~omnifm_jax.models.omnifm.OmniFM`); ``hit_decay``: see
-    :func:`~omnifm_jax.bank.add_hits`."""
-    if sharing not in SHARING:
-        raise ValueError(f"unknown sharing mode {sharing!r}; expected one of {sorted(SHARING)}")
-    if not 1 <= top_k <= bank_capacity:
-        raise ValueError(f"top_k must be in [1, bank_capacity={bank_capacity}], got {top_k}")
-    if lambda_align < 0 or rho <= 0:
-        raise ValueError(f"need lambda_align >= 0 and rho > 0, got {lambda_align}, {rho}")
-    if not 0.0 <= hit_decay <= 1.0:
-        raise ValueError(f"hit_decay must be in [0, 1], got {hit_decay}")
+    :func:`~omnifm_jax.bank.add_hits`; ``sharing``: see the module docstring."""
     model = OmniFM(backbone=backbone, head=task.make_head(), spectral_dim=spectral_dim,
                    low_pass_ratio=low_pass_ratio, log_magnitude=log_magnitude, attn_dim=attn_dim,
                    num_heads=num_heads, num_suffix=num_suffix, top_k=top_k, use_gskr=use_gskr,

@@ -1,27 +1,83 @@
-"""Name -> algorithm factory. A new algorithm is one new file in this package that
-decorates its factory with :func:`register`; the package imports every module in it."""
+"""Name -> algorithm factory, and each algorithm's own hyper-parameters.
+
+A new algorithm is one new file in this package whose factory is decorated with
+:func:`register`; the package imports every module in it. A factory takes the engine's
+arguments (``task, backbone, optimizer, local_epochs, batch_size``), the run's protocol
+and context values it wants (any of ``drop_last, aggregate_bn_stats, lr, num_clients``,
+filled from the run config), and its own hyper-parameters as keyword arguments with
+defaults: those defaults are the algorithm's defaults, and ``validate(hparams, context)``
+in the same file checks them (``algorithm_kwargs`` in a config reaches them; an unknown
+key stops a run before any work).
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict
+import functools
+import inspect
+from typing import Any, Callable, Dict, Optional
 
-_FACTORIES: Dict[str, Callable] = {}
+from omnifm_jax.checks import ConfigError
+from omnifm_jax.registry import Registry
+
+#: Arguments every factory gets from the engine / experiment, not hyper-parameters.
+ENGINE_ARGS = ("task", "backbone", "optimizer", "local_epochs", "batch_size")
+#: Run-config values a factory receives when its signature names them (not set in algorithm_kwargs).
+RUN_ARGS = ("drop_last", "aggregate_bn_stats", "lr", "num_clients")
+
+ALGORITHMS = Registry("algorithm")
 
 
-def register(name: str):
+def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None):
+    """Decorator for an algorithm factory; ``validate(hparams, context)`` raises
+    :class:`~omnifm_jax.checks.ConfigError` for impossible hyper-parameters (``hparams``:
+    every hyper-parameter, defaults filled in; ``context``: ``num_clients``,
+    ``participants`` when known)."""
     def deco(factory):
-        if name in _FACTORIES:
-            raise ValueError(f"algorithm {name!r} registered twice")
-        _FACTORIES[name] = factory
-        return factory
+        @functools.wraps(factory)
+        def checked(**kwargs):
+            check(name, {k: v for k, v in kwargs.items() if k not in ENGINE_ARGS + RUN_ARGS},
+                  {"num_clients": kwargs.get("num_clients")})
+            return factory(**kwargs)
+
+        ALGORITHMS.register(name, factory=factory, validate=validate)(checked)
+        return checked
     return deco
 
 
 def available() -> list:
-    return sorted(_FACTORIES)
+    return ALGORITHMS.available()
 
 
 def get(name: str) -> Callable:
-    try:
-        return _FACTORIES[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(available())}") from None
+    return ALGORITHMS.get(name)
+
+
+def hyperparameters(name: str) -> Dict[str, Any]:
+    """The algorithm's own keyword arguments and their defaults."""
+    params = inspect.signature(ALGORITHMS.entry(name).meta["factory"]).parameters
+    return {k: p.default for k, p in params.items()
+            if k not in ENGINE_ARGS + RUN_ARGS and p.default is not inspect.Parameter.empty}
+
+
+def run_args(name: str) -> tuple:
+    """Which of :data:`RUN_ARGS` the factory takes."""
+    params = inspect.signature(ALGORITHMS.entry(name).meta["factory"]).parameters
+    return tuple(k for k in RUN_ARGS if k in params)
+
+
+def check(name: str, hparams: Dict[str, Any], context: Optional[Dict[str, Any]] = None) -> None:
+    """Unknown keys, then the algorithm's own ``validate``: :class:`ConfigError` naming the
+    algorithm and the key."""
+    if not isinstance(hparams, dict):
+        raise ConfigError(f"algorithm_kwargs must be a dict, got {type(hparams).__name__}")
+    defaults = hyperparameters(name)
+    unknown = sorted(set(hparams) - set(defaults))
+    if unknown:
+        accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
+        raise ConfigError(f"algorithm {name!r} takes no hyper-parameter(s) {unknown}; "
+                          f"its hyper-parameters (defaults): {accepted}")
+    validate = ALGORITHMS.entry(name).meta["validate"]
+    if validate is not None:
+        try:
+            validate({**defaults, **hparams}, dict(context or {}))
+        except ConfigError as e:
+            raise ConfigError(f"algorithm {name!r}: {e}") from None
