@@ -126,14 +126,19 @@ class OmniFM(nn.Module):
 class TokenModel(nn.Module):
     """Backbone + head, no OmniFM modules: the model of FedAvg, FedPer, Local, ...
 
-    Returns ``(output, None)`` so every model has the same ``(y, aux)`` signature.
+    Returns ``(output, None)`` so every model has the same ``(y, aux)`` signature; with
+    ``features=True`` the aux is the representation the head reads, the backbone's tokens
+    averaged over the token axis ``f32[B, d]`` (FedAvgCNN: the 512-wide fc1 output, PFLlib's
+    ``model.base(x)``), for algorithms that use it (MOON).
     """
     backbone: nn.Module
     head: nn.Module
+    features: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, bank: Any = None, *, train: bool = False, mask=None):
         del bank
         r = self.backbone(x, train=train, mask=mask)
         layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
-        return self.head(r, layout=layout, train=train), None
+        out = self.head(r, layout=layout, train=train)
+        return out, (jnp.mean(r.astype(jnp.float32), axis=-2) if self.features else None)
