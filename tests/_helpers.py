@@ -66,3 +66,30 @@ def make_clients(ns, n_max=None, *, size=8, seed=0, num_classes=NUM_CLASSES) -> 
     n = np.asarray(ns, np.int32)
     offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32)
     return ClientArrays(x=x, y=y, n=n, offsets=offsets, modality=np.zeros(total, np.int32))
+
+
+#: Hyper-parameters that make each algorithm do its own thing at tiny sizes (an algorithm
+#: not listed runs with its defaults). Tests that loop over every registered algorithm use it.
+ALGORITHM_TEST_KWARGS = {
+    "omnifm": dict(spectral_dim=8, attn_dim=8, bank_capacity=8, num_suffix=2, top_k=2),
+    "fedprox": dict(mu=0.1),
+    "ditto": dict(mu=0.1),
+    "moon": dict(mu=1.0, tau=0.5),
+}
+
+
+def build_algorithm(name, *, backbone, num_clients, lr=0.1, local_epochs=1, batch_size=4, num_classes=NUM_CLASSES,
+                    **overrides):
+    """``algorithms.build(name, ...)`` for tests: a classification task, SGD at ``lr``, the
+    run values the factory takes (``lr``, ``num_clients``) and :data:`ALGORITHM_TEST_KWARGS`."""
+    import optax
+
+    from omnifm_jax import algorithms
+    from omnifm_jax.tasks import classification
+
+    run = {"lr": lr, "num_clients": num_clients}
+    kw = {k: run[k] for k in algorithms.run_args(name) if k in run}
+    kw.update(ALGORITHM_TEST_KWARGS.get(name, {}))
+    kw.update(overrides)
+    return algorithms.build(name, task=classification(num_classes), backbone=backbone, optimizer=optax.sgd(lr),
+                            local_epochs=local_epochs, batch_size=batch_size, **kw)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from omnifm_jax import cli, config as config_lib, experiment, federated
+from omnifm_jax import algorithms, cli, config as config_lib, experiment, federated
 
 #: A tiny classification run: 3 clients, 16x16 images, small FedAvgCNN and OmniFM widths.
 TINY = ["rounds=2", "num_clients=3", "local_epochs=1", "batch_size=8",
@@ -245,3 +245,26 @@ def test_table1_config_is_pflibs_resnet18_on_the_train_splits():
                if "kernel" in jax.tree_util.keystr(p)]
     assert any(k[:3] == (7, 7, 3) for k in kernels)
     assert "batch_stats" in variables
+
+
+@pytest.mark.parametrize("name", algorithms.available())
+def test_omnifm_train_runs_every_algorithm(name, tmp_path, capsys):
+    """``omnifm train --set algorithm=NAME`` with the algorithm's defaults (tiny sizes, one
+    round): it runs, reports, and writes its outputs."""
+    out = tmp_path / name
+    argv = ["train", "--config", "default", "--quiet", "--out", str(out), "--set", f"algorithm={name}"]
+    for o in TINY + ["rounds=1", "eval_train_loss=False", "checkpoint_every=0"]:
+        argv += ["--set", o]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == name and summary["rounds"] == 1
+    assert 0.0 <= summary["last"]["accuracy"] <= 1.0
+
+
+def test_omnifm_algorithms_lists_every_algorithm_with_its_hyperparameters(capsys):
+    assert cli.main(["algorithms"]) == 0
+    text = capsys.readouterr().out
+    for name in algorithms.available():
+        assert f"\n{name}: " in "\n" + text
+    assert "fedprox: FedProx (Li et al., MLSys 2020" in text and "algorithm_kwargs: mu=0.0" in text
+    assert "lambda_align=0.1, top_k=2" in text

@@ -21,7 +21,7 @@ from omnifm_jax import algorithms, federated
 from omnifm_jax.data.federation import ClientArrays
 from omnifm_jax.tasks import classification
 
-from _helpers import NUM_CLASSES, TinyBackbone, make_clients  # noqa: E402
+from _helpers import NUM_CLASSES, TinyBackbone, build_algorithm, make_clients  # noqa: E402
 K = 4
 
 
@@ -123,6 +123,42 @@ def test_all_clients_faulty_leaves_the_global_model_untouched(setup):
     assert_trees_equal(new.server.params, state.server.params)
     assert_trees_equal(new.clients, poisoned.clients)
     assert int(np.sum(np.asarray(new.server.extra.valid))) == int(np.sum(np.asarray(state.server.extra.valid)))
+
+
+@pytest.mark.parametrize("name", algorithms.available())
+def test_every_algorithm_ignores_a_nan_upload(name):
+    """A participant whose upload holds NaN is left out exactly as one that sends nothing
+    (n = 0, weight 0): the server state of the two rounds is the same bit for bit, the other
+    clients are unaffected, and its own state stays as it was."""
+    alg = build_algorithm(name, backbone=TinyBackbone(), num_clients=K)
+    bad = 1
+    bad_offset = int(TRAIN.offsets[bad])
+
+    def nan_upload(server, client, data, key):
+        res = alg.client_update(server, client, data, key)
+        hit = data.offset == bad_offset
+        poison_leaf = lambda a: jnp.where(hit, jnp.full_like(a, jnp.nan), a) if jnp.issubdtype(a.dtype, jnp.inexact) else a
+        return res._replace(upload=jax.tree_util.tree_map(poison_leaf, res.upload))
+
+    train = jax.device_put(TRAIN)
+    state = federated.init(alg, jax.random.key(0), train)
+    new, m = federated.make_round(alg._replace(client_update=nan_upload), TRAIN, donate=False)(state, train)
+    ref, m_ref = federated.make_round(alg, TRAIN, donate=False)(state, with_n(train, bad, 0))
+    communicates = bool(jax.tree_util.tree_leaves(jax.eval_shape(
+        lambda: alg.client_update(state.server, client(state.clients, 0),
+                                  algorithms.ClientData(train.x, train.y, train.offsets[0], train.n[0], 6),
+                                  jax.random.key(0)).upload)))
+    if not communicates:  # Local: nothing crosses, nothing to exclude
+        assert int(m.faulty) == 0
+        assert_trees_equal(new.server, state.server)
+        return
+    assert int(m.faulty) == 1
+    np.testing.assert_array_equal(np.asarray(m.weights), np.asarray(m_ref.weights))
+    assert_trees_equal(new.server, ref.server)
+    assert all(np.isfinite(x).all() for x in leaves(new.server))
+    for k in set(range(K)) - {bad}:
+        assert_trees_equal(client(new.clients, k), client(ref.clients, k))
+    assert_trees_equal(client(new.clients, bad), client(state.clients, bad))
 
 
 # ----------------------------------------------------------------------------- dropout

@@ -1,11 +1,12 @@
 """The privacy boundary as a structural property of the round.
 
 What crosses from a client to the server is what ``server_update(server, uploads,
-weights)`` receives inside the engine's jitted round. For FedAvg, FedPer and OmniFM the
-upload tree holds exactly the shared-parameter leaves (same paths as the shared
-partition) and, for OmniFM only, one spectral embedding ``f32[spectral_dim]``, a flag
-saying whether it computed one, and the bank-retrieval counts ``int32[bank_capacity]`` per
-participant; Local uploads nothing. BatchNorm running statistics are personal: they never
+weights)`` receives inside the engine's jitted round. Checked for every registered
+algorithm: the upload tree holds exactly the shared-parameter leaves (same paths as the
+shared partition) and, for OmniFM only, one spectral embedding ``f32[spectral_dim]``, a
+flag saying whether it computed one, and the bank-retrieval counts ``int32[bank_capacity]``
+per participant; for SCAFFOLD only, its control-variate change (one leaf per shared
+parameter); Local uploads nothing. BatchNorm running statistics are personal: they never
 reach the server.
 No personal parameter path, no leaf shaped like a personal parameter that is not also a
 shared one, and nothing shaped like the client's data reaches the server.
@@ -19,17 +20,17 @@ import inspect
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms.labels import path_name
 from omnifm_jax.data.federation import ClientArrays
-from omnifm_jax.tasks import classification
 
 K, M_PARTICIPATION = 4, 0.75
 SPECTRAL_DIM, BANK = 8, 8
-from _helpers import TinyBackbone, make_clients  # noqa: E402
+from _helpers import ALGORITHM_TEST_KWARGS, TinyBackbone, build_algorithm, make_clients  # noqa: E402
+
+assert ALGORITHM_TEST_KWARGS["omnifm"]["spectral_dim"] == SPECTRAL_DIM and ALGORITHM_TEST_KWARGS["omnifm"]["bank_capacity"] == BANK
 
 
 def make_train(n_max=6, size=8) -> ClientArrays:
@@ -37,10 +38,7 @@ def make_train(n_max=6, size=8) -> ClientArrays:
 
 
 def build(name):
-    kw = dict(spectral_dim=SPECTRAL_DIM, attn_dim=8, bank_capacity=BANK, num_suffix=2, top_k=2) \
-        if name == "omnifm" else {}
-    return algorithms.build(name, task=classification(3), backbone=TinyBackbone(), optimizer=optax.sgd(0.1),
-                            local_epochs=1, batch_size=4, **kw)
+    return build_algorithm(name, backbone=TinyBackbone(), num_clients=K)
 
 
 def named(tree):
@@ -67,13 +65,13 @@ def trace_server_inputs(name):
     return alg, state, train, seen[0]
 
 
-@pytest.fixture(scope="module", params=["fedavg", "fedper", "omnifm", "local"])
+@pytest.fixture(scope="module", params=algorithms.available())
 def traced(request):
     return request.param, trace_server_inputs(request.param)
 
 
 def test_server_update_signature_is_the_boundary():
-    for name in ("fedavg", "fedper", "omnifm", "local"):
+    for name in algorithms.available():
         params = list(inspect.signature(build(name).server_update).parameters)
         assert params == ["server", "uploads", "weights"], name
 
@@ -99,6 +97,9 @@ def test_server_sees_its_state_the_uploads_and_weights_only(traced):
         expected["extra/embedding"] = ((m, SPECTRAL_DIM), np.dtype(np.float32))
         expected["extra/has_embedding"] = ((m,), np.dtype(bool))
         expected["extra/hits"] = ((m, BANK), np.dtype(np.int32))
+    if name == "scaffold":  # the control-variate change dc_i, one per shared parameter
+        expected.update({f"extra/{p[len('params/'):]}": ((m,) + v.shape, v.dtype)
+                         for p, v in shared.items() if p.startswith("params/")})
     assert got == expected
 
     # no personal parameter path, and no personal or data shape that is not a shared one
