@@ -10,6 +10,7 @@ from typing import Any, Dict, Sequence
 
 from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
+from omnifm_jax.registry import BACKBONES, TASKS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
@@ -50,9 +51,7 @@ DEFAULTS: Dict[str, Any] = {
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
 }
 
-TASKS = ("classification", "super_resolution")
 OPTIMIZERS = ("sgd", "adam")
-BACKBONES = ("cnn", "resnet18", "edsr")
 INPUT_SCALINGS = ("auto", "pflib", "unit")
 HEAD_POOLS = ("mean", "attention")
 
@@ -149,9 +148,9 @@ def validate(cfg: Dict[str, Any]) -> None:
     require(not missing, f"missing key(s) {missing} (start from load_config() or DEFAULTS)")
     require(cfg["algorithm"] in algorithms.available(),
             f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
-    checks.choice("task", cfg["task"], TASKS)
+    checks.choice("task", cfg["task"], tuple(TASKS.available()))
     checks.choice("optimizer", cfg["optimizer"], OPTIMIZERS)
-    checks.choice("backbone", cfg["backbone"], BACKBONES)
+    checks.choice("backbone", cfg["backbone"], tuple(BACKBONES.available()))
     require(isinstance(cfg["dataset"], str) and cfg["dataset"] != "",
             f"dataset must be a non-empty string, got {cfg['dataset']!r}")
     for key in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every", "eval_batch_size",

@@ -26,40 +26,20 @@ import optax
 from omnifm_jax import algorithms, checkpoint as ckpt_lib, config as config_lib, federated
 from omnifm_jax.data.federation import Federation, validate_federation
 from omnifm_jax.data.registry import load_federation
-from omnifm_jax.models import FedAvgCNN, ResNet18
-from omnifm_jax.models.sr import EDSRBackbone
-from omnifm_jax.tasks import classification, super_resolution
+from omnifm_jax.registry import BACKBONES, TASKS
 
 
 def build_backbone(cfg: Dict[str, Any]):
     kw = dict(cfg["backbone_kwargs"])
-    builders = {"cnn": FedAvgCNN, "resnet18": ResNet18, "edsr": EDSRBackbone}
     try:
-        return builders[cfg["backbone"]](**kw)
+        return BACKBONES.get(cfg["backbone"])(**kw)
     except TypeError as e:
         raise config_lib.ConfigError(f"backbone_kwargs {kw} do not fit backbone {cfg['backbone']!r}: {e}") from None
 
 
-INPUT_RANGES = {"pflib": (-1.0, 1.0), "unit": (0.0, 1.0)}
-
-
 def build_task(cfg: Dict[str, Any], fed):
-    if cfg["task"] == "classification":
-        if fed.num_classes < 2:
-            raise config_lib.ConfigError(f"dataset {cfg['dataset']!r} has no class labels; "
-                                         "use task=super_resolution")
-        scaling = "pflib" if cfg["input_scaling"] == "auto" else cfg["input_scaling"]
-        return classification(fed.num_classes, input_range=INPUT_RANGES[scaling], head_pool=cfg["head_pool"])
-    if fed.num_classes != 0:
-        raise config_lib.ConfigError(f"dataset {cfg['dataset']!r} is a classification set; "
-                                     "use task=classification")
-    if cfg["input_scaling"] not in ("auto", "unit"):
-        raise config_lib.ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=super_resolution: "
-                                     "its bicubic skip and its targets are in [0, 1] (use 'auto' or 'unit')")
-    hr, lr = fed.train.y.shape[1], fed.train.x.shape[1]
-    if hr != lr * cfg["scale"]:
-        raise config_lib.ConfigError(f"scale={cfg['scale']} but the data's HR/LR ratio is {hr}/{lr}")
-    return super_resolution(cfg["scale"], channels=fed.train.y.shape[-1])
+    """The registered task's ``from_config(cfg, fed)``."""
+    return TASKS.get(cfg["task"])(cfg, fed)
 
 
 def build_algorithm(cfg: Dict[str, Any], task):

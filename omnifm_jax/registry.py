@@ -1,9 +1,12 @@
-"""One registration mechanism for the project's components (algorithms, and the other kinds
-as they move over): a name -> object table filled by a decorator in the component's own
-file, so adding one is one new file and no edit elsewhere."""
+"""One registration mechanism for the project's components: algorithms, tasks, backbones and
+data sets. A component registers itself with a decorator in its own file
+(``@BACKBONES.register("cnn")``); the first lookup of a kind imports every module of its
+package, so adding a component is one new file and no edit elsewhere."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, NamedTuple
+import importlib
+import pkgutil
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 
 class Entry(NamedTuple):
@@ -13,11 +16,17 @@ class Entry(NamedTuple):
 
 
 class Registry:
-    """Components of one kind (``"algorithm"``, ...), registered with :meth:`register`."""
+    """Components of one kind (``"algorithm"``, ...), registered with :meth:`register`.
 
-    def __init__(self, kind: str):
+    ``package``: where components of this kind live; every module in it is imported on the
+    first lookup (so a component file registers itself without being imported by name).
+    """
+
+    def __init__(self, kind: str, package: Optional[str] = None):
         self.kind = kind
+        self.package = package
         self._entries: Dict[str, Entry] = {}
+        self._discovered = package is None
 
     def register(self, name: str, **meta: Any) -> Callable[[Any], Any]:
         """Decorator: ``@REG.register("name", key=value...)``; ``meta`` travels with it."""
@@ -28,10 +37,20 @@ class Registry:
             return obj
         return deco
 
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        package = importlib.import_module(self.package)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{self.package}.{module.name}")
+
     def available(self) -> List[str]:
+        self._discover()
         return sorted(self._entries)
 
     def entry(self, name: str) -> Entry:
+        self._discover()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -39,3 +58,9 @@ class Registry:
 
     def get(self, name: str) -> Any:
         return self.entry(name).obj
+
+
+ALGORITHMS = Registry("algorithm", "omnifm_jax.algorithms")
+TASKS = Registry("task", "omnifm_jax.tasks")
+BACKBONES = Registry("backbone", "omnifm_jax.models")
+DATASETS = Registry("dataset", "omnifm_jax.data")

@@ -56,7 +56,7 @@ CONFIG_CASES = [
      r"attn_dim=10 is not divisible by num_heads=3"),
     ("unknown algorithm", {"algorithm": "fedsgd"}, r"algorithm 'fedsgd' unknown; available: \["),
     ("unknown task", {"task": "segmentation"}, r"task must be one of \('classification', 'super_resolution'\)"),
-    ("unknown backbone", {"backbone": "vit"}, r"backbone must be one of \('cnn', 'resnet18', 'edsr'\), got 'vit'"),
+    ("unknown backbone", {"backbone": "vit"}, r"backbone must be one of \('cnn', 'edsr', 'resnet18'\), got 'vit'"),
     ("unknown optimizer", {"optimizer": "rmsprop"}, r"optimizer must be one of \('sgd', 'adam'\), got 'rmsprop'"),
     ("unknown sharing mode", {"algorithm_kwargs": {"sharing": "everything"}},
      r"sharing must be one of \['bank_only', 'fedper', 'full'\]"),

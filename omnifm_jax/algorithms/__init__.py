@@ -4,14 +4,8 @@ Every factory takes ``task, backbone, optimizer, local_epochs, batch_size`` and 
 hyper-parameters as keyword arguments: ``build("fedavg", task=..., backbone=..., ...)``.
 :func:`hyperparameters` lists an algorithm's own keyword arguments and their defaults.
 """
-import importlib
-import pkgutil
-
 from omnifm_jax.algorithms.base import ClientData, ClientResult, FederatedAlgorithm
 from omnifm_jax.algorithms.registry import available, check, get, hyperparameters, register, run_args
-
-for _m in pkgutil.iter_modules(__path__):  # every module; the algorithm files register themselves
-    importlib.import_module(f"{__name__}.{_m.name}")
 
 
 def build(name: str, **kwargs) -> FederatedAlgorithm:

@@ -16,14 +16,12 @@ import inspect
 from typing import Any, Callable, Dict, Optional
 
 from omnifm_jax.checks import ConfigError
-from omnifm_jax.registry import Registry
+from omnifm_jax.registry import ALGORITHMS
 
 #: Arguments every factory gets from the engine / experiment, not hyper-parameters.
 ENGINE_ARGS = ("task", "backbone", "optimizer", "local_epochs", "batch_size")
 #: Run-config values a factory receives when its signature names them (not set in algorithm_kwargs).
 RUN_ARGS = ("drop_last", "aggregate_bn_stats", "lr", "num_clients")
-
-ALGORITHMS = Registry("algorithm")
 
 
 def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None):

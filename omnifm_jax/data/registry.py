@@ -1,5 +1,8 @@
 """Single entry point from a data-set name to a :class:`Federation`.
 
+Every data set is a loader registered in :data:`omnifm_jax.registry.DATASETS` under the part of
+its name before any ``:`` (a new data set is one new file in this package with
+``@DATASETS.register("name")`` on a ``loader(spec, num_clients, seed, kwargs) -> Federation``).
 Names:
 
 * ``"synthetic"`` - :func:`omnifm_jax.data.synthetic.make_cross_modality`.
@@ -18,12 +21,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from omnifm_jax.registry import DATASETS
+
 from .federation import Federation, federate
 
 __all__ = ["DATASETS", "load_federation", "default_real_data_dir"]
-
-#: Known data-set names (``medmnist:`` takes ``+``-joined subsets after the colon).
-DATASETS: tuple[str, ...] = ("synthetic", "medmnist:<subset>+<subset>...", "real4", "synthetic_sr", "breakhis_sr")
 
 _FEDERATE_KEYS = ("partition", "alpha", "classes_per_client", "balance", "min_size", "test_fraction")
 
@@ -44,7 +46,9 @@ def _split_kwargs(kwargs: dict, allowed: tuple[str, ...], name: str) -> tuple[di
     return fed_kw, kwargs
 
 
-def _synthetic(num_clients: int, seed: int, kw: dict) -> Federation:
+@DATASETS.register("synthetic")
+def _synthetic(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    del spec
     from .synthetic import make_cross_modality
 
     allowed = ("num_modalities", "num_classes", "samples_per_class_per_modality", "image_size", "channels")
@@ -55,6 +59,7 @@ def _synthetic(num_clients: int, seed: int, kw: dict) -> Federation:
     return fed
 
 
+@DATASETS.register("medmnist", display="medmnist:<subset>+<subset>...")
 def _medmnist(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     from .medmnist import load_cross_modality
 
@@ -68,7 +73,9 @@ def _medmnist(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     return fed
 
 
-def _real4(num_clients: int, seed: int, kw: dict) -> Federation:
+@DATASETS.register("real4")
+def _real4(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    del spec
     from .medmnist import load_real4
 
     fed_kw, data_kw = _split_kwargs(kw, ("root", "splits"), "real4")
@@ -84,6 +91,18 @@ def _superres(func: str, num_clients: int, seed: int, kw: dict) -> Federation:
     module = importlib.import_module("omnifm_jax.data.superres")
     fn: Callable[..., Federation] = getattr(module, func)
     return fn(num_clients=num_clients, seed=seed, **kw)
+
+
+@DATASETS.register("synthetic_sr")
+def _synthetic_sr(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    del spec
+    return _superres("synthetic_sr_federation", num_clients, seed, kw)
+
+
+@DATASETS.register("breakhis_sr")
+def _breakhis_sr(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    del spec
+    return _superres("breakhis_sr_federation", num_clients, seed, kw)
 
 
 def load_federation(name: str, *, num_clients: int, seed: int = 0, **kwargs: Any) -> Federation:
@@ -104,17 +123,9 @@ def load_federation(name: str, *, num_clients: int, seed: int = 0, **kwargs: Any
     """
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {name!r}")
-    key = name.strip()
-    kw = dict(kwargs)
-    low = key.lower()
-    if low == "synthetic":
-        return _synthetic(num_clients, seed, kw)
-    if low.startswith("medmnist:"):
-        return _medmnist(key.split(":", 1)[1], num_clients, seed, kw)
-    if low == "real4":
-        return _real4(num_clients, seed, kw)
-    if low == "synthetic_sr":
-        return _superres("synthetic_sr_federation", num_clients, seed, kw)
-    if low == "breakhis_sr":
-        return _superres("breakhis_sr_federation", num_clients, seed, kw)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    key, _, spec = name.strip().partition(":")  # "medmnist:pathmnist+..." -> loader "medmnist"
+    names = DATASETS.available()
+    if key.lower() not in names:
+        known = ", ".join(DATASETS.entry(n).meta.get("display", n) for n in names)
+        raise ValueError(f"unknown dataset {name!r}; known: {known}")
+    return DATASETS.get(key.lower())(spec, num_clients, seed, dict(kwargs))

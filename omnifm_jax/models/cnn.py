@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from omnifm_jax.models.common import Conv, feature_map_to_tokens
+from omnifm_jax.registry import BACKBONES
 
 
+@BACKBONES.register("cnn")
 class FedAvgCNN(nn.Module):
     """``(B, H, W, C) -> (B, 1, hidden)`` (``tokens="fc"``) or ``(B, h*w, 64)`` (``"map"``)."""
     hidden: int = 512

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from omnifm_jax.models.common import Conv, feature_map_to_tokens, make_norm
+from omnifm_jax.registry import BACKBONES
 
 STEMS = ("cifar", "imagenet")
 
@@ -42,6 +43,7 @@ class BasicBlock(nn.Module):
         return nn.relu(y + residual)
 
 
+@BACKBONES.register("resnet18")
 class ResNet18(nn.Module):
     """ResNet-18 trunk: ``(B, H, W, C) -> tokens (B, L, width*8)``.
 

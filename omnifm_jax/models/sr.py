@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 
 from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens
+from omnifm_jax.registry import BACKBONES
 
 
 class ResBlock(nn.Module):
@@ -28,6 +29,7 @@ class ResBlock(nn.Module):
         return x + self.res_scale * y
 
 
+@BACKBONES.register("edsr")
 class EDSRBackbone(nn.Module):
     """``(B, h, w, C) -> tokens (B, h*w, features)`` (EDSR body without upsampler)."""
     features: int = 32

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.heads import ClassificationHead
+from omnifm_jax.registry import TASKS
 from omnifm_jax.tasks.base import Task, scale_uint8
 
 
@@ -139,3 +141,15 @@ def classification(num_classes: int, *, input_range: Tuple[float, float] = (-1.0
     return Task("classification", lambda: ClassificationHead(num_classes, pool=head_pool), prepare_targets,
                 predict, loss, eval_stats, client_metrics, summarize, "accuracy",
                 scale_inputs=lambda x: scale_uint8(x, tuple(input_range)))
+
+
+#: ``input_scaling`` -> the range uint8 images are scaled to (``auto``: PFLlib's [-1, 1]).
+INPUT_RANGES = {"auto": (-1.0, 1.0), "pflib": (-1.0, 1.0), "unit": (0.0, 1.0)}
+
+
+@TASKS.register("classification")
+def from_config(cfg, fed) -> Task:
+    """The task of a run: classes from the data, ``input_scaling`` and ``head_pool`` from the config."""
+    if fed.num_classes < 2:
+        raise ConfigError(f"dataset {cfg['dataset']!r} has no class labels; use task=super_resolution")
+    return classification(fed.num_classes, input_range=INPUT_RANGES[cfg["input_scaling"]], head_pool=cfg["head_pool"])

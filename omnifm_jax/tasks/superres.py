@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.sr import PixelShuffleHead
+from omnifm_jax.registry import TASKS
 from omnifm_jax.tasks.base import Task
 
 
@@ -68,3 +70,18 @@ def super_resolution(scale: int, channels: int = 3) -> Task:
     return Task("super_resolution", lambda: PixelShuffleHead(scale, channels), prepare_targets, predict,
                 loss, eval_stats, client_metrics, summarize, "psnr",
                 baseline=lambda x: bicubic_upsample(x, scale))
+
+
+@TASKS.register("super_resolution")
+def from_config(cfg, fed) -> Task:
+    """The task of a run: ``scale`` from the config, checked against the data's HR/LR sizes;
+    inputs stay in [0, 1] (its bicubic skip and its targets are)."""
+    if fed.num_classes != 0:
+        raise ConfigError(f"dataset {cfg['dataset']!r} is a classification set; use task=classification")
+    if cfg["input_scaling"] not in ("auto", "unit"):
+        raise ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=super_resolution: "
+                          "its bicubic skip and its targets are in [0, 1] (use 'auto' or 'unit')")
+    hr, lr = fed.train.y.shape[1], fed.train.x.shape[1]
+    if hr != lr * cfg["scale"]:
+        raise ConfigError(f"scale={cfg['scale']} but the data's HR/LR ratio is {hr}/{lr}")
+    return super_resolution(cfg["scale"], channels=fed.train.y.shape[-1])
