@@ -239,7 +239,7 @@ def test_table1_config_is_pflibs_resnet18_on_the_train_splits():
     assert (cfg["drop_last"], cfg["aggregate_bn_stats"], cfg["shared_init"], cfg["input_scaling"]) == \
         (True, False, True, "auto")
     model = experiment.build_backbone(cfg)
-    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32), train=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32), train=False))
     # the imagenet stem: a 7x7 convolution over 3 input channels, BatchNorm statistics present
     kernels = [np.shape(l) for p, l in jax.tree_util.tree_leaves_with_path(variables["params"])
                if "kernel" in jax.tree_util.keystr(p)]

@@ -120,15 +120,18 @@ def strategies_vs_sequential(request):
     alg = build_algorithm(name, backbone=TinyBackbone(), num_clients=4)
     train = jax.device_put(TRAIN4)
     state0 = federated.init(alg, jax.random.key(3), train)
+    # every strategy for the engine's first two algorithms; one by one and sorted vmapped chunks
+    # (which cover vmap) for the rest, to keep the suite's compile time in bounds
+    strategies = STRATEGIES if name in ("fedavg", "omnifm") else [1, 2]
     rounds = {c: federated.make_round(alg, TRAIN4, participation=0.75, donate=False, client_chunk=c)
-              for c in STRATEGIES}
+              for c in strategies}
     update = jax.jit(alg.client_update)
-    states = {c: state0 for c in STRATEGIES}
+    states = {c: state0 for c in strategies}
     ss = state0
     out = []
     for _ in range(2):
         res = {}
-        for c in STRATEGIES:
+        for c in strategies:
             states[c], res[c] = rounds[c](states[c], train)
         ss, ms = federated.sequential_round(alg, ss, train, participation=0.75, client_update=update)
         out.append((dict(states), res, ss, ms))
@@ -140,7 +143,7 @@ def test_every_strategy_equals_sequential_round(strategies_vs_sequential):
     strategy, with a remainder chunk) give the sequential reference's round."""
     name, state0, out = strategies_vs_sequential
     for states, res, ss, ms in out:
-        for c in STRATEGIES:
+        for c in states:
             sv, mv = states[c], res[c]
             np.testing.assert_array_equal(np.asarray(mv.participants), np.asarray(ms.participants))
             assert len(np.unique(np.asarray(mv.participants))) == 3
@@ -151,7 +154,7 @@ def test_every_strategy_equals_sequential_round(strategies_vs_sequential):
             assert_trees_close(sv.server.extra, ss.server.extra)
             assert_trees_close(sv.clients, ss.clients)
             assert_trees_close(mv.client_metrics, ms.client_metrics)
-    sv_last = out[-1][0][None]
+    sv_last = out[-1][0][1]
     if name != "local":  # Local's server never changes
         assert max_change(sv_last.server.params, state0.server.params) > 1e-4
     if name == "omnifm":
@@ -165,7 +168,8 @@ def test_executed_client_steps_per_strategy(strategies_vs_sequential):
     for _, res, _, _ in out:
         steps = np.asarray(res[1].client_metrics["local_steps"])
         assert int(res[1].useful_steps) == int(res[1].executed_steps) == steps.sum()
-        assert int(res[None].executed_steps) == len(steps) * steps.max()
+        if None in res:
+            assert int(res[None].executed_steps) == len(steps) * steps.max()
         ordered = np.sort(steps)[::-1]
         assert int(res[2].executed_steps) == 2 * ordered[0] + 1 * ordered[2]
 
@@ -189,8 +193,8 @@ def test_choose_client_chunk_keeps_useful_fraction():
 def test_round_weights_are_sample_counts(strategies_vs_sequential):
     _, _, out = strategies_vs_sequential
     for _, res, _, _ in out:
-        idx = np.asarray(res[None].participants)
-        np.testing.assert_array_equal(np.asarray(res[None].weights), TRAIN4.n[idx].astype(np.float32))
+        idx = np.asarray(res[1].participants)
+        np.testing.assert_array_equal(np.asarray(res[1].weights), TRAIN4.n[idx].astype(np.float32))
 
 
 @pytest.mark.parametrize("n, chunk", [(7, 2), (6, 3), (4, 4), (3, 5), (5, 1)])

@@ -19,7 +19,7 @@ import optax
 from omnifm_jax import checks
 from omnifm_jax.algorithms import aggregation
 from omnifm_jax.algorithms.registry import register
-from omnifm_jax.algorithms.sgd import ServerState, personalized_sgd
+from omnifm_jax.algorithms.sgd import ServerState, personalized_sgd, with_zero_server_slot, zeros_like_params
 from omnifm_jax.models.omnifm import TokenModel
 
 tu = optax.tree_utils
@@ -67,14 +67,8 @@ def feddyn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), new, old)
         return ServerState(params=keep(params, server.params), extra=keep(h, server.extra), opt_state=server.opt_state)
 
-    alg = personalized_sgd(name="feddyn", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                           local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                           aggregate_bn_stats=aggregate_bn_stats,
-                           init_client_extra=lambda key, server, variables: tu.tree_zeros_like(variables["params"]),
-                           loss_terms=loss_terms, finish=finish, aggregate=aggregate)
-
-    def init_server(key, x_example):  # h = 0, shaped like the initial parameters
-        server = alg.init_server(key, x_example)
-        return server._replace(extra=tu.tree_zeros_like(server.params["params"]))
-
-    return alg._replace(init_server=init_server)
+    algorithm = personalized_sgd(name="feddyn", model=model, task=task, optimizer=optimizer, personal_patterns=(),
+                                 local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                                 aggregate_bn_stats=aggregate_bn_stats, init_client_extra=zeros_like_params,
+                                 loss_terms=loss_terms, finish=finish, aggregate=aggregate)
+    return with_zero_server_slot(algorithm)

@@ -19,7 +19,7 @@ import optax
 from omnifm_jax import checks
 from omnifm_jax.algorithms import aggregation
 from omnifm_jax.algorithms.registry import register
-from omnifm_jax.algorithms.sgd import ServerState, personalized_sgd
+from omnifm_jax.algorithms.sgd import ServerState, personalized_sgd, with_zero_server_slot, zeros_like_params
 from omnifm_jax.models.omnifm import TokenModel
 
 tu = optax.tree_utils
@@ -60,14 +60,8 @@ def scaffold(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=T
         c = tu.tree_add_scale(server.extra, jnp.sum(uniform) / num_clients, mean_dc)
         return ServerState(params=params, extra=c, opt_state=server.opt_state)
 
-    alg = personalized_sgd(name="scaffold", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                           local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                           aggregate_bn_stats=aggregate_bn_stats,
-                           init_client_extra=lambda key, server, variables: tu.tree_zeros_like(variables["params"]),
-                           grad_transform=grad_transform, finish=finish, aggregate=aggregate)
-
-    def init_server(key, x_example):  # c = 0, shaped like the initial parameters
-        server = alg.init_server(key, x_example)
-        return server._replace(extra=tu.tree_zeros_like(server.params["params"]))
-
-    return alg._replace(init_server=init_server)
+    algorithm = personalized_sgd(name="scaffold", model=model, task=task, optimizer=optimizer, personal_patterns=(),
+                                 local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                                 aggregate_bn_stats=aggregate_bn_stats, init_client_extra=zeros_like_params,
+                                 grad_transform=grad_transform, finish=finish, aggregate=aggregate)
+    return with_zero_server_slot(algorithm)

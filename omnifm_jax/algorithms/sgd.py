@@ -147,6 +147,23 @@ def trainable_mask(params: Any, patterns: Optional[Sequence[str]]) -> Any:
     return labels.personal_mask({"params": params}, tuple(patterns), shared_collections=("params",))["params"]
 
 
+def zeros_like_params(key, server_extra, variables):
+    """``init_client_extra`` for a per-client slot of zeros shaped like the parameters
+    (SCAFFOLD's ``c_i``, FedDyn's ``h_i``)."""
+    del key, server_extra
+    return optax.tree_utils.tree_zeros_like(variables["params"])
+
+
+def with_zero_server_slot(algorithm: FederatedAlgorithm) -> FederatedAlgorithm:
+    """``algorithm`` whose server slot starts as zeros shaped like the shared ``params``
+    (SCAFFOLD's ``c``, FedDyn's ``h``)."""
+    def init_server(key, x_example):
+        server = algorithm.init_server(key, x_example)
+        return server._replace(extra=optax.tree_utils.tree_zeros_like(server.params["params"]))
+
+    return algorithm._replace(init_server=init_server)
+
+
 def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: optax.GradientTransformation,
                      personal_patterns: Sequence[str], local_epochs: int, batch_size: int,
                      drop_last: bool = True, aggregate_bn_stats: bool = False,
