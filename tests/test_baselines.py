@@ -350,3 +350,59 @@ def test_fedavgm_without_momentum_is_fedavg():
     b, _ = rounds_of(build_cls("fedavgm", server_momentum=0.0), data)
     for x, y in zip(jax.tree_util.tree_leaves(a.server.params), jax.tree_util.tree_leaves(b.server.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- FedALA
+
+def test_fedala_with_eta_zero_is_fedavg():
+    """eta = 0: the weights stay 1, so every client starts from the global model: FedAvg."""
+    data = make_clients([9, 6, 12, 7], seed=2)
+    a, _ = rounds_of(build_cls("fedavg"), data, rounds=3, participation=1.0)
+    b, _ = rounds_of(build_cls("fedala", eta=0.0), data, rounds=3, participation=1.0)
+    for x, y in zip(jax.tree_util.tree_leaves(a.server.params), jax.tree_util.tree_leaves(b.server.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(b.clients.extra["weights"]["head"]["fc"]["kernel"]) == 1.0)
+
+
+def numpy_ala(g, l, w, a, t, *, eta, started, threshold=0.1, num_pre_loss=10, max_passes=100):
+    """PFLlib's ALA loop for a client whose every sample has loss 0.5 a ||theta - t||^2 and whose
+    slice fits one batch: theta = l + (g - l) W; per batch W <- clip(W - eta a (theta - t) (g - l), 0, 1)."""
+    losses = []
+    while True:
+        theta = l + (g - l) * w
+        losses.append(0.5 * a * np.sum((theta - t) ** 2))
+        w = np.clip(w - eta * a * (theta - t) * (g - l), 0.0, 1.0)
+        if started or len(losses) >= max_passes:
+            break
+        if len(losses) > num_pre_loss and np.std(losses[-num_pre_loss:]) < threshold:
+            break
+    return w, len(losses)
+
+
+def test_fedala_learns_its_weights_like_pfllibs_loop():
+    """Two quadratic clients: round 1 trains (no ALA: local == global), round 2 starts with
+    ALA's start phase on the head, round 3 makes one pass; the weights equal a float64 NumPy
+    run of PFLlib's loop from the engine's own local and global models."""
+    classes, eta, lr = [1, 3], 2.0, 0.1
+    data = quadratic_clients(classes)
+    alg = algorithms.build("fedala", task=quadratic_task(), backbone=FlatBackbone(), optimizer=optax.sgd(lr),
+                           local_epochs=2, batch_size=N_PER_CLIENT, eta=eta)
+    dev = jax.device_put(data)
+    round_fn = federated.make_round(alg, data, donate=False)
+    state = federated.init(alg, jax.random.key(0), dev)
+    state, _ = round_fn(state, dev)
+    assert not bool(np.any(np.asarray(state.clients.extra["started"])))
+    passes = []
+    for started in (False, True):
+        g = np.asarray(state.server.params["params"]["head"]["w"], np.float64)
+        local = np.asarray(state.clients.extra["local"]["head"]["w"], np.float64)
+        w0 = np.asarray(state.clients.extra["weights"]["head"]["w"], np.float64)
+        state, _ = round_fn(state, dev)
+        got = np.asarray(state.clients.extra["weights"]["head"]["w"], np.float64)
+        for k, c in enumerate(classes):
+            want, n_passes = numpy_ala(g, local[k], w0[k], CURVATURES[c], TARGETS[c], eta=eta, started=started)
+            np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
+            passes.append(n_passes)
+        assert bool(np.all(np.asarray(state.clients.extra["started"])))
+    assert min(passes[:2]) >= 11 and passes[2:] == [1, 1]
+    assert np.any(got < 1.0) and np.all((got >= 0) & (got <= 1))

@@ -208,8 +208,10 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         FedAdam, FedYogi: :func:`aggregation.server_optimizer_step`); None: the mean itself.
       aggregate: replaces the whole server step: ``(server, uploads, weights) -> server``
         (SCAFFOLD, FedDyn).
-      download: ``(server, client, data, key) -> variables`` the round starts from
-        (default: shared part from the server, personal part the client's own).
+      download: ``(server, client, data, key) -> (variables, client extra)``: the variables
+        the round starts from and the client's algorithm state after receiving them (FedALA's
+        adaptive aggregation); default: shared part from the server, personal part the
+        client's own, the state unchanged.
     """
     if local_epochs < 1 or batch_size < 1:
         raise ValueError(f"local_epochs and batch_size must be >= 1, got {local_epochs}, {batch_size}")
@@ -246,15 +248,15 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
     def client_update(server, client, data, key):
         context = model_context(server.extra)
         if download is not None:
-            variables = download(server, client, data, jax.random.fold_in(key, 0x646C))
+            variables, client_extra = download(server, client, data, jax.random.fold_in(key, 0x646C))
         else:
-            variables = labels.combine(server.params, client.personal)
+            variables, client_extra = labels.combine(server.params, client.personal), client.extra
         start = variables
         loss_fn = make_task_loss(model, task, context, loss_terms, global_params=start["params"],
-                                 server=server.extra, client=client.extra)
+                                 server=server.extra, client=client_extra)
         transform = None
         if grad_transform is not None:
-            transform = lambda g, p: grad_transform(g, p, server.extra, client.extra)
+            transform = lambda g, p: grad_transform(g, p, server.extra, client_extra)
         opt_state, stats, loss_sum, steps = client.opt_state, None, jnp.zeros((), jnp.float32), jnp.int32(0)
         for i, phase in enumerate(phases):
             if int(phase.epochs) == 0:
@@ -268,7 +270,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
             stats = out.stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, out.stats)
             loss_sum = loss_sum + out.loss_sum
             steps = steps + out.steps
-        new_extra, extra_up = finish(FinishInputs(variables, start, stats, steps, server.extra, client.extra))
+        new_extra, extra_up = finish(FinishInputs(variables, start, stats, steps, server.extra, client_extra))
         shared, personal = split(variables)
         upload = Upload(shared=shared if communicate else None, extra=extra_up if communicate else None)
         metrics = {"train_loss": loss_sum / jnp.maximum(steps, 1).astype(jnp.float32), "local_steps": steps}
