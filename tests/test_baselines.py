@@ -406,3 +406,60 @@ def test_fedala_learns_its_weights_like_pfllibs_loop():
         assert bool(np.all(np.asarray(state.clients.extra["started"])))
     assert min(passes[:2]) >= 11 and passes[2:] == [1, 1]
     assert np.any(got < 1.0) and np.all((got >= 0) & (got <= 1))
+
+
+# ----------------------------------------------------------------------------- GPFL
+
+def test_gpfl_gce_loss_matches_numpy():
+    from omnifm_jax.algorithms.gpfl import gce_loss
+
+    rng = np.random.default_rng(5)
+    feat, emb, y = rng.normal(size=(6, 8)), rng.normal(size=(4, 8)), rng.integers(0, 4, 6)
+    cos = (feat / np.linalg.norm(feat, axis=1, keepdims=True)) @ (emb / np.linalg.norm(emb, axis=1, keepdims=True)).T
+    want = np.log(np.exp(cos).sum(1)) - cos[np.arange(6), y]
+    got = gce_loss(jnp.asarray(feat, jnp.float32), jnp.asarray(emb, jnp.float32), jnp.asarray(y))
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-6)
+
+
+def test_gpfl_conditional_valve_matches_numpy():
+    from omnifm_jax.algorithms.gpfl import ConditionalValve
+
+    rng = np.random.default_rng(6)
+    x, ctx = rng.normal(size=(5, 8)), rng.normal(size=(8,))
+    cov = ConditionalValve()
+    variables = cov.init(jax.random.key(0), jnp.asarray(x, jnp.float32), jnp.asarray(ctx, jnp.float32))
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables["params"])
+
+    def branch(name):
+        h = np.maximum(ctx @ p[name]["kernel"] + p[name]["bias"], 0.0)
+        h = (h - h.mean()) / np.sqrt(h.var() + 1e-5)
+        return h * p[f"{name}_norm"]["scale"] + p[f"{name}_norm"]["bias"]
+
+    want = np.maximum(x * (branch("gamma") + 1.0) + branch("beta"), 0.0)
+    got = cov.apply(variables, jnp.asarray(x, jnp.float32), jnp.asarray(ctx, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=1e-5)
+
+
+def test_gpfl_shares_base_cov_gce_and_rebuilds_its_conditional_inputs():
+    """One client: after a round the server holds exactly its trained base, CoV and GCE (not
+    its head), and its conditional inputs are (mean_l E_l, sum_l E_l p_l) of that GCE with its
+    class proportions p counted here."""
+    data = make_clients([11], seed=9)
+    alg = build_cls("gpfl", lamda=0.01, mu=0.1)
+    state, _ = rounds_of(alg, data, rounds=1, participation=1.0)
+    shared = state.server.params["params"]
+    assert {"backbone", "gce", "cov"} <= set(shared) and jax.tree_util.tree_leaves(shared["head"]) == []
+    emb = np.asarray(shared["gce"], np.float64)
+    p = np.bincount(data.y, minlength=NUM_CLASSES) / data.y.size
+    np.testing.assert_allclose(np.asarray(state.clients.extra["generic"][0]), emb.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.clients.extra["personal"][0]), p @ emb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.clients.extra["proportions"][0]), p, rtol=1e-6)
+
+
+def test_gpfl_needs_classification():
+    from omnifm_jax.checks import ConfigError
+    from omnifm_jax.tasks import super_resolution
+
+    with pytest.raises(ConfigError, match="gpfl needs the classification task"):
+        algorithms.build("gpfl", task=super_resolution(2), backbone=TinyBackbone(), optimizer=optax.sgd(0.1),
+                         local_epochs=1, batch_size=4)

@@ -119,5 +119,5 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
     return personalized_sgd(name="omnifm", model=model, task=task, optimizer=optimizer,
                             personal_patterns=SHARING[sharing], local_epochs=local_epochs,
                             batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
-                            init_extra=init_extra, model_context=lambda b: b,
+                            init_extra=init_extra, model_context=lambda bank, client_extra: bank,
                             loss_terms=loss_terms, finish=finish, update_extra=update_extra)

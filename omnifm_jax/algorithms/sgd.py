@@ -67,6 +67,7 @@ class LossInputs(NamedTuple):
       server: the server's algorithm state (``ServerState.extra``).
       client: the client's algorithm state (``ClientState.extra``).
       x: f32[B, ...] the scaled batch inputs.
+      y: the batch's targets (the task's ``prepare_targets``).
       apply: ``params -> (output, aux)``: the model on this batch with other parameters (in
         evaluation mode, the client's other collections), e.g. MOON's global and previous model.
     """
@@ -77,6 +78,7 @@ class LossInputs(NamedTuple):
     server: Any
     client: Any
     x: jax.Array
+    y: Any
     apply: Callable[[Any], Any]
 
 
@@ -128,12 +130,14 @@ def make_task_loss(model: nn.Module, task: Task, context: Any,
         (out, aux), new_rest = model.apply({"params": params, **rest}, x, context, train=True,
                                            mask=mask, mutable=mutable)
         pred = task.predict(out, x)
-        loss = lt.masked_mean(task.loss(pred, task.prepare_targets(y)), mask)
+        targets = task.prepare_targets(y)
+        loss = lt.masked_mean(task.loss(pred, targets), mask)
 
         def apply_other(other_params):
             return model.apply({"params": other_params, **rest}, x, context, train=False, mask=mask)
 
-        extra_loss, stats = loss_terms(LossInputs(params, global_params, aux, mask, server, client, x, apply_other))
+        extra_loss, stats = loss_terms(LossInputs(params, global_params, aux, mask, server, client, x, targets,
+                                                  apply_other))
         return loss + extra_loss, (dict(new_rest), stats)
 
     return loss_fn
@@ -171,7 +175,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
                      phases: Optional[Sequence[Phase]] = None,
                      init_extra: Callable[[jax.Array], Any] = lambda key: None,
                      init_client_extra: Callable[[jax.Array, Any, Any], Any] = lambda key, server, variables: None,
-                     model_context: Callable[[Any], Any] = lambda extra: None,
+                     model_context: Callable[[Any, Any], Any] = lambda server_extra, client_extra: None,
                      loss_terms: Callable[[LossInputs], Any] = _no_loss_terms,
                      grad_transform: Optional[Callable[..., Any]] = None,
                      finish: Callable[[FinishInputs], Any] = _no_finish,
@@ -197,7 +201,9 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         epochs training everything).
       init_extra: ``key -> the server's algorithm state``.
       init_client_extra: ``(key, server_state, initial variables) -> a client's algorithm state``.
-      model_context: ``server extra -> the model's second argument`` (OmniFM: the bank).
+      model_context: ``(server extra, client extra or None) -> the model's second argument``
+        (OmniFM: the bank; GPFL: the client's conditional inputs). ``None`` for the client
+        while the model is initialised.
       loss_terms: ``LossInputs -> (scalar loss, per-step stats)`` added to the task loss
         (FedProx's proximal term, MOON's contrastive term, OmniFM's SPAlign).
       grad_transform: ``(grads, params, server extra, client extra) -> grads`` before the
@@ -225,7 +231,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
 
     def initial_variables(key, extra, x_example):
         k_model, _ = jax.random.split(key)
-        return model.init(k_model, x_example, model_context(extra), train=False)
+        return model.init(k_model, x_example, model_context(extra, None), train=False)
 
     def init_server(key, x_example):
         _, k_extra = jax.random.split(key)
@@ -246,12 +252,12 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         return sum(int(p.epochs) for p in phases) * per_epoch
 
     def client_update(server, client, data, key):
-        context = model_context(server.extra)
         if download is not None:
             variables, client_extra = download(server, client, data, jax.random.fold_in(key, 0x646C))
         else:
             variables, client_extra = labels.combine(server.params, client.personal), client.extra
         start = variables
+        context = model_context(server.extra, client_extra)
         loss_fn = make_task_loss(model, task, context, loss_terms, global_params=start["params"],
                                  server=server.extra, client=client_extra)
         transform = None
@@ -291,7 +297,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
 
     def predict(server, client, x, mask=None):
         variables = labels.combine(server.params, client.personal)
-        out, _ = model.apply(variables, x, model_context(server.extra), train=False, mask=mask)
+        out, _ = model.apply(variables, x, model_context(server.extra, client.extra), train=False, mask=mask)
         return task.predict(out, x)
 
     return FederatedAlgorithm(name, init_server, init_client, client_update, server_update, predict, local_steps)
