@@ -18,7 +18,7 @@ from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms import labels
 from omnifm_jax.algorithms import local_training as lt
 from omnifm_jax.algorithms.moon import contrastive_loss
-from omnifm_jax.algorithms.sgd import ServerState, Upload
+from omnifm_jax.algorithms.sgd import Upload
 from omnifm_jax.data.federation import ClientArrays
 from omnifm_jax.tasks import classification
 from omnifm_jax.tasks.base import Task

@@ -16,7 +16,6 @@ import pytest
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms import base, local_training
-from omnifm_jax.models.heads import ClassificationHead
 from omnifm_jax.models.omnifm import TokenModel
 from omnifm_jax.tasks import classification
 

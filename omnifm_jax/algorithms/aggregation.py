@@ -56,6 +56,9 @@ def server_optimizer_step(tx: optax.GradientTransformation, params: Any, mean: A
     pseudo_grad = jax.tree_util.tree_map(lambda p, m: p - m, params, mean)
     updates, new_state = tx.update(pseudo_grad, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(accepted, new, old)
-    return (jax.tree_util.tree_map(keep, new_params, params),
-            jax.tree_util.tree_map(keep, new_state, opt_state))
+    return where_accepted(accepted, new_params, params), where_accepted(accepted, new_state, opt_state)
+
+
+def where_accepted(accepted: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` if a participant's upload counted this round, else ``old`` (leaf by leaf)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), new, old)

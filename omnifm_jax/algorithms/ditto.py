@@ -11,7 +11,6 @@ the personal one is Ditto's). Defaults: PFLlib's ``-mu 0.0`` (``v`` trains as in
 ``-pls 1``; the Ditto paper tunes ``mu`` (its lambda) in {0.01, 0.1, 1, 2}.
 """
 import jax
-import jax.numpy as jnp
 
 from omnifm_jax import checks
 from omnifm_jax.algorithms import labels
@@ -56,7 +55,7 @@ def ditto(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True
         return ClientResult(result.state._replace(extra=out.variables), result.upload, metrics)
 
     def local_steps(n):
-        return (local_epochs + plocal_epochs) * lt.steps_per_epoch(n, batch_size, drop_last)
+        return lt.num_local_steps(n, batch_size, local_epochs + plocal_epochs, drop_last)
 
     def predict(server, client, x, mask=None):
         del server

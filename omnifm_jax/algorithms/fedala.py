@@ -29,7 +29,7 @@ from omnifm_jax import checks
 from omnifm_jax.algorithms import labels
 from omnifm_jax.algorithms.local_training import masked_mean
 from omnifm_jax.algorithms.registry import register
-from omnifm_jax.algorithms.sgd import personalized_sgd
+from omnifm_jax.algorithms.sgd import personalized_sgd, trainable_mask
 from omnifm_jax.models.omnifm import TokenModel
 
 
@@ -100,9 +100,6 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
     """FedALA; ``layers``: path patterns of the layers aggregated adaptively."""
     model = TokenModel(backbone=backbone, head=task.make_head())
 
-    def upper_mask(params):
-        return labels.personal_mask({"params": params}, tuple(layers), shared_collections=("params",))["params"]
-
     def init_client_extra(key, server_extra, variables):
         del key, server_extra
         params = variables["params"]
@@ -122,7 +119,7 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
 
         def ala(_):
             params, w = adaptive_local_aggregation(
-                loss_on_batch, g, state["local"], state["weights"], upper_mask(g), state["started"], data, key,
+                loss_on_batch, g, state["local"], state["weights"], trainable_mask(g, layers), state["started"], data, key,
                 batch_size=batch_size, eta=eta, rand_percent=rand_percent, threshold=threshold,
                 num_pre_loss=num_pre_loss, max_start_passes=max_start_passes)
             return params, w, jnp.ones((), bool)

@@ -12,7 +12,6 @@ paper. ``squared_norm=True`` (default) is the paper's term, whose fixed point is
 optimum; ``squared_norm=False`` is PFLlib's (with a zero gradient at ``w = w_g``, as
 PyTorch's norm has).
 """
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -64,8 +63,8 @@ def feddyn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
         params = dict(mean_w)
         params["params"] = tu.tree_add_scale(mean_w["params"], -1.0 / alpha, h)
         accepted = aggregation.any_accepted(weights)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), new, old)
-        return ServerState(params=keep(params, server.params), extra=keep(h, server.extra), opt_state=server.opt_state)
+        return ServerState(params=aggregation.where_accepted(accepted, params, server.params),
+                           extra=aggregation.where_accepted(accepted, h, server.extra), opt_state=server.opt_state)
 
     algorithm = personalized_sgd(name="feddyn", model=model, task=task, optimizer=optimizer, personal_patterns=(),
                                  local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,

@@ -15,6 +15,7 @@ import optax
 
 from omnifm_jax.algorithms.base import ClientData
 
+
 def steps_per_epoch(n, batch_size: int, drop_last: bool = True):
     """Batches per epoch for ``n`` samples: ``n // B`` (drop_last) or ``ceil(n / B)``."""
     n = jnp.asarray(n, jnp.int32)
@@ -103,12 +104,12 @@ def local_train(loss_fn: Callable, tx: optax.GradientTransformation, variables: 
         rest = {k: v for k, v in variables.items() if k != "params"}
         grads, (new_rest, step_stats, loss) = jax.grad(_with_loss(loss_fn), has_aux=True)(
             params, rest, x, y, mask, jax.random.fold_in(step_key, t))
-        # Keeps XLA from fusing the per-client weight gradient into the update, which
-        # picks a far slower layout under vmap (measured: several-fold on GPU).
         if grad_transform is not None:
             grads = grad_transform(grads, params)
         if trainable is not None:
             grads = _masked(grads, trainable)
+        # Keeps XLA from fusing the per-client weight gradient into the update, which
+        # picks a far slower layout under vmap (measured: several-fold on GPU).
         grads = jax.lax.optimization_barrier(grads)
         updates, new_opt = tx.update(grads, opt_state, params)
         if trainable is not None:

@@ -1,6 +1,7 @@
 """Personalised local SGD with partial sharing, and the hooks that make most federated
 algorithms one small file: FedAvg, FedPer, FedBN, Local, FedProx, SCAFFOLD, FedDyn, MOON,
-FedRep, the server optimizers and OmniFM are each a call of :func:`personalized_sgd`.
+FedRep, GPFL, FedALA, the server optimizers and OmniFM are each a call of
+:func:`personalized_sgd` (Ditto wraps one).
 
 Round protocol for a participant k:
   1. ``variables = download(server, client)`` (default: the server's shared part combined
@@ -248,8 +249,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         return ClientState(personal=personal, opt_state=optimizer.init(full["params"]), extra=extra)
 
     def local_steps(n):
-        per_epoch = lt.steps_per_epoch(n, batch_size, drop_last)
-        return sum(int(p.epochs) for p in phases) * per_epoch
+        return lt.num_local_steps(n, batch_size, sum(int(p.epochs) for p in phases), drop_last)
 
     def client_update(server, client, data, key):
         if download is not None:
