@@ -18,7 +18,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 DEFAULTS: Dict[str, Any] = {
     "algorithm": "omnifm",          # omnifm, fedavg, fedprox, ... (`omnifm algorithms` lists them)
     "algorithm_kwargs": {},         # the algorithm's own hyper-parameters (defaults in its file)
-    "task": "classification",       # classification or super_resolution
+    "task": "classification",       # classification, super_resolution, ... (`omnifm tasks`)
+    "task_kwargs": {},              # the task's own options (loss weights, ...; see its file)
     "dataset": "synthetic",         # see omnifm_jax.data.registry
     "dataset_kwargs": {},           # extra options of the data set / partition
     "backbone": "cnn",              # cnn, resnet18, edsr
@@ -58,7 +59,8 @@ HEAD_POOLS = ("mean", "attention")
 
 #: A component key and the dict of its own options: switching the component (an override
 #: that changes it) resets the options to the new component's defaults.
-COMPONENT_KWARGS = {"algorithm": "algorithm_kwargs", "dataset": "dataset_kwargs", "backbone": "backbone_kwargs"}
+COMPONENT_KWARGS = {"algorithm": "algorithm_kwargs", "dataset": "dataset_kwargs", "backbone": "backbone_kwargs",
+                    "task": "task_kwargs"}
 
 
 def load_config(name_or_path: str | None = None) -> Dict[str, Any]:
@@ -172,7 +174,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     require(cfg["client_chunk"] in ("auto", None) or (checks.is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
             f"client_chunk must be 'auto', None or an integer >= 1, got {cfg['client_chunk']!r}")
     require(all(isinstance(cfg[k], dict) for k in COMPONENT_KWARGS.values()),
-            "dataset_kwargs, backbone_kwargs and algorithm_kwargs must be dicts")
+            "dataset_kwargs, backbone_kwargs, algorithm_kwargs and task_kwargs must be dicts")
     m = int(cfg["num_clients"] * cfg["participation"])
     require(m >= 1, f"participation={cfg['participation']} of num_clients={cfg['num_clients']} selects "
                     f"int({cfg['num_clients']} * {cfg['participation']}) = 0 clients per round (PFLlib's rule); "

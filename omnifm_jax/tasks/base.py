@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax.numpy as jnp
 
+from omnifm_jax.checks import ConfigError
+
 
 def scale_uint8(x, value_range: Tuple[float, float] = (0.0, 1.0)):
     """uint8 ``[0, 255]`` -> float32 ``[lo, hi]`` (done inside the jitted step; data stays uint8).
@@ -58,3 +60,14 @@ class Task(NamedTuple):
     primary_metric: str
     baseline: Optional[Callable[[Any], Any]] = None
     scale_inputs: Callable[[Any], Any] = scale_uint8
+
+
+def task_options(cfg, defaults: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's ``task_kwargs`` over the task's ``defaults``; an unknown key stops the run
+    before any work, naming the keys the task accepts."""
+    given = dict(cfg.get("task_kwargs") or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        accepted = sorted(defaults) or "none"
+        raise ConfigError(f"task {cfg['task']!r}: unknown task_kwargs {unknown}; it accepts: {accepted}")
+    return {**defaults, **given}

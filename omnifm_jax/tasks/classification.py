@@ -24,7 +24,7 @@ import optax
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.heads import ClassificationHead
 from omnifm_jax.registry import TASKS
-from omnifm_jax.tasks.base import Task, scale_uint8
+from omnifm_jax.tasks.base import Task, scale_uint8, task_options
 
 
 def macro_f1(confusion: np.ndarray) -> float:
@@ -150,6 +150,7 @@ INPUT_RANGES = {"auto": (-1.0, 1.0), "pflib": (-1.0, 1.0), "unit": (0.0, 1.0)}
 @TASKS.register("classification")
 def from_config(cfg, fed) -> Task:
     """The task of a run: classes from the data, ``input_scaling`` and ``head_pool`` from the config."""
+    task_options(cfg, {})
     if fed.num_classes < 2:
         raise ConfigError(f"dataset {cfg['dataset']!r} has no class labels; use task=super_resolution")
     return classification(fed.num_classes, input_range=INPUT_RANGES[cfg["input_scaling"]], head_pool=cfg["head_pool"])

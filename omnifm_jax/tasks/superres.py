@@ -14,7 +14,7 @@ import numpy as np
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.sr import PixelShuffleHead
 from omnifm_jax.registry import TASKS
-from omnifm_jax.tasks.base import Task
+from omnifm_jax.tasks.base import Task, task_options
 
 
 def bicubic_upsample(lr: jax.Array, scale: int) -> jax.Array:
@@ -76,6 +76,7 @@ def super_resolution(scale: int, channels: int = 3) -> Task:
 def from_config(cfg, fed) -> Task:
     """The task of a run: ``scale`` from the config, checked against the data's HR/LR sizes;
     inputs stay in [0, 1] (its bicubic skip and its targets are)."""
+    task_options(cfg, {})
     if fed.num_classes != 0:
         raise ConfigError(f"dataset {cfg['dataset']!r} is a classification set; use task=classification")
     if cfg["input_scaling"] not in ("auto", "unit"):
