@@ -36,7 +36,7 @@ CONFIG_CASES = [
     ("hyper-parameter of another algorithm", {"algorithm": "fedavg", "algorithm_kwargs": {"top_k": 3}},
      r"algorithm 'fedavg' takes no hyper-parameter\(s\) \['top_k'\]; its hyper-parameters \(defaults\): none"),
     ("algorithm_kwargs not a dict", {"algorithm_kwargs": ["top_k", 3]},
-     r"dataset_kwargs, backbone_kwargs and algorithm_kwargs must be dicts"),
+     r"dataset_kwargs, backbone_kwargs, algorithm_kwargs and task_kwargs must be dicts"),
     ("participation 0", {"participation": 0.0}, r"participation must be a number in \(0, 1\], got 0.0"),
     ("dropout 1", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
     ("negative dropout", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
@@ -69,7 +69,8 @@ CONFIG_CASES = [
     ("unknown head pool", {"head_pool": "max"}, r"head_pool must be one of \('mean', 'attention'\), got 'max'"),
     ("hit decay > 1", {"algorithm_kwargs": {"hit_decay": 1.5}}, r"hit_decay must be a number in \[0, 1\], got 1.5"),
     ("protocol flag as text", {"drop_last": "yes"}, r"drop_last must be True or False, got 'yes'"),
-    ("dataset_kwargs not a dict", {"dataset_kwargs": ["alpha", 0.5]}, r"dataset_kwargs, backbone_kwargs and algorithm_kwargs must be dicts"),
+    ("task_kwargs not a dict", {"task_kwargs": "dice"}, r"task_kwargs must be dicts"),
+    ("dataset_kwargs not a dict", {"dataset_kwargs": ["alpha", 0.5]}, r"dataset_kwargs, backbone_kwargs, algorithm_kwargs and task_kwargs must be dicts"),
 ]
 
 
@@ -323,3 +324,12 @@ def test_cli_errors(tmp_path, capsys):
     assert "cannot resume: " in capsys.readouterr().err
     assert cli.main(["train", "--set", "dropout=1.5", "--quiet"]) == 2
     assert "dropout must be a number in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["classification", "super_resolution"])
+def test_unknown_task_kwargs_named(task):
+    from omnifm_jax.registry import TASKS
+
+    cfg = dict(config_lib.load_config(), task=task, task_kwargs={"dice_weight": 1.0})
+    with pytest.raises(ConfigError, match=rf"task '{task}': unknown task_kwargs \['dice_weight'\]; it accepts: none"):
+        TASKS.get(task)(cfg, None)
