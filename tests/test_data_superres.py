@@ -259,3 +259,40 @@ def test_real_federation_too_many_clients():
     root = _real_breakhis()
     with pytest.raises(ValueError, match="client"):
         breakhis_sr_federation(root=root, split_by="tumor_class", group_split="patient", num_clients=20)
+
+
+def _accession_of_file(name: str) -> str:
+    """Independent of the package: 'SOB_B_A-14-22549AB-100-027.png' -> '14-22549'."""
+    slide = name.split("-", 1)[1].rsplit("-", 2)[0]  # '14-22549AB'
+    year, number = slide.split("-")
+    return f"{year}-{''.join(ch for ch in number if ch.isdigit())}"
+
+
+def test_accession_strips_slide_letters():
+    from omnifm_jax.data.breakhis import parse_breakhis_name
+
+    for name, acc in [("SOB_B_A-14-22549AB-100-027.png", "14-22549"), ("SOB_M_DC-14-16184CD-40-003.png", "14-16184"),
+                      ("SOB_M_DC-14-16184-40-003.png", "14-16184"), ("SOB_B_F-14-14134E-400-001.png", "14-14134")]:
+        assert parse_breakhis_name(name).accession == acc == _accession_of_file(name)
+
+
+def _leaks(fed):
+    train = {_accession_of_file(n) for c in fed.info["train_images"] for n in c}
+    return sorted({n for c in fed.info["test_images"] for n in c if _accession_of_file(n) in train})
+
+
+@pytest.mark.real_data
+def test_default_sr_split_holds_out_whole_accessions():
+    """On the real PNGs, over several seeds: no test image shares an accession number with any
+    training image of any client (the default split); the image-level split does leak."""
+    root = _real_breakhis()
+    records = scan_breakhis(root)
+    assert len({r.patient for r in records}) == 21 and len({_accession_of_file(r.name) for r in records}) == 19
+    leaked_by_image_split = 0
+    for seed in range(5):
+        fed = breakhis_sr_federation(root=root, seed=seed, scale=2, patch=64, max_patches_per_image=1)
+        assert fed.info["group_split"] == "patient" and _leaks(fed) == []
+        assert all(n > 0 for n in fed.test.n) and all(n > 0 for n in fed.train.n)
+        leaked_by_image_split += len(_leaks(breakhis_sr_federation(root=root, seed=seed, scale=2, patch=64,
+                                                                   max_patches_per_image=1, group_split="image")))
+    assert leaked_by_image_split > 0

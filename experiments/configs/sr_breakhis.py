@@ -1,5 +1,6 @@
 """Federated super-resolution on BreaKHis (paper Sec. 4.2): 3 clients split by
-magnification, x2, EDSR-style backbone. Needs the BreaKHis images (see README)."""
+magnification, x2, EDSR-style backbone; test patients (accession numbers) are held out from
+every client. Needs the BreaKHis images (see README)."""
 
 
 def get_config():
@@ -7,7 +8,8 @@ def get_config():
         "algorithm": "omnifm",
         "task": "super_resolution",
         "dataset": "breakhis_sr",
-        "dataset_kwargs": {"scale": 2, "patch": 64, "split_by": "magnification", "max_patches_per_image": 8},
+        "dataset_kwargs": {"scale": 2, "patch": 64, "split_by": "magnification", "group_split": "patient",
+                           "max_patches_per_image": 8},
         "backbone": "edsr",
         "backbone_kwargs": {"features": 32, "num_blocks": 4},
         "scale": 2,

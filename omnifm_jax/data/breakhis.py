@@ -75,6 +75,7 @@ _PATIENT_DIR_RE = re.compile(
     r"^(?P<procedure>[A-Z]+)_(?P<cls>[BM])_(?P<sub>[A-Z]+)_(?P<patient>\d+-\d+[A-Z]*)$", re.IGNORECASE
 )
 _MAG_DIR_RE = re.compile(r"^(\d+)X$", re.IGNORECASE)
+_ACCESSION_RE = re.compile(r"^\d+-\d+")
 
 
 class BreakHisRecord(NamedTuple):
@@ -83,7 +84,7 @@ class BreakHisRecord(NamedTuple):
     path: Path
     tumor_class: str  # "benign" | "malignant"
     subtype: str  # one of SUBTYPES, e.g. "fibroadenoma"
-    patient: str  # patient / slide id, e.g. "14-25197"
+    patient: str  # slide id as in the file name, e.g. "14-22549AB" (see ``accession``)
     magnification: int  # 40, 100, 200 or 400
     seq: int  # sequence number
 
@@ -91,6 +92,16 @@ class BreakHisRecord(NamedTuple):
     def name(self) -> str:
         """The file name (unique within BreaKHis)."""
         return self.path.name
+
+    @property
+    def accession(self) -> str:
+        """The patient's accession number: the slide id without its slide letters.
+
+        BreaKHis ids such as ``14-22549AB`` and ``14-22549CD`` are two slides of one
+        biopsy (accession ``14-22549``); grouping by the full id would treat them as
+        two patients.
+        """
+        return _ACCESSION_RE.match(self.patient).group(0)
 
     @property
     def tumor_class_id(self) -> int:

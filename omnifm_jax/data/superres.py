@@ -11,8 +11,12 @@ factor when shrinking, like MATLAB's ``imresize``). Each channel is resized in
 :func:`bicubic_upsample`, against which trained SR models are compared, uses the
 very same filter, so "bicubic" means one thing everywhere in this package.
 
-Federated splits never leak: a client's test patches come from images (or, with
-``group_split="patient"``, patients) that no client trains on.
+Federated splits never leak: by default (``group_split="patient"``) a client's test
+patches come from patients that no client trains on, a patient being a BreaKHis
+accession number (``14-22549AB`` and ``14-22549CD`` are two slides of patient
+``14-22549``). ``group_split="image"`` (test images no client trains on, but other
+fields of the same slide may be trained on) is kept only to compare with results
+published on image-level splits: a model that has seen the same slide scores higher.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ SCALES: tuple[int, ...] = (2, 4, 8)
 SPLIT_BY: tuple[str, ...] = ("magnification", "subtype", "tumor_class")
 """How BreaKHis images are grouped into non-IID clients."""
 
-GROUP_SPLITS: tuple[str, ...] = ("image", "patient")
-"""Unit of the train/test split: whole images or whole patients."""
+GROUP_SPLITS: tuple[str, ...] = ("patient", "image")
+"""Unit of the train/test split: whole patients (accession numbers; the default) or whole
+images (leaks slides between train and test)."""
 
 
 # --------------------------------------------------------------------------- resampling
@@ -325,7 +330,7 @@ def _assign_clients(
 
 
 def _unit_of(rec: BreakHisRecord, group_split: str) -> str:
-    return rec.patient if group_split == "patient" else rec.path.name
+    return rec.accession if group_split == "patient" else rec.path.name
 
 
 def _units(records: Sequence[BreakHisRecord], idx: np.ndarray, group_split: str) -> dict[str, list[int]]:
@@ -443,7 +448,7 @@ def breakhis_sr_federation(
     stride: int | None = None,
     split_by: str = "magnification",
     test_fraction: float = 0.25,
-    group_split: str = "image",
+    group_split: str = "patient",
     max_patches_per_image: int | None = 8,
     downscale_images: int = 2,
 ) -> Federation:
@@ -453,9 +458,10 @@ def breakhis_sr_federation(
     ``"subtype"``: the 8 tumour subtypes, ``"tumor_class"``: benign/malignant); every
     client receives whole groups (balanced by image count, largest first). With
     fewer groups than clients, the largest group is split by patient/image. Each
-    client's images are then split into train/test by image or by patient
-    (``group_split``), so no test patch comes from a training image (or, with
-    ``"patient"``, from a patient that any client trains on).
+    client's images are then split into train/test by patient (the default: no test
+    patch comes from a patient, i.e. an accession number, that any client trains on) or
+    by image (``group_split="image"``: no test patch comes from a training image, but
+    other fields of its slide may be trained on).
 
     To keep it small, every 700x460 original is first shrunk by ``downscale_images``
     (Pillow bicubic, antialiased; 2 -> 350x230). HR patches of ``patch`` pixels are
@@ -513,8 +519,8 @@ def breakhis_sr_federation(
         "downscale_images": int(downscale_images),
         "root": str(folder),
         "client_groups": [sorted({names[m] for m in image_modality[c]}, key=names.index) for c in clients],
-        "train_patients": [sorted({records[i].patient for i in il}) for il in train_img],
-        "test_patients": [sorted({records[i].patient for i in il}) for il in test_img],
+        "train_patients": [sorted({records[i].accession for i in il}) for il in train_img],
+        "test_patients": [sorted({records[i].accession for i in il}) for il in test_img],
     }
     return _pairs_federation(
         images,
