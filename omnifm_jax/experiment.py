@@ -61,7 +61,8 @@ def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
     """Check a federation before any work; raises ``ValueError`` naming the problem.
 
     Images must be ``uint8`` (float images, with or without NaN, are refused: the engine
-    normalises ``uint8`` itself), labels in range, no client without training samples,
+    normalises ``uint8`` itself), labels in range, no client without training samples or
+    without a test sample,
     train/test consistent (:func:`~omnifm_jax.data.federation.validate_federation`),
     the number of clients the config asks for, and images the backbone can take.
     """
@@ -82,6 +83,12 @@ def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
     validate_federation(fed)
     if fed.num_clients != cfg["num_clients"]:
         raise config_lib.ConfigError(f"dataset built {fed.num_clients} clients, config asks {cfg['num_clients']}")
+    no_test = np.flatnonzero(np.asarray(fed.test.n) == 0)
+    if no_test.size:
+        # Every client is evaluated on its own held-out samples; one with none would drop out
+        # of the per-client means silently.
+        raise ValueError(f"data: client(s) {no_test.tolist()} have no test sample; every evaluated client needs "
+                         "one (use fewer clients, a larger min_size, or test_fraction > 0)")
     if cfg["task"] == "classification" and fed.num_classes >= 2:
         present = np.unique(np.asarray(fed.train.y)[np.asarray(fed.train.y) >= 0])
         if present.size < 2:

@@ -38,9 +38,13 @@ def _indices(fed):
 
 
 def _check_exactly_once(fed, n):
+    """Every kept pool sample in exactly one client split; only de-duplicated copies left out."""
     tr, te = _indices(fed)
-    allidx = np.concatenate([np.asarray(i, np.int64) for i in tr + te])
-    np.testing.assert_array_equal(np.sort(allidx), np.arange(n))
+    allidx = np.sort(np.concatenate([np.asarray(i, np.int64) for i in tr + te]))
+    d = fed.info["dedup"]
+    dropped = d["removed_copies"] + d["conflicting_images"] if d["enabled"] else 0
+    assert np.unique(allidx).size == allidx.size == n - dropped == fed.info["num_samples"]
+    assert allidx[0] >= 0 and allidx[-1] < n
 
 
 def _assert_ragged(a):
@@ -263,7 +267,8 @@ def test_registry_medmnist_from_real_files(real):
     # by default only the official train splits are pooled: 546 + 4708
     _check_exactly_once(fed, 546 + 4708)
     both = np.concatenate([fed.train.modality, fed.test.modality])
-    assert np.bincount(both).tolist() == [546, 4708]
+    d = fed.info["dedup"]  # the official train splits' duplicates are all PneumoniaMNIST's
+    assert d["groups"] > 0 and np.bincount(both).tolist() == [546, 4708 - d["removed_copies"] - d["conflicting_images"]]
     pooled = R.load_federation("medmnist:breastmnist+pneumoniamnist", num_clients=5, root=real / "medmnist",
                                download=False, alpha=0.5, splits=("train", "val", "test"))
     _check_exactly_once(pooled, 780 + 5856)
@@ -297,7 +302,8 @@ def test_real4_federation(real4_pool, partition, alpha):
     np.testing.assert_array_equal(same.train.x, fed.train.x)
     assert other.info["train_indices"] != fed.info["train_indices"]
     text = D.describe(fed)
-    assert len(text.splitlines()) == 3 + 2 + 20 + 2  # header, column header + rule, clients, rule + total
+    # header (+ duplicates line), column header + rule, clients, rule + total
+    assert len(text.splitlines()) == 4 + 2 + 20 + 2
     assert f"partition: {partition}" in text and "breast ultrasound" in text
     assert f" total  {int(fed.train.n.sum())}  {int(fed.test.n.sum())}" in text
 
@@ -320,7 +326,10 @@ def test_real4_dirichlet_skew(real4_pool):
 def test_registry_real4_env(real, monkeypatch):
     monkeypatch.setenv("OMNIFM_REAL_DATA", str(real))
     fed = R.load_federation("real4", num_clients=4, partition="iid")
-    assert fed.info["root"] == str(real) and fed.train.n.sum() + fed.test.n.sum() == 16782
+    assert fed.info["root"] == str(real) and fed.train.n.sum() + fed.test.n.sum() == 16782 - 34
+    # 34 = 32 extra copies of label-consistent duplicate groups + one conflicting pair
+    text = D.describe(fed)
+    assert "official train/val/test splits are pooled" in text and "32 extra copies removed" in text
     monkeypatch.setenv("OMNIFM_REAL_DATA", str(real / "absent"))
     with pytest.raises(FileNotFoundError, match="missing"):
         R.load_federation("real4", num_clients=4)
@@ -331,8 +340,9 @@ def test_describe_main_synthetic(capsys):
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert lines[0].startswith("dataset: synthetic  partition: dirichlet  alpha: 0.5  seed: 3  clients: 5")
-    assert len(lines) == 3 + 2 + 5 + 2 and lines[-1].split()[0] == "total"
-    train_total = sum(int(l.split()[1]) for l in lines[5:10])
+    assert lines[3] == "duplicates: none (images compared byte for byte)"
+    assert len(lines) == 4 + 2 + 5 + 2 and lines[-1].split()[0] == "total"
+    train_total = sum(int(l.split()[1]) for l in lines[6:11])
     assert int(lines[-1].split()[1]) == train_total
     assert int(lines[-1].split()[1]) + int(lines[-1].split()[2]) == 2 * 6 * 60
 
@@ -354,3 +364,54 @@ def test_describe_errors_and_mounting(capsys):
     assert D.parse_set_options(["a=1", "b=[1, 2]", "c=hello", "d=0.5"]) == {"a": 1, "b": [1, 2], "c": "hello", "d": 0.5}
     with pytest.raises(ValueError, match="key=value"):
         D.parse_set_options(["novalue"])
+
+
+def test_deduplicate_hand_made():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)
+    imgs[3] = imgs[0]; imgs[7] = imgs[0]          # a label-consistent triple: keep index 0
+    imgs[5] = imgs[2]                              # a pair with conflicting labels: drop both
+    imgs[8] = imgs[6]; imgs[8, 0, 0, 0] ^= 1       # differs in one bit: not a duplicate
+    labels = np.array([1, 0, 4, 1, 2, 3, 0, 1, 0])
+    keep, report = F.deduplicate(imgs, labels)
+    np.testing.assert_array_equal(keep, [0, 1, 4, 6, 8])
+    assert report == {"enabled": True, "groups": 2, "images_in_groups": 5, "removed_copies": 2,
+                      "conflicting_groups": 1, "conflicting_images": 2, "kept": 5}
+    data = make_cross_modality(0)
+    data = data._replace(images=np.concatenate([data.images, data.images[:3]]),
+                         labels=np.concatenate([data.labels, data.labels[:3]]),
+                         modality=np.concatenate([data.modality, data.modality[:3]]))
+    fed = F.federate(data, num_clients=4, seed=0)
+    assert fed.info["dedup"]["removed_copies"] == 3 and fed.info["num_samples"] == data.labels.size - 3
+    assert F.federate(data, num_clients=4, seed=0, dedup=False).info["num_samples"] == data.labels.size
+    with pytest.raises(ValueError, match="dedup must be True or False"):
+        F.federate(data, num_clients=4, dedup="yes")
+
+
+def _test_copies_in_training(fed):
+    """How many test samples have a byte-identical image in some client's training set."""
+    seen = {x.tobytes() for x in fed.train.x}
+    return sum(x.tobytes() in seen for x in fed.test.x)
+
+
+@pytest.mark.real_data
+def test_real4_duplicates_found_and_kept_out_of_test(real4_pool):
+    _, report = F.deduplicate(real4_pool.images, real4_pool.labels)
+    assert (report["groups"], report["images_in_groups"], report["conflicting_groups"]) == (31, 64, 1)
+    from omnifm_jax import config as config_lib
+
+    cfg = config_lib.load_config("real4")  # the shipped split
+    kw = dict(num_clients=cfg["num_clients"], seed=cfg["seed"], **cfg["dataset_kwargs"])
+    assert _test_copies_in_training(F.federate(real4_pool, **kw)) == 0
+    assert _test_copies_in_training(F.federate(real4_pool, dedup=False, **kw)) > 0
+
+
+def test_one_sample_client_is_an_error_not_an_unevaluated_client():
+    from omnifm_jax.data.partition import split_train_test
+
+    with pytest.raises(ValueError, match="client 1 has a single sample"):
+        split_train_test([np.arange(5), np.array([7])], test_fraction=0.25)
+    tr, te = split_train_test([np.arange(n) for n in (2, 3, 4, 9)], test_fraction=0.01)
+    assert all(len(t) >= 1 for t in te) and all(len(t) >= 1 for t in tr)
+    tr, te = split_train_test([np.array([7])], test_fraction=0.0)  # nothing held out: allowed
+    assert tr[0].tolist() == [7] and te[0].size == 0

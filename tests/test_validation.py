@@ -193,6 +193,16 @@ def _test_images_other_size(fed):
     return dataclasses.replace(fed, test=t._replace(x=np.zeros(t.x.shape[:1] + (12, 12, 1), np.uint8)))
 
 
+def _client_without_test_sample(fed):
+    t = fed.test
+    lo, hi = int(t.offsets[1]), int(t.offsets[1] + t.n[1])
+    keep = np.r_[0:lo, hi:t.x.shape[0]]
+    n = t.n.copy()
+    n[1] = 0
+    return dataclasses.replace(fed, test=t._replace(x=t.x[keep], y=t.y[keep], modality=t.modality[keep], n=n,
+                                                    offsets=np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int32)))
+
+
 DATA_CASES = [
     ("float32 images with NaN", _float_images_with_nan,
      r"train.x images must be uint8, got float32 with 1 NaN/Inf values"),
@@ -212,6 +222,7 @@ DATA_CASES = [
      r"train.offsets must be int32\[3\] = the running sum of n"),
     ("one class only", _single_class, r"training labels hold only class\(es\) \[0\]"),
     ("train/test client counts differ", _fewer_test_clients, r"train has 3 clients but test has 2"),
+    ("client without a test sample", _client_without_test_sample, r"client\(s\) \[1\] have no test sample"),
     ("train/test image sizes differ", _test_images_other_size, r"train and test image shapes differ"),
 ]
 

@@ -39,6 +39,17 @@ def describe(fed: Federation, *, top: int = 3) -> str:
         f"classes: {nc}  modalities: {nm} ({', '.join(f'{i}={m}' for i, m in enumerate(fed.modality_names))})",
         f"image: {list(fed.train.x.shape[1:])}",
     ]
+    if info.get("split_note"):
+        head.append(f"split: {info['split_note']}")
+    dedup = info.get("dedup")
+    if dedup is not None:
+        head.append(
+            "duplicates: not checked (dedup=False)" if not dedup.get("enabled", True) else
+            "duplicates: none (images compared byte for byte)" if dedup["groups"] == 0 else
+            f"duplicates: {dedup['groups']} group(s) of byte-identical images ({dedup['images_in_groups']} images); "
+            f"{dedup['removed_copies']} extra copies removed, {dedup['conflicting_groups']} group(s) with "
+            f"conflicting labels dropped ({dedup['conflicting_images']} images)"
+        )
     rows = [("client", "train", "test", "#cls", "top classes (id:count)", "modalities (id:count)")]
     tot_cls = np.zeros(max(nc, 1), np.int64)
     tot_mod = np.zeros(max(nm, 1), np.int64)

@@ -26,6 +26,7 @@ __all__ = [
     "client_slice",
     "client_ids",
     "federate",
+    "deduplicate",
     "validate_federation",
 ]
 
@@ -172,6 +173,63 @@ def stack_clients(
     )
 
 
+def deduplicate(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Which samples to keep so that no two kept images are byte-identical.
+
+    Images are compared byte for byte (SHA-256 of the uint8 pixels; equal digests are
+    then compared in full, so a collision cannot merge two different images). In a group
+    of identical images whose labels agree, the first one (lowest index) is kept; a group
+    whose labels disagree is dropped entirely, since no copy's label can be trusted.
+    MedMNIST/PBC ship such groups (e.g. a BreastMNIST test image identical to a training
+    image with the opposite label); left in, a copy can land in one client's training set
+    and another in a test set.
+
+    Args:
+        images: ``uint8[N, H, W, C]``.
+        labels: ``int[N]``.
+
+    Returns:
+        ``(keep, report)``: sorted ``int64`` indices of the kept samples, and a JSON-able
+        dict with ``groups`` (groups of >= 2 identical images), ``images_in_groups``,
+        ``removed_copies`` (extra copies of label-consistent groups),
+        ``conflicting_groups`` and ``conflicting_images`` (dropped), ``kept``.
+    """
+    import hashlib
+
+    images = np.ascontiguousarray(images)
+    labels = np.asarray(labels)
+    buckets: dict[bytes, list[int]] = {}
+    for i in range(images.shape[0]):
+        buckets.setdefault(hashlib.sha256(images[i].tobytes()).digest(), []).append(i)
+    drop: list[int] = []
+    groups = in_groups = removed = conflicting = conflicting_images = 0
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        # Split a bucket into groups of truly equal images (guards against a hash collision).
+        rest = list(members)
+        while rest:
+            first, rest = rest[0], rest[1:]
+            same = [first] + [j for j in rest if np.array_equal(images[j], images[first])]
+            rest = [j for j in rest if j not in same]
+            if len(same) < 2:
+                continue
+            groups += 1
+            in_groups += len(same)
+            if np.unique(labels[same]).size > 1:
+                conflicting += 1
+                conflicting_images += len(same)
+                drop.extend(same)
+            else:
+                removed += len(same) - 1
+                drop.extend(same[1:])
+    keep = np.setdiff1d(np.arange(images.shape[0], dtype=np.int64), np.asarray(drop, np.int64))
+    report = {"enabled": True, "groups": groups, "images_in_groups": in_groups, "removed_copies": removed,
+              "conflicting_groups": conflicting, "conflicting_images": conflicting_images,
+              "kept": int(keep.size)}
+    return keep, report
+
+
 def federate(
     data: "LabeledImages",
     *,
@@ -183,6 +241,7 @@ def federate(
     min_size: int | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
+    dedup: bool = True,
 ) -> Federation:
     """Partition a labelled pool among clients and build ragged train/test arrays.
 
@@ -201,10 +260,14 @@ def federate(
             ``None`` (default) is PFLlib's ``int(min(40, N / K / 2))``.
         test_fraction: per-client held-out fraction (PFLlib: 0.25).
         seed: seed of the partition and of the train/test split.
+        dedup: drop byte-identical copies before partitioning (:func:`deduplicate`), so
+            no test sample has an identical training sample; ``info["dedup"]`` reports
+            what was removed. ``False`` partitions the pool as it is.
 
     Returns:
         A validated :class:`Federation`; ``info["train_indices"]`` and
-        ``info["test_indices"]`` hold each client's pool indices.
+        ``info["test_indices"]`` hold each client's pool indices (into the pool as
+        given, duplicates included).
     """
     from . import partition as _partition
 
@@ -225,12 +288,18 @@ def federate(
         raise ValueError("data has no class names")
     _partition._check_labels(labels, num_classes=num_classes)
     _partition._check_labels(modality, num_classes=len(data.modality_names), what="modality ids")
+    if not isinstance(dedup, (bool, np.bool_)):
+        raise ValueError(f"dedup must be True or False, got {dedup!r}")
+    if dedup:
+        pool, dedup_report = deduplicate(images, labels)
+    else:
+        pool, dedup_report = np.arange(labels.shape[0], dtype=np.int64), {"enabled": False}
     scheme = _partition.canonical_partition_name(partition)
     parts = _partition.partition(
-        labels,
+        labels[pool],
         num_clients=num_clients,
         scheme=scheme,
-        modality=modality,
+        modality=modality[pool],
         alpha=alpha,
         classes_per_client=classes_per_client,
         balance=balance,
@@ -238,6 +307,7 @@ def federate(
         num_classes=num_classes,
         seed=seed,
     )
+    parts = [pool[np.asarray(p, dtype=np.int64)] for p in parts]
     train_idx, test_idx = _partition.split_train_test(parts, test_fraction=test_fraction, seed=seed + 1)
     info = {
         "partition": scheme,
@@ -248,11 +318,12 @@ def federate(
         # the minimum client size / least_samples actually used (None -> PFLlib's rule)
         "min_size": (
             int(min_size) if min_size is not None
-            else _partition.pfllib_least_samples(int(labels.shape[0]), int(num_clients))
+            else _partition.pfllib_least_samples(int(pool.size), int(num_clients))
         ) if scheme in ("dirichlet", "pathological") else None,
         "test_fraction": float(test_fraction),
         "seed": int(seed),
-        "num_samples": int(labels.shape[0]),
+        "num_samples": int(pool.size),
+        "dedup": dedup_report,
         "image_shape": [int(v) for v in images.shape[1:]],
         "train_indices": [i.tolist() for i in train_idx],
         "test_indices": [i.tolist() for i in test_idx],

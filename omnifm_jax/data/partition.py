@@ -463,8 +463,14 @@ def split_train_test(
 
     Each client keeps ``floor((1 - test_fraction) * n)`` samples for training
     and holds out the rest, as PFLlib's ``train_test_split(train_size=0.75,
-    shuffle=True)``; a client that would get no training sample (``n == 1``,
-    where scikit-learn raises) keeps its one sample for training.
+    shuffle=True)``. With ``test_fraction > 0`` every client of ``n >= 2`` samples gets
+    at least one training and one test sample; a client of one sample cannot have both,
+    so it is an error (scikit-learn raises there too) rather than a client that is
+    silently never evaluated. ``test_fraction == 0`` keeps everything for training.
+
+    Raises:
+        ValueError: naming the client, for an empty client or a one-sample client when
+            ``test_fraction > 0``.
     """
     if not (0.0 <= test_fraction < 1.0):
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -474,8 +480,15 @@ def split_train_test(
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size == 0:
             raise ValueError(f"client {k} is empty; cannot split it into train and test")
+        if idx.size == 1 and test_fraction > 0:
+            raise ValueError(
+                f"client {k} has a single sample, so it cannot have both a training and a test sample; "
+                "use fewer clients or a larger min_size"
+            )
         perm = rng.permutation(idx)
         n_train = max(1, int(math.floor((1.0 - test_fraction) * idx.size + 1e-9)))
+        if test_fraction > 0:
+            n_train = min(n_train, idx.size - 1)
         train.append(np.sort(perm[:n_train]))
         test.append(np.sort(perm[n_train:]))
     return train, test

@@ -27,13 +27,24 @@ from .federation import Federation, federate
 
 __all__ = ["DATASETS", "load_federation", "default_real_data_dir"]
 
-_FEDERATE_KEYS = ("partition", "alpha", "classes_per_client", "balance", "min_size", "test_fraction")
+_FEDERATE_KEYS = ("partition", "alpha", "classes_per_client", "balance", "min_size", "test_fraction", "dedup")
 
 
 def default_real_data_dir() -> Path:
     """``$OMNIFM_REAL_DATA`` or ``../shared/data/real`` relative to the current directory."""
     env = os.environ.get("OMNIFM_REAL_DATA")
     return Path(env).expanduser() if env else Path.cwd().parent / "shared" / "data" / "real"
+
+
+def pooled_split_note(splits, test_fraction: float) -> str:
+    """How a pooled cross-modality federation was split (shown by ``omnifm data describe``)."""
+    splits = tuple(splits)
+    resplit = (f"each client's share is re-split {1 - test_fraction:.0%}/{test_fraction:.0%} train/test at "
+               "random (PFLlib's protocol)")
+    if "test" in splits:
+        return (f"the official {'/'.join(splits)} splits are pooled, then {resplit}; "
+                "the official test split is not held apart")
+    return f"only the official {'/'.join(splits)} split(s) are used; {resplit}"
 
 
 def _split_kwargs(kwargs: dict, allowed: tuple[str, ...], name: str) -> tuple[dict, dict]:
@@ -69,21 +80,23 @@ def _medmnist(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     fed_kw, data_kw = _split_kwargs(kw, ("size", "root", "splits", "download"), "medmnist")
     data = load_cross_modality(subsets, **data_kw)
     fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
-    fed.info.update(dataset="medmnist:" + "+".join(s.strip().lower() for s in subsets), size=data_kw.get("size", 28))
+    fed.info.update(dataset="medmnist:" + "+".join(s.strip().lower() for s in subsets), size=data_kw.get("size", 28),
+                    split_note=pooled_split_note(data_kw.get("splits", ("train",)), fed.info["test_fraction"]))
     return fed
 
 
 @DATASETS.register("real4")
 def _real4(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    from .medmnist import load_real4
+    from .medmnist import SPLITS, load_real4
 
     fed_kw, data_kw = _split_kwargs(kw, ("root", "splits"), "real4")
     root = data_kw.pop("root", None)
     root = Path(root) if root is not None else default_real_data_dir()
     data = load_real4(root, **data_kw)
     fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
-    fed.info.update(dataset="real4", root=str(root))
+    fed.info.update(dataset="real4", root=str(root),
+                    split_note=pooled_split_note(data_kw.get("splits", SPLITS), fed.info["test_fraction"]))
     return fed
 
 
