@@ -47,6 +47,7 @@ DEFAULTS: Dict[str, Any] = {
     "head_pool": "mean",            # classification head: mean (segment means) or attention
     "shard_clients": False,         # split the client axis over all devices (jax.sharding.Mesh)
     "seed": 0,
+    "data_seed": None,              # seed of the data split (None: seed); a seed sweep keeps it fixed
     "dropout": 0.0,                 # fraction of each round's participants that fail to report
     "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
@@ -160,6 +161,8 @@ def validate(cfg: Dict[str, Any]) -> None:
         checks.integer(key, cfg[key], 1)
     for key in ("seed", "checkpoint_every"):
         checks.integer(key, cfg[key], 0)
+    if cfg["data_seed"] is not None:
+        checks.integer("data_seed", cfg["data_seed"], 0)
     for key in ("shard_clients", "drop_last", "aggregate_bn_stats", "shared_init", "random_join",
                 "dropped_keep_update", "eval_train_loss"):
         checks.boolean(key, cfg[key])

@@ -42,8 +42,10 @@ def build_task(cfg: Dict[str, Any], fed):
     return TASKS.get(cfg["task"])(cfg, fed)
 
 
-def build_algorithm(cfg: Dict[str, Any], task):
-    factory = algorithms.get(cfg["algorithm"])
+def build_algorithm(cfg: Dict[str, Any], task, *, checked: bool = True):
+    """The config's algorithm. ``checked=False`` skips the hyper-parameter check, for values
+    checked before and now traced (see omnifm_jax.sweep)."""
+    factory = algorithms.get(cfg["algorithm"]) if checked else algorithms.unchecked(cfg["algorithm"])
     if cfg["optimizer"] == "adam":
         tx = optax.adam(cfg["lr"])
     else:
@@ -53,7 +55,8 @@ def build_algorithm(cfg: Dict[str, Any], task):
 
 
 def load_data(cfg: Dict[str, Any]):
-    return load_federation(cfg["dataset"], num_clients=cfg["num_clients"], seed=cfg["seed"],
+    data_seed = cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"]
+    return load_federation(cfg["dataset"], num_clients=cfg["num_clients"], seed=data_seed,
                            **dict(cfg["dataset_kwargs"]))
 
 
@@ -142,6 +145,47 @@ def _reporting_mean(values, weights) -> Optional[float]:
     return float(np.mean(values[ok])) if ok.any() else None
 
 
+def make_evaluation(cfg: Dict[str, Any], algorithm, task, fed: Federation, train, test):
+    """``(evaluation_line, baseline)`` of a run.
+
+    ``evaluation_line(state, r, rm)`` is the metrics line of round ``r`` (``rm``: that
+    round's :class:`~omnifm_jax.federated.RoundMetrics`, or None for round 0): the task's
+    metrics over every client's test samples with its personalised model, PFLlib's train
+    loss, and the round's participation counts. ``baseline(state)`` is the task's model-free
+    reference on the test samples (None without one).
+    """
+    evaluate = federated.make_evaluate(algorithm, task, fed.test, batch_size=cfg["eval_batch_size"])
+    train_loss_of = None
+    if cfg["eval_train_loss"]:
+        train_loss_of = federated.make_evaluate(algorithm, task, fed.train, batch_size=cfg["eval_batch_size"],
+                                                stats=lambda pred, t: {"loss": task.loss(pred, t)})
+
+    def baseline(state):
+        if task.baseline is None:
+            return None
+        baseline_eval = federated.make_evaluate(algorithm, task, fed.test, batch_size=cfg["eval_batch_size"],
+                                                predict=lambda server, client, x, mask: task.baseline(x))
+        return federated.summarize(task, baseline_eval(state, test), fed.test.n)
+
+    def evaluation_line(state, r, rm):
+        summary = federated.summarize(task, evaluate(state, test), fed.test.n)
+        line = {"round": r, **{k: v for k, v in summary.items() if k != "clients"}}
+        if train_loss_of is not None:
+            # PFLlib's "Averaged Train Loss": the current models' loss over every client's
+            # training samples (eval mode), sample-weighted.
+            line["train_loss"] = federated.mean_loss(train_loss_of(state, train))
+        if rm is not None:
+            # The participants' mean loss over their local steps of this round.
+            line["local_loss"] = _reporting_mean(rm.client_metrics["train_loss"], rm.weights)
+            line.update(faulty_clients=int(rm.faulty), dropped_clients=int(rm.dropped),
+                        participants=int(rm.active), useful_client_steps=int(rm.useful_steps),
+                        executed_client_steps=int(rm.executed_steps))
+        line["clients"] = summary["clients"]
+        return line
+
+    return evaluation_line, baseline
+
+
 def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: bool = True,
         log: Callable[[str], None] = print, resume: bool = False) -> Dict[str, Any]:
     """Train and evaluate one configuration; returns the summary dict.
@@ -223,32 +267,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
                                     client_chunk=cfg["client_chunk"], dropout=cfg["dropout"],
                                     random_join=cfg["random_join"],
                                     dropped_keep_update=cfg["dropped_keep_update"])
-    evaluate = federated.make_evaluate(algorithm, task, fed.test, batch_size=cfg["eval_batch_size"])
-    train_loss_of = None
-    if cfg["eval_train_loss"]:
-        train_loss_of = federated.make_evaluate(algorithm, task, fed.train, batch_size=cfg["eval_batch_size"],
-                                                stats=lambda pred, t: {"loss": task.loss(pred, t)})
-    baseline = None
-    if task.baseline is not None:
-        baseline_eval = federated.make_evaluate(algorithm, task, fed.test, batch_size=cfg["eval_batch_size"],
-                                                predict=lambda server, client, x, mask: task.baseline(x))
-        baseline = federated.summarize(task, baseline_eval(state, test), fed.test.n)
-
-    def evaluation_line(state, r, rm):
-        summary = federated.summarize(task, evaluate(state, test), fed.test.n)
-        line = {"round": r, **{k: v for k, v in summary.items() if k != "clients"}}
-        if train_loss_of is not None:
-            # PFLlib's "Averaged Train Loss": the current models' loss over every client's
-            # training samples (eval mode), sample-weighted.
-            line["train_loss"] = federated.mean_loss(train_loss_of(state, train))
-        if rm is not None:
-            # The participants' mean loss over their local steps of this round.
-            line["local_loss"] = _reporting_mean(rm.client_metrics["train_loss"], rm.weights)
-            line.update(faulty_clients=int(rm.faulty), dropped_clients=int(rm.dropped),
-                        participants=int(rm.active), useful_client_steps=int(rm.useful_steps),
-                        executed_client_steps=int(rm.executed_steps))
-        line["clients"] = summary["clients"]
-        return line
+    evaluation_line, baseline_of = make_evaluation(cfg, algorithm, task, fed, train, test)
+    baseline = baseline_of(state)
 
     def record(line):
         history.append(line)

@@ -49,6 +49,13 @@ def get(name: str) -> Callable:
     return ALGORITHMS.get(name)
 
 
+def unchecked(name: str) -> Callable:
+    """The factory without its hyper-parameter check, for values already checked and now
+    traced (a sweep's run axis: a check on a tracer cannot decide)."""
+    ALGORITHMS.get(name)  # unknown name: the registry's error
+    return ALGORITHMS.entry(name).meta["factory"]
+
+
 def hyperparameters(name: str) -> Dict[str, Any]:
     """The algorithm's own keyword arguments and their defaults."""
     params = inspect.signature(ALGORITHMS.entry(name).meta["factory"]).parameters

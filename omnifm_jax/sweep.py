@@ -1,0 +1,224 @@
+"""Several runs of one configuration as ONE compiled program: a leading run axis.
+
+Runs that differ only in values that do not change any array shape (the training seed,
+the learning rate, an algorithm's float hyper-parameters such as ``lambda_align`` or
+``mu``) share one program: the whole federated state gets a leading run axis and the round
+is ``jax.vmap``-ed over it, with each run's values as traced scalars. One compile serves
+all runs, and on an accelerator the runs fill the device together.
+
+What varies with the run axis, and what does not:
+
+* ``seed`` seeds the model initialisation, the participant draws and the minibatch order
+  of its run. The data split is shared by all runs of a program (it fixes the shapes):
+  it comes from ``data_seed`` (``None``: the first run's ``seed``), as PFLlib repeats a run
+  (``-t``) on one generated data set. :func:`run_sweep`'s run ``i`` equals
+  ``experiment.run`` of its config with that ``data_seed`` (a test checks it).
+* ``lr`` and float-valued ``algorithm_kwargs`` (those whose default is a float) may vary.
+  Integers and booleans (``top_k``, ``use_eca``, ...), the algorithm, the data, the number
+  of clients, ``participation`` and ``rounds`` change shapes or the program's structure:
+  such configs are separate programs (:func:`group_runs` splits them).
+
+Evaluation runs per run on the host-side path of :func:`omnifm_jax.experiment.run` (each
+run's state sliced off the run axis), every ``eval_every`` rounds, so the metric lines are
+the ones a single run writes.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omnifm_jax import algorithms, config as config_lib, experiment, federated
+from omnifm_jax.checks import ConfigError
+
+__all__ = ["SWEEPABLE_TOP_LEVEL", "sweepable_keys", "group_runs", "run_sweep"]
+
+#: Top-level keys that may differ between the runs of one program.
+SWEEPABLE_TOP_LEVEL = ("seed", "lr")
+
+
+def _set(cfg: Dict[str, Any], dotted: str, value: Any) -> None:
+    top, _, sub = dotted.partition(".")
+    if sub:
+        cfg[top] = dict(cfg[top], **{sub: value})
+    else:
+        cfg[top] = value
+
+
+def _get(cfg: Dict[str, Any], dotted: str) -> Any:
+    top, _, sub = dotted.partition(".")
+    return cfg[top].get(sub) if sub else cfg[top]
+
+
+def sweepable_keys(algorithm: str) -> Tuple[str, ...]:
+    """The dotted keys that may vary inside one program for ``algorithm``: ``seed``, ``lr``
+    and its float hyper-parameters."""
+    floats = tuple(f"algorithm_kwargs.{k}" for k, v in algorithms.hyperparameters(algorithm).items()
+                   if isinstance(v, float))
+    return SWEEPABLE_TOP_LEVEL + floats
+
+
+def _flatten(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    flat = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            for sk, sv in v.items():
+                flat[f"{k}.{sk}"] = sv
+            flat.setdefault(k, {})  # an empty options dict is still a key
+        else:
+            flat[k] = v
+    return flat
+
+
+def _with_data_seed(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    cfg = copy.deepcopy(cfg)
+    if cfg.get("data_seed") is None:
+        cfg["data_seed"] = cfg["seed"]
+    return cfg
+
+
+def group_runs(cfgs: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], List[Dict[str, Any]]]]:
+    """Group full configs into programs: ``[(base config, runs)]`` where ``runs`` are the
+    dotted overrides (sweepable keys only) that turn the base into each config. Configs keep
+    their order inside a group; groups come in the order of their first config. A config
+    whose ``data_seed`` is None gets its own ``seed`` as ``data_seed`` first, so configs that
+    differ in ``seed`` alone land in separate programs unless they name one ``data_seed``."""
+    groups: List[Tuple[Dict[str, Any], List[Dict[str, Any]]]] = []
+    for cfg in cfgs:
+        cfg = _with_data_seed(cfg)
+        flat = _flatten(cfg)
+        for base, runs in groups:
+            keys = sweepable_keys(base["algorithm"]) if base["algorithm"] == cfg["algorithm"] else ()
+            bflat = _flatten(base)
+            differ = {k for k in set(flat) | set(bflat) if flat.get(k) != bflat.get(k)}
+            if differ <= set(keys):
+                runs.append({k: flat[k] for k in keys if k in flat})
+                break
+        else:
+            groups.append((cfg, [{k: flat[k] for k in sweepable_keys(cfg["algorithm"]) if k in flat}]))
+    return groups
+
+
+def _run_configs(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Each run's full config, and the keys that vary; ConfigError for a key that may not."""
+    if not runs:
+        raise ConfigError("run_sweep needs at least one run")
+    allowed = sweepable_keys(cfg["algorithm"])
+    cfgs = []
+    for i, run in enumerate(runs):
+        bad = sorted(set(run) - set(allowed))
+        if bad:
+            raise ConfigError(f"run {i}: {bad} cannot vary inside one program (they change shapes or the "
+                              f"program); sweepable for {cfg['algorithm']!r}: {list(allowed)}. Run such "
+                              "configs as separate programs (sweep.group_runs splits them)")
+        c = copy.deepcopy(cfg)
+        for k, v in run.items():
+            _set(c, k, v)
+        config_lib.validate(c)
+        cfgs.append(c)
+    varying = [k for k in allowed if len({repr(_get(c, k)) for c in cfgs}) > 1]
+    return cfgs, varying
+
+
+def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: bool = False,
+              log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Train ``len(runs)`` variants of ``cfg`` as ONE compiled program.
+
+    Args:
+      cfg: a full config (``config.load_config`` + overrides).
+      runs: one dict of dotted overrides per run, e.g. ``[{"seed": 0}, {"seed": 1}]`` or
+        ``[{"algorithm_kwargs.lambda_align": 0.0}, {"algorithm_kwargs.lambda_align": 0.1}]``;
+        only :func:`sweepable_keys` may appear.
+      progress: a tqdm bar over rounds.
+      log: where the result table of each run goes.
+
+    Returns:
+      One summary per run, in order, with the keys of ``experiment.run``'s summary
+      (``best``, ``last``, ``baseline`` where the task has one, ``config``, ...) plus
+      ``history`` (every metric line) and ``runs_in_program``; ``wall_time_s`` is the whole
+      program's (shared by its runs); ``state`` is the run's final state.
+
+    Raises:
+      ConfigError: a key that may not vary, or an invalid config (before any work).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = _with_data_seed(cfg)
+    config_lib.validate(cfg)
+    cfgs, varying = _run_configs(cfg, runs)
+    if cfg["shard_clients"]:
+        raise ConfigError("shard_clients splits the client axis over devices; a sweep's run axis is not sharded")
+    experiment.build_backbone(cfg)
+    fed = experiment.load_data(cfg)
+    experiment.validate_data(cfg, fed)
+    task = experiment.build_task(cfg, fed)
+    template = experiment.build_algorithm(cfg, task)
+    floats = [k for k in varying if k != "seed"]
+    hp = {k: jnp.asarray([float(_get(c, k)) for c in cfgs], jnp.float32) for k in floats}
+    keys = jax.vmap(jax.random.key)(jnp.asarray([c["seed"] for c in cfgs], jnp.uint32))
+
+    def build(values: Dict[str, jax.Array]):
+        c = copy.deepcopy(cfg)
+        for k, v in values.items():  # traced scalars: one program for every value
+            _set(c, k, v)
+        # Every run's values were checked concretely in _run_configs; a check cannot decide on tracers.
+        return experiment.build_algorithm(c, task, checked=False) if values else template
+
+    train = jax.device_put(fed.train)
+    test = jax.device_put(fed.test)
+    round_kw = dict(participation=cfg["participation"], client_chunk=cfg["client_chunk"], dropout=cfg["dropout"],
+                    random_join=cfg["random_join"], dropped_keep_update=cfg["dropped_keep_update"])
+
+    def init_one(values, key):
+        return federated.init(build(values), key, train, shared_init=cfg["shared_init"])
+
+    def round_one(values, state, data):
+        return federated.round_body(build(values), fed.train, **round_kw)(state, data)
+
+    # Compiled like a single run's init (federated.init_compiler_options), once for all runs.
+    states = jax.jit(jax.vmap(init_one)).lower(hp, keys).compile(
+        compiler_options=federated.init_compiler_options())(hp, keys)
+    round_fn = jax.jit(jax.vmap(round_one, in_axes=(0, 0, None)), donate_argnums=(1,))
+    evaluation_line, baseline_of = experiment.make_evaluation(cfg, template, task, fed, train, test)
+    num = len(cfgs)
+    run_state = lambda i: jax.tree_util.tree_map(lambda a: a[i], states)  # noqa: E731
+    baselines = [baseline_of(run_state(i)) for i in range(num)] if task.baseline is not None else [None] * num
+    histories: List[List[Dict[str, Any]]] = [[evaluation_line(run_state(i), 0, None)] for i in range(num)]
+    totals = [{"faulty": 0, "dropped": 0} for _ in range(num)]
+    start = time.time()
+    for r in tqdm(range(cfg["rounds"]), desc=f"{cfg['algorithm']} x{num} runs", disable=not progress):
+        states, rms = round_fn(hp, states, train)
+        last = r + 1 == cfg["rounds"]
+        for i in range(num):
+            rm = jax.tree_util.tree_map(lambda a: a[i], rms)
+            totals[i]["faulty"] += int(rm.faulty)
+            totals[i]["dropped"] += int(rm.dropped)
+            if (r + 1) % cfg["eval_every"] == 0 or last:
+                histories[i].append(evaluation_line(run_state(i), r + 1, rm))
+    jax.block_until_ready(states)
+    wall = time.time() - start
+    out = []
+    metric = task.primary_metric
+    strip = lambda h: {k: v for k, v in h.items() if k != "clients"}  # noqa: E731
+    for i, c in enumerate(cfgs):
+        history = histories[i]
+        summary = {
+            "algorithm": c["algorithm"], "task": c["task"], "dataset": c["dataset"], "primary_metric": metric,
+            "best": strip(max(history, key=lambda h: h[metric])), "last": strip(history[-1]),
+            "last_clients": history[-1]["clients"], "faulty_clients_total": totals[i]["faulty"],
+            "dropped_clients_total": totals[i]["dropped"], "resumed_from_round": None,
+            "wall_time_s": round(wall, 3), "rounds": c["rounds"],
+            "params_sha256": federated.state_hash(run_state(i)), "device": str(jax.devices()[0]),
+            "config": c, "history": history, "runs_in_program": num, "state": run_state(i),
+        }
+        if baselines[i] is not None:
+            summary["baseline"] = {k: v for k, v in baselines[i].items() if k != "clients"}
+            summary["baseline_clients"] = baselines[i]["clients"]
+        log(f"run {i + 1}/{num} ({', '.join(f'{k}={_get(c, k)}' for k in varying) or 'as configured'}):\n"
+            + experiment.result_table(summary))
+        out.append(summary)
+    return out
