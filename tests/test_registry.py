@@ -30,6 +30,7 @@ def test_a_new_component_file_registers_itself_without_edits_elsewhere(tmp_path,
 
 def test_every_kind_lists_its_components():
     assert {"omnifm", "fedavg", "fedprox", "scaffold"} <= set(ALGORITHMS.available())
-    assert set(TASKS.available()) == {"classification", "super_resolution"}
-    assert set(BACKBONES.available()) == {"cnn", "resnet18", "edsr"}
-    assert {"synthetic", "medmnist", "real4", "synthetic_sr", "breakhis_sr"} == set(DATASETS.available())
+    assert {"classification", "super_resolution", "segmentation"} <= set(TASKS.available())
+    assert {"cnn", "resnet18", "edsr", "unet"} <= set(BACKBONES.available())
+    assert {"synthetic", "medmnist", "real4", "synthetic_sr", "breakhis_sr", "lgg_seg", "brats_seg",
+            "seg_cross_modality", "nifti_seg"} <= set(DATASETS.available())

@@ -58,6 +58,9 @@ class GPFLModel(nn.Module):
     @nn.compact
     def __call__(self, x, context=None, *, train: bool = False, mask=None):
         r = self.backbone(x, train=train, mask=mask)
+        if isinstance(r, tuple):
+            raise ValueError("gpfl needs a token backbone; this one returns (tokens, skips) (an encoder pyramid "
+                             "such as the UNet, for segmentation): GPFL is classification-only")
         feat = jnp.mean(r.astype(jnp.float32), axis=-2)
         d = feat.shape[-1]
         self.param("gce", nn.initializers.normal(1.0), (self.num_classes, d))

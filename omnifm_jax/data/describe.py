@@ -13,7 +13,7 @@ import numpy as np
 
 from .federation import Federation, client_slice
 
-__all__ = ["describe", "add_data_parser", "main", "parse_set_options"]
+__all__ = ["describe", "describe_masks", "add_data_parser", "main", "parse_set_options"]
 
 
 def _counts(values: np.ndarray, size: int) -> np.ndarray:
@@ -27,7 +27,11 @@ def describe(fed: Federation, *, top: int = 3) -> str:
     Columns: client, train n, test n, number of classes present (train+test),
     the ``top`` most frequent classes with counts, and modalities with counts.
     Super-resolution federations (``num_classes == 0``) show ``-`` for classes.
+    Segmentation federations (``info["target"] == "mask"``) get their own table
+    (:func:`describe_masks`).
     """
+    if (fed.info or {}).get("target") == "mask":
+        return describe_masks(fed)
     k = fed.num_clients
     nm = len(fed.modality_names)
     nc = fed.num_classes
@@ -89,6 +93,55 @@ def describe(fed: Federation, *, top: int = 3) -> str:
     return "\n".join(lines)
 
 
+def describe_masks(fed: Federation) -> str:
+    """Per-client table of a segmentation federation: client name, train/test slices and
+    patients, the foreground share of the pixels and of the slices (train+test, per
+    foreground class when there are several), and modalities with counts."""
+    info = fed.info
+    k, nm = fed.num_clients, len(fed.modality_names)
+    values = list(info.get("label_values") or [])
+    names = list(info.get("class_names") or [str(v) for v in values])
+    head = [
+        f"dataset: {info.get('dataset', '?')}  partition: {info.get('partition', '?')}  seed: {info.get('seed', '?')}"
+        f"  clients: {k}",
+        f"target: mask  label values: {values} ({', '.join(names)})  modalities: {nm} "
+        f"({', '.join(f'{i}={m}' for i, m in enumerate(fed.modality_names))})",
+        f"image: {list(fed.train.x.shape[1:])}" + (f"  channels: {info['channels']}" if info.get("channels") else ""),
+    ]
+    if info.get("split_note"):
+        head.append(f"split: {info['split_note']}")
+    client_names = list(info.get("client_names") or [str(c) for c in range(k)])
+    tr_p, te_p = info.get("train_patients"), info.get("test_patients")
+    fg_classes = list(range(1, max(len(values), 2)))
+    rows = [("client", "name", "train", "test", "pat tr/te", "fg px %", "fg slices", "modalities (id:count)")]
+
+    def stats(ys, mods):
+        y = np.concatenate([a.reshape(a.shape[0], -1) for a in ys]) if ys else np.zeros((0, 1), np.uint8)
+        px = " ".join(f"{100.0 * np.mean(y == c):.1f}" for c in fg_classes) if y.size else "-"
+        sl = f"{int(np.any(y > 0, axis=1).sum())}/{y.shape[0]}"
+        mc = _counts(np.concatenate(mods).astype(np.int64), max(nm, 1))
+        return px, sl, mc
+
+    all_y, all_m = [], []
+    for c in range(k):
+        tr, te = client_slice(fed.train, c), client_slice(fed.test, c)
+        px, sl, mc = stats([tr[1], te[1]], [tr[2], te[2]])
+        all_y += [tr[1], te[1]]
+        all_m += [tr[2], te[2]]
+        pats = f"{len(tr_p[c])}/{len(te_p[c])}" if tr_p and te_p else "-"
+        rows.append((str(c), client_names[c] if c < len(client_names) else str(c), str(int(fed.train.n[c])),
+                     str(int(fed.test.n[c])), pats, px, sl, " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc))))
+    px, sl, mc = stats(all_y, all_m)
+    pats = (f"{sum(len(p) for p in tr_p)}/{sum(len(p) for p in te_p)}" if tr_p and te_p else "-")
+    rows.append(("total", "", str(int(fed.train.n.sum())), str(int(fed.test.n.sum())), pats, px, sl,
+                 " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = lambda r: "  ".join(v.ljust(w) if i in (1, 7) else v.rjust(w)  # noqa: E731
+                              for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join(head + [fmt(rows[0]), rule] + [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1])])
+
+
 def _literal(value: str) -> Any:
     try:
         return ast.literal_eval(value)
@@ -111,7 +164,8 @@ def parse_set_options(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--dataset", default="synthetic", help="synthetic, medmnist:<a>+<b>, real4, synthetic_sr, breakhis_sr")
+    p.add_argument("--dataset", default="synthetic", help="synthetic, medmnist:<a>+<b>, real4, synthetic_sr, breakhis_sr, "
+                   "lgg_seg, brats_seg, seg_cross_modality, nifti_seg")
     p.add_argument("--clients", type=int, default=10, help="number of clients")
     p.add_argument("--partition", default=None, help="dirichlet, pathological, modality or iid")
     p.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration (0.1 hard, 0.5 medium)")

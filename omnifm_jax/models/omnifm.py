@@ -31,7 +31,8 @@ Table 8 ablations are switches:
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import inspect
+from typing import Any, Dict, NamedTuple, Tuple
 
 import flax.linen as nn
 import jax
@@ -41,6 +42,23 @@ from omnifm_jax import bank as bank_lib
 from omnifm_jax.models.common import TokenLayout, masked_batch_mean
 from omnifm_jax.modules import EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection
 from omnifm_jax.spectral import SpectralTokenizer
+
+
+def split_backbone_output(out: Any, head: nn.Module) -> Tuple[jax.Array, Dict[str, Any]]:
+    """``(tokens, head keyword arguments)`` from a backbone's output.
+
+    A token backbone returns ``r (B, L, d)``: no extra argument. An encoder with a pyramid
+    (the UNet) returns ``(r, skips)``: ``skips`` is passed to the head as ``skips=`` when
+    the head's ``__call__`` takes that keyword (a segmentation decoder); a head that does
+    not (e.g. the classification head) reads ``r`` alone.
+    """
+    if not isinstance(out, tuple):
+        return out, {}
+    if len(out) != 2:
+        raise ValueError(f"a backbone returns tokens or (tokens, skips), got a tuple of {len(out)}")
+    r, skips = out
+    takes_skips = "skips" in inspect.signature(type(head).__call__).parameters
+    return r, ({"skips": skips} if takes_skips else {})
 
 
 class OmniFMAux(NamedTuple):
@@ -62,8 +80,10 @@ class OmniFM(nn.Module):
     """OmniFM wrapper around any token backbone and task head.
 
     Attributes:
-      backbone: module ``(x, train=) -> tokens (B, L, d)``.
-      head: module ``(tokens, layout=, train=) -> output``.
+      backbone: module ``(x, train=) -> tokens (B, L, d)``, or ``(tokens, skips)`` (an
+        encoder pyramid, see :func:`split_backbone_output`: ECA and the prompts act on the
+        tokens; ``skips`` go to the head unchanged).
+      head: module ``(tokens, layout=, train=) -> output`` (``skips=`` too with such a backbone).
       spectral_dim: ``d_s``, the tokenizer's and bank's width.
       low_pass_ratio: ratio of P_LP.
       log_magnitude: ``log1p`` magnitudes in the tokenizer.
@@ -90,7 +110,7 @@ class OmniFM(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False, mask=None):
-        r = self.backbone(x, train=train, mask=mask)
+        r, head_kw = split_backbone_output(self.backbone(x, train=train, mask=mask), self.head)
         s = SpectralTokenizer(dim=self.spectral_dim, ratio=self.low_pass_ratio,
                               log_magnitude=self.log_magnitude, name="tokenizer")(x)
         if self.use_gskr:
@@ -119,7 +139,7 @@ class OmniFM(nn.Module):
         else:
             tokens = TokenProjection(name="proj")(z, r)
             layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
-        out = self.head(tokens, layout=layout, train=train)
+        out = self.head(tokens, layout=layout, train=train, **head_kw)
         return out, OmniFMAux(s=s, prototypes=protos, valid=valid, indices=idx)
 
 
@@ -129,7 +149,9 @@ class TokenModel(nn.Module):
     Returns ``(output, None)`` so every model has the same ``(y, aux)`` signature; with
     ``features=True`` the aux is the representation the head reads, the backbone's tokens
     averaged over the token axis ``f32[B, d]`` (FedAvgCNN: the 512-wide fc1 output, PFLlib's
-    ``model.base(x)``), for algorithms that use it (MOON).
+    ``model.base(x)``; a UNet: its bottleneck), for algorithms that use it (MOON). A backbone
+    that returns ``(tokens, skips)`` hands ``skips`` to the head (see
+    :func:`split_backbone_output`).
     """
     backbone: nn.Module
     head: nn.Module
@@ -138,7 +160,7 @@ class TokenModel(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, bank: Any = None, *, train: bool = False, mask=None):
         del bank
-        r = self.backbone(x, train=train, mask=mask)
+        r, head_kw = split_backbone_output(self.backbone(x, train=train, mask=mask), self.head)
         layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
-        out = self.head(r, layout=layout, train=train)
+        out = self.head(r, layout=layout, train=train, **head_kw)
         return out, (jnp.mean(r.astype(jnp.float32), axis=-2) if self.features else None)

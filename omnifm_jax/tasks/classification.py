@@ -151,6 +151,9 @@ INPUT_RANGES = {"auto": (-1.0, 1.0), "pflib": (-1.0, 1.0), "unit": (0.0, 1.0)}
 def from_config(cfg, fed) -> Task:
     """The task of a run: classes from the data, ``input_scaling`` and ``head_pool`` from the config."""
     task_options(cfg, {})
+    if (getattr(fed, "info", None) or {}).get("target") == "mask" or np.ndim(fed.train.y) != 1:
+        raise ConfigError(f"dataset {cfg['dataset']!r} has per-pixel targets, not one class label per image; "
+                          "use task=segmentation (masks), task=fusion (image pairs) or task=super_resolution (images)")
     if fed.num_classes < 2:
         raise ConfigError(f"dataset {cfg['dataset']!r} has no class labels; use task=super_resolution")
     return classification(fed.num_classes, input_range=INPUT_RANGES[cfg["input_scaling"]], head_pool=cfg["head_pool"])

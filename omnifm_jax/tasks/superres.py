@@ -77,6 +77,11 @@ def from_config(cfg, fed) -> Task:
     """The task of a run: ``scale`` from the config, checked against the data's HR/LR sizes;
     inputs stay in [0, 1] (its bicubic skip and its targets are)."""
     task_options(cfg, {})
+    target = (getattr(fed, "info", None) or {}).get("target")
+    if target in ("mask", "fusion"):
+        other = "segmentation" if target == "mask" else "fusion"
+        raise ConfigError(f"dataset {cfg['dataset']!r} is a {other} set (its targets are "
+                          f"{'masks' if target == 'mask' else 'the source images'}); use task={other}")
     if fed.num_classes != 0:
         raise ConfigError(f"dataset {cfg['dataset']!r} is a classification set; use task=classification")
     if cfg["input_scaling"] not in ("auto", "unit"):
