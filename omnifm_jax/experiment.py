@@ -230,7 +230,9 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
     history, totals, resumed_from = [], {"faulty": 0, "dropped": 0}, None
-    init_fn = jax.jit(lambda key: federated.init(algorithm, key, train, shared_init=cfg["shared_init"]))
+    # federated.init compiles itself, without backend optimisation on CPU (it runs once);
+    # an outer jit would trace through it and compile it fully optimised, which takes longer.
+    init_fn = lambda key: federated.init(algorithm, key, train, shared_init=cfg["shared_init"])  # noqa: E731
     init_key = jax.random.key(cfg["seed"])
     if resume:
         template = jax.eval_shape(init_fn, init_key)
@@ -244,7 +246,6 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         resumed_from = int(meta["round"])
         log(f"resuming from the checkpoint of round {resumed_from} in {ckpt_dir}")
     else:
-        # Jitted: an eager init of the vmapped model runs op by op (minutes for OmniFM on CPU).
         state = init_fn(init_key)
     if cfg["shard_clients"]:
         from omnifm_jax import sharding
