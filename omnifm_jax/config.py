@@ -152,6 +152,9 @@ def validate(cfg: Dict[str, Any]) -> None:
     require(cfg["algorithm"] in algorithms.available(),
             f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
     checks.choice("task", cfg["task"], tuple(TASKS.available()))
+    require(algorithms.supports(cfg["algorithm"], cfg["task"]),
+            f"algorithm {cfg['algorithm']!r} does not run task {cfg['task']!r}; algorithms that do: "
+            f"{algorithms.available(task=cfg['task'])}")
     checks.choice("optimizer", cfg["optimizer"], OPTIMIZERS)
     checks.choice("backbone", cfg["backbone"], tuple(BACKBONES.available()))
     require(isinstance(cfg["dataset"], str) and cfg["dataset"] != "",

@@ -337,7 +337,7 @@ def test_resume_with_another_config_is_refused_before_any_work(runs, capsys):
 
 # ----------------------------------------------------------------------------- every algorithm
 
-@pytest.mark.parametrize("name", algorithms.available())
+@pytest.mark.parametrize("name", algorithms.available(task="classification"))
 def test_every_algorithm_resumes_exactly(name, tmp_path):
     """Round 1 saved and restored (orbax, into the structure of a fresh init), then round 2:
     the same state, bit for bit, as two rounds without the interruption; the algorithm's own

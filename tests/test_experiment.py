@@ -247,7 +247,7 @@ def test_table1_config_is_pflibs_resnet18_on_the_train_splits():
     assert "batch_stats" in variables
 
 
-@pytest.mark.parametrize("name", algorithms.available())
+@pytest.mark.parametrize("name", algorithms.available(task="classification"))
 def test_omnifm_train_runs_every_algorithm(name, tmp_path, capsys):
     """``omnifm train --set algorithm=NAME`` with the algorithm's defaults (tiny sizes, one
     round): it runs, reports, and writes its outputs."""

@@ -111,7 +111,7 @@ def test_fedavg_round_equals_independent_numpy_fedavg():
 STRATEGIES = [None, 1, 2]  # all at once (vmap), one by one (lax.map: CPU), sorted chunks of 2
 
 
-@pytest.fixture(scope="module", params=algorithms.available())
+@pytest.fixture(scope="module", params=algorithms.available(task="classification"))
 def strategies_vs_sequential(request):
     """Two rounds at participation 3/4 through make_round (every strategy) and
     sequential_round, for every registered algorithm."""

@@ -69,6 +69,8 @@ CONFIG_CASES = [
     ("unknown head pool", {"head_pool": "max"}, r"head_pool must be one of \('mean', 'attention'\), got 'max'"),
     ("hit decay > 1", {"algorithm_kwargs": {"hit_decay": 1.5}}, r"hit_decay must be a number in \[0, 1\], got 1.5"),
     ("protocol flag as text", {"drop_last": "yes"}, r"drop_last must be True or False, got 'yes'"),
+    ("algorithm that does not run the task", {"algorithm": "gpfl", "task": "super_resolution"},
+     r"algorithm 'gpfl' does not run task 'super_resolution'; algorithms that do: \['ditto', "),
     ("task_kwargs not a dict", {"task_kwargs": "dice"}, r"task_kwargs must be dicts"),
     ("dataset_kwargs not a dict", {"dataset_kwargs": ["alpha", 0.5]}, r"dataset_kwargs, backbone_kwargs, algorithm_kwargs and task_kwargs must be dicts"),
 ]

@@ -94,7 +94,7 @@ def validate(hp, context):
     checks.finite("mu", hp["mu"], positive=False)
 
 
-@register("gpfl", validate=validate)
+@register("gpfl", validate=validate, tasks=("classification",))
 def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
          lamda: float = 1.0, mu: float = 0.0):
     """GPFL; classification only (the GCE needs class labels)."""

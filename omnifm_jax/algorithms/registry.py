@@ -24,11 +24,13 @@ ENGINE_ARGS = ("task", "backbone", "optimizer", "local_epochs", "batch_size")
 RUN_ARGS = ("drop_last", "aggregate_bn_stats", "lr", "num_clients")
 
 
-def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None):
+def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None,
+             tasks: Optional[tuple] = None):
     """Decorator for an algorithm factory; ``validate(hparams, context)`` raises
     :class:`~omnifm_jax.checks.ConfigError` for impossible hyper-parameters (``hparams``:
     every hyper-parameter, defaults filled in; ``context``: ``num_clients``,
-    ``participants`` when known)."""
+    ``participants`` when known). ``tasks``: the only tasks the algorithm runs
+    (``None``: every task), checked with the config before any work."""
     def deco(factory):
         @functools.wraps(factory)
         def checked(**kwargs):
@@ -36,13 +38,21 @@ def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str
                   {"num_clients": kwargs.get("num_clients")})
             return factory(**kwargs)
 
-        ALGORITHMS.register(name, factory=factory, validate=validate)(checked)
+        ALGORITHMS.register(name, factory=factory, validate=validate, tasks=tasks)(checked)
         return checked
     return deco
 
 
-def available() -> list:
-    return ALGORITHMS.available()
+def available(task: Optional[str] = None) -> list:
+    """Registered algorithm names; with ``task``, those that run it."""
+    names = ALGORITHMS.available()
+    return names if task is None else [n for n in names if supports(n, task)]
+
+
+def supports(name: str, task: str) -> bool:
+    """Whether algorithm ``name`` runs ``task``."""
+    tasks = ALGORITHMS.entry(name).meta.get("tasks")
+    return tasks is None or task in tasks
 
 
 def get(name: str) -> Callable:
