@@ -1,0 +1,297 @@
+"""FedMEPD: per-modality encoder upload weights, the discrepancy rule of the decoder's
+partial personalisation, exact identity of the calibration without missing modalities,
+FedAvg equivalence of the degenerate configuration, bad input, one end-to-end run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from omnifm_jax import algorithms, config as config_lib, experiment, federated
+from omnifm_jax.algorithms import fedmepd as fm
+from omnifm_jax.algorithms.sgd import Upload, personalized_sgd
+from omnifm_jax.checks import ConfigError
+from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.data.registry import load_federation
+from omnifm_jax.tasks.segmentation import segmentation
+
+SIZE, M = 8, 3
+CH = (4, 6)
+
+
+def _images(n, seed, absent=()):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 200, (n, SIZE, SIZE, M), dtype=np.uint8)
+    y = np.zeros((n, SIZE, SIZE, 1), np.uint8)
+    y[:, 2:5, 3:6] = 1
+    x[..., 0][y[..., 0] == 1] = 255
+    for m in absent:
+        x[..., m] = 0
+    return x, y
+
+
+def _clients(subsets, n=4, seed=0):
+    xs, ys = zip(*[_images(n, seed + k, [m for m in range(M) if m not in s]) for k, s in enumerate(subsets)])
+    k = len(subsets)
+    return ClientArrays(x=np.concatenate(xs), y=np.concatenate(ys), n=np.full(k, n, np.int32),
+                        offsets=(np.arange(k) * n).astype(np.int32), modality=np.zeros(k * n, np.int32))
+
+
+def _algo(**kw):
+    kw = {"server_data": _images(4, 99), "channels": CH, "attn_dim": 4, "num_anchors": 2, "server_steps": 1,
+          "server_batch_size": 2, **kw}
+    return algorithms.build("fedmepd", task=segmentation(2), backbone=None, optimizer=optax.sgd(0.1),
+                            local_epochs=1, batch_size=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def shared_run():
+    """One compiled FedMEPD (no server steps) and its initial state on two clients, the
+    second without modality 1 (tests (a) and (b) share it: compiling costs seconds)."""
+    algo = _algo(server_steps=0)
+    train = _clients([[0, 1, 2], [0, 2]])
+    state = federated.init(algo, jax.random.key(0), train)
+    return algo, train, state, jax.jit(algo.client_update), jax.jit(algo.server_update)
+
+
+def test_missing_modality_encoder_is_neither_trained_nor_counted(shared_run):
+    algo, train, state, client_update, server_update = shared_run
+    enc1 = state.server.params["params"]["enc1"]
+    # (1) a client without modality 1 trains and uploads its encoder unchanged (zero gradient)
+    c1 = jax.tree_util.tree_map(lambda a: a[1], state.clients)
+    data = algorithms.ClientData(x=jnp.asarray(train.x), y=jnp.asarray(train.y), offset=jnp.int32(4),
+                                 n=jnp.int32(4), capacity=4)
+    res = client_update(state.server, c1, data, jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(res.upload.extra), [1.0, 0.0, 1.0])
+    for a, b in zip(jax.tree_util.tree_leaves(res.upload.shared["params"]["enc1"]), jax.tree_util.tree_leaves(enc1)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree_util.tree_leaves(res.upload.shared["params"]["enc0"]),
+        jax.tree_util.tree_leaves(state.server.params["params"]["enc0"])))
+    # (2) its upload of encoder 1 has weight 0 in the server's mean, even when it is garbage
+    shared = jax.tree_util.tree_map(lambda a: jnp.stack([a + 1.0, a + 1e6]), state.server.params)
+    uploads = Upload(shared=shared, extra=jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
+    new = server_update(state.server, uploads, jnp.array([3.0, 5.0]))
+    for a, b in zip(jax.tree_util.tree_leaves(new.params["params"]["enc1"]), jax.tree_util.tree_leaves(enc1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b) + 1.0, rtol=1e-6)
+    # encoder 0 is the n_k-weighted mean of both: (3 * 1 + 5 * 1e6) / 8
+    for a, b in zip(jax.tree_util.tree_leaves(new.params["params"]["enc0"]),
+                    jax.tree_util.tree_leaves(state.server.params["params"]["enc0"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b) + (3 + 5e6) / 8, rtol=1e-5)
+    # nobody has modality 1: encoder 1 keeps its old value
+    uploads2 = Upload(shared=shared, extra=jnp.array([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]))
+    new2 = server_update(state.server, uploads2, jnp.array([3.0, 5.0]))
+    for a, b in zip(jax.tree_util.tree_leaves(new2.params["params"]["enc1"]), jax.tree_util.tree_leaves(enc1)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_personal_filters_follow_the_discrepancy_rule(shared_run):
+    # conv "dec0": kernel (1, 1, 2, 4), bias (4,): four filters with known cosines
+    g = np.array([[1.0, 0.0, 1.0, 2.0], [0.0, 1.0, 1.0, 0.0]])       # global update, rows = inputs
+    l = np.array([[1.0, 0.0, -1.0, 0.0], [0.0, -1.0, -1.0, 0.0]])    # cos: 1, -1, -1, 0 (l=0 -> disc 0)
+    l[0, 3] = 0.0
+    gb, lb = np.array([0.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 0.0])
+    dl = {"dec0": {"kernel": jnp.asarray(l.reshape(1, 1, 2, 4)), "bias": jnp.asarray(lb)}}
+    dg = {"dec0": {"kernel": jnp.asarray(g.reshape(1, 1, 2, 4)), "bias": jnp.asarray(gb)}}
+    disc = fm.filter_discrepancy(dl, dg)["dec0"]
+    np.testing.assert_allclose(np.asarray(disc), [0.0, 2.0, 2.0, 0.0], atol=1e-6)
+    # a filter at 90 degrees: discrepancy 1 -> personal only below threshold 1
+    dl2 = {"dec0": {"kernel": jnp.asarray(np.array([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0]]).reshape(1, 1, 2, 4)),
+                    "bias": jnp.asarray(lb)}}
+    np.testing.assert_allclose(np.asarray(fm.filter_discrepancy(dl2, dg)["dec0"]), [1.0, 1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(fm.personal_filters(dl, dg, 1.0)["dec0"]), [False, True, True, False])
+    np.testing.assert_array_equal(np.asarray(fm.personal_filters(dl2, dg, 0.5)["dec0"]), [True, True, False, False])
+    own = {"dec0": {"kernel": jnp.full((1, 1, 2, 4), 7.0), "bias": jnp.full((4,), 7.0)}}
+    glob = {"dec0": {"kernel": jnp.zeros((1, 1, 2, 4)), "bias": jnp.zeros((4,))}}
+    mixed = fm.mix_filters(fm.personal_filters(dl, dg, 1.0), own, glob)["dec0"]
+    np.testing.assert_array_equal(np.asarray(mixed["bias"]), [0.0, 7.0, 7.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(mixed["kernel"][0, 0]), [[0.0, 7.0, 7.0, 0.0]] * 2)
+    # ... and the client's download applies it (checked through the compiled client update);
+    # personalize=False takes every filter from the server
+    algo, train, state, client_update, _ = shared_run
+    server, client = state.server, jax.tree_util.tree_map(lambda a: a[0], state.clients)
+    p = server.params["params"]
+    d = {k: jax.tree_util.tree_map(jnp.ones_like, p[k]) for k in fm.decoder_keys(p)}
+    dl_c = jax.tree_util.tree_map(jnp.ones_like, d)
+    dl_c["out"]["kernel"] = dl_c["out"]["kernel"].at[..., 1].set(-1.0)   # filters against the global update
+    dl_c["out"]["bias"] = dl_c["out"]["bias"].at[1].set(-1.0)
+    dl_c["dec0"]["kernel"] = dl_c["dec0"]["kernel"].at[..., 0].set(-1.0)
+    dl_c["dec0"]["bias"] = dl_c["dec0"]["bias"].at[0].set(-1.0)
+    server = server._replace(extra=dict(server.extra, delta_global=d))
+    client = client._replace(extra=dict(client.extra, delta_local=dl_c,
+                                        decoder=jax.tree_util.tree_map(lambda a: a + 5.0, client.extra["decoder"])))
+    data = algorithms.ClientData(x=jnp.asarray(train.x), y=jnp.asarray(train.y), offset=jnp.int32(0),
+                                 n=jnp.int32(4), capacity=4)
+    variables, extra = fm_download(client_update, server, client, data)
+    assert int(extra["personal_filters"]) == 2
+    for name, f in (("out", 1), ("dec0", 0)):
+        got, glob = np.asarray(variables["params"][name]["bias"]), np.asarray(p[name]["bias"])
+        np.testing.assert_array_equal(got[f], glob[f] + 5.0)                       # personal: own value
+        np.testing.assert_array_equal(np.delete(got, f), np.delete(glob, f))       # the rest: global
+    # evaluation uses the personalised decoder: with no personal filter the prediction changes
+    pred = jax.jit(algo.predict)
+    x = jnp.asarray(train.x[:2], jnp.float32) / 255.0
+    no_personal = client._replace(extra=dict(client.extra, delta_local=jax.tree_util.tree_map(jnp.zeros_like, dl_c)))
+    assert not np.allclose(np.asarray(pred(server, client, x)), np.asarray(pred(server, no_personal, x)))
+    dec, count = fm.personalized_decoder(p, client.extra, server.extra, personalize=False, threshold=1.0)
+    assert int(count) == 0
+    for a, b in zip(jax.tree_util.tree_leaves(dec), jax.tree_util.tree_leaves({k: p[k] for k in fm.decoder_keys(p)})):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def fm_download(client_update, server, client, data):
+    """The variables FedMEPD's download gives a client: a client update with zero local
+    steps stores the downloaded decoder unchanged as its trained one."""
+    res = client_update(server, client, dataclasses.replace(data, n=jnp.int32(0)), jax.random.key(0))
+    params = server.params["params"]
+    return {"params": {**params, **res.state.extra["decoder"]}}, res.state.extra
+
+
+def test_calibration_is_exact_identity_without_missing_modalities():
+    model = fm.FedMEPDModel(num_modalities=M, num_classes=2, channels=CH, attn_dim=4, use_calibration=True)
+    plain = model.clone(use_calibration=False)
+    x_full = jnp.asarray(_images(3, 1)[0], jnp.float32) / 255.0
+    x_miss = x_full.at[..., 2].set(0.0)
+    anchors = jax.random.normal(jax.random.key(3), (2, CH[-1]))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x_full, anchors)["params"]
+    rng = np.random.default_rng(0)   # NumPy-drawn parameters: no compiled init (it costs seconds)
+    params = jax.tree_util.tree_map(lambda t: jnp.asarray(rng.normal(0.0, 0.3, t.shape), t.dtype), shapes)
+
+    @jax.jit
+    def both(x_full, x_miss):
+        run = lambda mdl, x: mdl.apply({"params": params}, x, anchors)
+        return run(model, x_full), run(plain, x_full)[0], run(model, x_miss)[0], run(plain, x_miss)[0]
+
+    (out_cal, aux), out_plain, a, b = both(x_full, x_miss)
+    assert bool(jnp.all(aux["present"]))
+    np.testing.assert_array_equal(np.asarray(out_cal), np.asarray(out_plain))
+    # ... and NOT identity when a modality is missing
+    assert not np.allclose(np.asarray(a), np.asarray(b))
+    # the functional form: r = 0 gives fused bit for bit, r = 1 the anchors' estimate
+    fused = jax.random.normal(jax.random.key(4), (2, 2, 2, CH[-1]))
+    qk, kk = jnp.eye(CH[-1])[:, :4], jnp.eye(CH[-1])[:, :4]
+    same = fm.calibrate(fused, anchors, qk, kk, jnp.zeros((2,)))
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(fused))
+    full = fm.calibrate(fused, anchors, qk, kk, jnp.ones((2,)))
+    assert np.all(np.asarray(full) <= np.asarray(anchors).max(0) + 1e-6)   # a convex mix of the anchors
+
+
+def test_degenerate_fedmepd_is_fedavg():
+    """Every client full-modal, personalization off, server_steps=0, no calibration: the
+    clients train exactly FedAvg's model from exactly the global parameters, and the server
+    step is FedAvg's n_k-weighted mean BIT FOR BIT on the same uploads. (The two client
+    programs differ in what else they compute, so XLA fuses their gradients differently:
+    their uploads agree to float32 rounding, not bit for bit.)"""
+    algo = _algo(personalize=False, server_steps=0, calibrate_missing=False)
+    model = fm.FedMEPDModel(num_modalities=M, num_classes=2, channels=CH, attn_dim=4, use_calibration=False)
+    ref = personalized_sgd(name="fedavg_ref", model=model, task=segmentation(2), optimizer=optax.sgd(0.1),
+                           personal_patterns=(), local_epochs=1, batch_size=4)
+    train = _clients([[0, 1, 2]] * 3)._replace(n=np.array([4, 2, 4], np.int32))
+    s_a = federated.init(algo, jax.random.key(5), train)
+    # FedAvg from the same initial parameters (the two init programs may round the random
+    # init differently), without FedMEPD's algorithm slots
+    s_b = s_a._replace(server=s_a.server._replace(extra=None), clients=s_a.clients._replace(extra=None))
+    leaves = jax.tree_util.tree_leaves
+    up_a, up_b = jax.jit(algo.client_update), jax.jit(ref.client_update)
+    x, y = jnp.asarray(train.x), jnp.asarray(train.y)
+    res_a, res_b = [], []
+    for k in range(3):
+        d = algorithms.ClientData(x=x, y=y, offset=jnp.int32(train.offsets[k]), n=jnp.int32(train.n[k]), capacity=4)
+        ca, cb = (jax.tree_util.tree_map(lambda t: t[k], s.clients) for s in (s_a, s_b))
+        res_a.append(up_a(s_a.server, ca, d, jax.random.key(k)))
+        res_b.append(up_b(s_b.server, cb, d, jax.random.key(k)))
+        for a, b in zip(leaves(res_a[-1].upload.shared), leaves(res_b[-1].upload.shared)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    stack = lambda rs: jax.tree_util.tree_map(lambda *t: jnp.stack(t), *[r.upload for r in rs])
+    uploads = stack(res_a)
+    w = jnp.asarray(train.n, jnp.float32)
+    new_a = jax.jit(algo.server_update)(s_a.server, uploads, w)
+    new_b = jax.jit(ref.server_update)(s_b.server, uploads._replace(extra=None), w)
+    moved = False
+    for a, b, c in zip(leaves(new_a.params), leaves(new_b.params), leaves(s_a.server.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        moved |= not np.array_equal(np.asarray(a), np.asarray(c))
+    assert moved
+    # and against a float64 NumPy weighted mean of the uploads
+    for a, u in zip(leaves(new_a.params), leaves(uploads.shared)):
+        ref64 = np.tensordot(np.asarray(w, np.float64), np.asarray(u, np.float64), axes=1) / float(np.sum(w))
+        np.testing.assert_allclose(np.asarray(a), ref64, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="full-modal"):
+        _algo(server_data=None)
+    x, y = _images(2, 0, absent=(2,))
+    with pytest.raises(ConfigError, match="not full-modal"):
+        _algo(server_data=(x, y))
+    with pytest.raises(ConfigError, match="server_data is None"):
+        algorithms.check("fedmepd", {})
+    # loader: a client declaring a modality its data lacks; no full-modal patient for the server
+    _write_lgg(tmp_path / "a", absent_site="BB", absent_channel=2)
+    with pytest.raises(ValueError, match=r"client 1 \(BB\) declares modality 2"):
+        load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "a"),
+                        modality_subsets=[[0, 1, 2], [1, 2]], server_fraction=0.2)
+    fed = load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "a"),
+                          modality_subsets=[[0, 1, 2], [1]], server_fraction=0.2)
+    lo, n = fed.train.offsets[1], fed.train.n[1]
+    assert not fed.train.x[lo:lo + n, ..., 0].any() and fed.train.x[lo:lo + n, ..., 1].all()
+    assert set(fed.info["server_patients"]).isdisjoint(sum(fed.info["train_patients"] + fed.info["test_patients"], []))
+    _write_lgg(tmp_path / "b", absent_site="AA", absent_channel=0, also="BB")
+    with pytest.raises(ValueError, match="server has no full-modal data"):
+        load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "b"), modality_subsets=[[1], [1]])
+    with pytest.raises(ValueError, match="2 clients"):
+        load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "a"), modality_subsets=[[1]])
+
+
+def _write_lgg(root, *, sites=("AA", "BB"), patients=5, slices=2, size=SIZE, absent_site=None, absent_channel=None,
+               also=None, seed=0):
+    rng = np.random.default_rng(seed)
+    case, site, imgs, masks, present = [], [], [], [], []
+    for s in sites:
+        for p in range(patients):
+            for _ in range(slices):
+                case.append(f"TCGA_{s}_{p:04d}_20000101")
+                site.append(s)
+                im = rng.integers(1, 80, (size, size, 3), dtype=np.uint8)
+                mk = np.zeros((size, size), np.uint8)
+                r, c = rng.integers(1, size - 4, 2)
+                mk[r:r + 3, c:c + 3] = 1
+                im[mk == 1] += 120
+                pr = np.ones(3, np.uint8)
+                if s in (absent_site, also):
+                    im[..., absent_channel] = 0
+                    pr[absent_channel] = 0
+                imgs.append(im)
+                masks.append(mk)
+                present.append(pr)
+    path = root / "lgg_mri_seg" / "lgg_flair_seg_64.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=np.stack(imgs), masks=np.stack(masks), case=np.array(case), site=np.array(site),
+             modality_present=np.stack(present))
+    return path
+
+
+def test_end_to_end_run(tmp_path):
+    _write_lgg(tmp_path / "data", patients=5, slices=2)
+    root = str(tmp_path / "data")
+    cfg = config_lib.apply_overrides(config_lib.load_config("fedmepd_lgg"), [
+        "num_clients=2", "rounds=1", "batch_size=2", "eval_batch_size=8", "eval_train_loss=False",
+        f"dataset_kwargs.root={root}", "dataset_kwargs.modality_subsets=[[0, 1, 2], [1]]",
+        "dataset_kwargs.server_fraction=0.2",
+        f"algorithm_kwargs.server_data={{'root': '{root}', 'server_fraction': 0.2}}",
+        "algorithm_kwargs.channels=(4, 6)", "algorithm_kwargs.attn_dim=4", "algorithm_kwargs.num_anchors=2",
+        "algorithm_kwargs.server_steps=2", "algorithm_kwargs.server_batch_size=2",
+        "backbone_kwargs.channels=(4, 8)", "backbone_kwargs.strides=(2,)", "backbone_kwargs.num_res_units=0"])
+    config_lib.validate(cfg)
+    summary = experiment.run(cfg, tmp_path / "out", progress=False, log=lambda s: None)
+    lines = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["round"] for l in lines] == [0, 1] and summary["primary_metric"] == "dice"
+    for l in lines:
+        assert all(math.isfinite(l[k]) for k in ("dice", "test_loss")) and len(l["clients"]) == 2
+    assert lines[1]["test_loss"] != lines[0]["test_loss"]
