@@ -202,3 +202,17 @@ def masked_batch_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
     w = mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
     return jnp.sum(x * w, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
 
+
+
+def prompted_body(tokens: jax.Array, layout: TokenLayout) -> jax.Array:
+    """The body tokens a dense head reads from ``[Z || r || c]``: ``r``, plus the prefix
+    tokens ``Z`` when there is one per body token (ECA's output), plus a linear read-out of
+    the mean suffix token (a per-client bias). Call it inside a compact ``__call__``: the
+    read-out is a submodule of the calling head, named ``suffix_bias``."""
+    body = tokens[..., layout.n_prefix:layout.n_prefix + layout.n_body, :]
+    if layout.n_prefix == layout.n_body:
+        body = body + tokens[..., :layout.n_prefix, :]
+    if layout.n_suffix:
+        suffix = tokens[..., layout.n_prefix + layout.n_body:, :].mean(axis=-2, keepdims=True)
+        body = body + nn.Dense(body.shape[-1], name="suffix_bias")(suffix)
+    return body

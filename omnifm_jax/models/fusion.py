@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens
+from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens, prompted_body
 from omnifm_jax.registry import BACKBONES
 
 
@@ -81,12 +81,7 @@ class FusionHead(nn.Module):
         h, w = layout.input_hw
         if layout.n_body != h * w:
             raise ValueError(f"fusion head needs one body token per input pixel: {layout.n_body} != {h}*{w}")
-        body = tokens[..., layout.n_prefix:layout.n_prefix + layout.n_body, :]
-        if layout.n_prefix == layout.n_body:
-            body = body + tokens[..., :layout.n_prefix, :]
-        if layout.n_suffix:
-            suffix = tokens[..., layout.n_prefix + layout.n_body:, :].mean(axis=-2, keepdims=True)
-            body = body + nn.Dense(body.shape[-1], name="suffix_bias")(suffix)
+        body = prompted_body(tokens, layout)
         y = body.reshape(body.shape[:-2] + (h, w, body.shape[-1]))
         for i, width in enumerate(self.widths):
             y = _lrelu(_conv(int(width), f"dec{i + 1}")(y))

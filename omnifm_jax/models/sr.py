@@ -14,7 +14,7 @@ import math
 import flax.linen as nn
 import jax
 
-from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens
+from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens, prompted_body
 from omnifm_jax.registry import BACKBONES
 
 
@@ -68,12 +68,7 @@ class PixelShuffleHead(nn.Module):
         h, w = layout.input_hw
         if layout.n_body != h * w:
             raise ValueError(f"SR head needs one body token per input pixel: {layout.n_body} != {h}*{w}")
-        body = tokens[..., layout.n_prefix:layout.n_prefix + layout.n_body, :]
-        if layout.n_prefix == layout.n_body:
-            body = body + tokens[..., :layout.n_prefix, :]
-        if layout.n_suffix:
-            suffix = tokens[..., layout.n_prefix + layout.n_body:, :].mean(axis=-2, keepdims=True)
-            body = body + nn.Dense(body.shape[-1], name="suffix_bias")(suffix)
+        body = prompted_body(tokens, layout)
         d = body.shape[-1]
         y = body.reshape(body.shape[:-2] + (h, w, d))
         for i in range(int(math.log2(self.scale))):

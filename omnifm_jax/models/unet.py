@@ -58,7 +58,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens
+from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens, prompted_body
 from omnifm_jax.registry import BACKBONES
 
 #: PyTorch's default convolution kernel init (``kaiming_uniform_(a=sqrt(5))``).
@@ -302,12 +302,7 @@ class SegmentationHead(nn.Module):
                  skips: Optional[Sequence[jax.Array]] = None) -> jax.Array:
         del train
         hh, ww = layout.input_hw
-        body = tokens[..., layout.n_prefix:layout.n_prefix + layout.n_body, :]
-        if layout.n_prefix == layout.n_body:
-            body = body + tokens[..., :layout.n_prefix, :]
-        if layout.n_suffix:
-            suffix = tokens[..., layout.n_prefix + layout.n_body:, :].mean(axis=-2, keepdims=True)
-            body = body + nn.Dense(body.shape[-1], name="suffix_bias")(suffix)
+        body = prompted_body(tokens, layout)
         d = body.shape[-1]
         skips = tuple(skips) if skips else ()
         if skips:
