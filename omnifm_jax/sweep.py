@@ -8,11 +8,15 @@ all runs, and on an accelerator the runs fill the device together.
 
 What varies with the run axis, and what does not:
 
+* Each run equals ``experiment.run`` of its config up to float rounding: a vmapped
+  program may fuse and order operations differently, so parameters agree to ~1e-6 after a
+  few rounds (tested), and training can amplify such differences over many rounds. A run's
+  result is reproducible bit for bit for the same program (the same set of runs).
 * ``seed`` seeds the model initialisation, the participant draws and the minibatch order
   of its run. The data split is shared by all runs of a program (it fixes the shapes):
   it comes from ``data_seed`` (``None``: the first run's ``seed``), as PFLlib repeats a run
-  (``-t``) on one generated data set. :func:`run_sweep`'s run ``i`` equals
-  ``experiment.run`` of its config with that ``data_seed`` (a test checks it).
+  (``-t``) on one generated data set. :func:`run_sweep`'s run ``i`` is
+  ``experiment.run`` of its config with that ``data_seed``.
 * ``lr`` and float-valued ``algorithm_kwargs`` (those whose default is a float) may vary.
   Integers and booleans (``top_k``, ``use_eca``, ...), the algorithm, the data, the number
   of clients, ``participation`` and ``rounds`` change shapes or the program's structure:
@@ -90,16 +94,21 @@ def group_runs(cfgs: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Lis
     groups: List[Tuple[Dict[str, Any], List[Dict[str, Any]]]] = []
     for cfg in cfgs:
         cfg = _with_data_seed(cfg)
-        flat = _flatten(cfg)
+        keys = sweepable_keys(cfg["algorithm"])
+        # An unset float hyper-parameter is its default, stated explicitly: otherwise a run
+        # would inherit the value another config of its group sets.
+        defaults = {f"algorithm_kwargs.{k}": v for k, v in algorithms.hyperparameters(cfg["algorithm"]).items()}
+        flat = {**{k: defaults[k] for k in keys if k in defaults}, **_flatten(cfg)}
+        run = {k: flat[k] for k in keys if k in flat}
         for base, runs in groups:
-            keys = sweepable_keys(base["algorithm"]) if base["algorithm"] == cfg["algorithm"] else ()
             bflat = _flatten(base)
+            bflat = {**{k: run[k] for k in keys if k not in bflat and k in run}, **bflat}
             differ = {k for k in set(flat) | set(bflat) if flat.get(k) != bflat.get(k)}
-            if differ <= set(keys):
-                runs.append({k: flat[k] for k in keys if k in flat})
+            if base["algorithm"] == cfg["algorithm"] and differ <= set(keys):
+                runs.append(run)
                 break
         else:
-            groups.append((cfg, [{k: flat[k] for k in sweepable_keys(cfg["algorithm"]) if k in flat}]))
+            groups.append((cfg, [run]))
     return groups
 
 

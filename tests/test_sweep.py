@@ -70,3 +70,7 @@ def test_group_runs_splits_programs_by_shape():
     assert [len(runs) for _, runs in groups] == [3, 1, 1, 1]  # participation differs; FedAvg; its own split
     assert [r["seed"] for r in groups[0][1]] == [0, 1, 2]
     assert groups[1][0]["participation"] == 0.5 and groups[3][0]["data_seed"] == 5
+    # a config that leaves mu unset runs with mu's default, not with the value a group-mate sets
+    unset = dict(base, algorithm_kwargs={})
+    (g, runs), = sweep.group_runs([dict(base, algorithm_kwargs={"mu": 0.5}), unset])
+    assert [r["algorithm_kwargs.mu"] for r in runs] == [0.5, 0.0]
