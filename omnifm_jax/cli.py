@@ -3,6 +3,8 @@
   omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR] [--resume]
   omnifm data describe --dataset NAME --clients K [...]
   omnifm algorithms            every algorithm, its reference and its hyper-parameters
+  omnifm reproduce TABLE [--scale smoke|paper] [--out DIR] [--seeds 0,1,2] [--only ROWS] [...]
+                               a table of the paper, measured vs the paper's numbers
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def _algorithms(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from omnifm_jax.data.describe import add_data_parser
+    from omnifm_jax.reproduce import add_parser as add_reproduce_parser
 
     parser = argparse.ArgumentParser(prog="omnifm", description="Personalized federated learning for "
                                      "heterogeneous medical imaging (OmniFM and baselines) in JAX.")
@@ -79,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     algs.set_defaults(func=_algorithms)
     data = sub.add_parser("data", help="inspect data sets and federations")
     add_data_parser(data.add_subparsers(dest="data_command", required=True))
+    add_reproduce_parser(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reproduce's protocol.md
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
