@@ -34,7 +34,6 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from omnifm_jax import algorithms, config as config_lib, experiment, federated
 from omnifm_jax.checks import ConfigError
@@ -72,7 +71,6 @@ def _flatten(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(v, dict):
             for sk, sv in v.items():
                 flat[f"{k}.{sk}"] = sv
-            flat.setdefault(k, {})  # an empty options dict is still a key
         else:
             flat[k] = v
     return flat
@@ -195,7 +193,8 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
     evaluation_line, baseline_of = experiment.make_evaluation(cfg, template, task, fed, train, test)
     num = len(cfgs)
     run_state = lambda i: jax.tree_util.tree_map(lambda a: a[i], states)  # noqa: E731
-    baselines = [baseline_of(run_state(i)) for i in range(num)] if task.baseline is not None else [None] * num
+    # The baseline is model-free, so one evaluation serves every run.
+    baselines = [baseline_of(run_state(0))] * num
     histories: List[List[Dict[str, Any]]] = [[evaluation_line(run_state(i), 0, None)] for i in range(num)]
     totals = [{"faulty": 0, "dropped": 0} for _ in range(num)]
     start = time.time()
