@@ -183,11 +183,13 @@ def test_calibration_is_exact_identity_without_missing_modalities():
 
 
 def test_degenerate_fedmepd_is_fedavg():
-    """Every client full-modal, personalization off, server_steps=0, no calibration: the
-    clients train exactly FedAvg's model from exactly the global parameters, and the server
-    step is FedAvg's n_k-weighted mean BIT FOR BIT on the same uploads. (The two client
-    programs differ in what else they compute, so XLA fuses their gradients differently:
-    their uploads agree to float32 rounding, not bit for bit.)"""
+    """Every client full-modal, personalization off, server_steps=0, no calibration: three
+    engine rounds (the jitted, vmapped ``federated.make_round``) of FedMEPD and of FedAvg over
+    the same encoders + decoder give the same server parameters and the same client losses
+    BIT FOR BIT, on unequal clients (4, 2, 4 samples). FedAvg here is exactly the registered
+    ``fedavg``'s definition (``personalized_sgd`` with nothing personal), given FedMEPD's model
+    instead of a backbone + head. The server step is also checked against a float64 NumPy
+    n_k-weighted mean of the uploads."""
     algo = _algo(personalize=False, server_steps=0, calibrate_missing=False)
     model = fm.FedMEPDModel(num_modalities=M, num_classes=2, channels=CH, attn_dim=4, use_calibration=False)
     ref = personalized_sgd(name="fedavg_ref", model=model, task=segmentation(2), optimizer=optax.sgd(0.1),
@@ -198,28 +200,32 @@ def test_degenerate_fedmepd_is_fedavg():
     # init differently), without FedMEPD's algorithm slots
     s_b = s_a._replace(server=s_a.server._replace(extra=None), clients=s_a.clients._replace(extra=None))
     leaves = jax.tree_util.tree_leaves
-    up_a, up_b = jax.jit(algo.client_update), jax.jit(ref.client_update)
+    start = leaves(s_a.server.params)
+    data = jax.tree_util.tree_map(jnp.asarray, train)
+    round_a = federated.make_round(algo, train, donate=False, client_chunk=None)
+    round_b = federated.make_round(ref, train, donate=False, client_chunk=None)
+    for _ in range(3):
+        s_a, m_a = round_a(s_a, data)
+        s_b, m_b = round_b(s_b, data)
+        for a, b in zip(leaves(s_a.server.params), leaves(s_b.server.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(m_a.client_metrics["train_loss"]),
+                                      np.asarray(m_b.client_metrics["train_loss"]))
+        np.testing.assert_array_equal(np.asarray(m_a.weights), [4.0, 2.0, 4.0])
+    assert all(not np.array_equal(np.asarray(a), np.asarray(c)) for a, c in zip(leaves(s_a.server.params), start))
+    # the server step alone, on one set of uploads: the n_k-weighted mean (float64 reference)
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
-    res_a, res_b = [], []
+    up = jax.jit(algo.client_update)
+    res = []
     for k in range(3):
         d = algorithms.ClientData(x=x, y=y, offset=jnp.int32(train.offsets[k]), n=jnp.int32(train.n[k]), capacity=4)
-        ca, cb = (jax.tree_util.tree_map(lambda t: t[k], s.clients) for s in (s_a, s_b))
-        res_a.append(up_a(s_a.server, ca, d, jax.random.key(k)))
-        res_b.append(up_b(s_b.server, cb, d, jax.random.key(k)))
-        for a, b in zip(leaves(res_a[-1].upload.shared), leaves(res_b[-1].upload.shared)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    stack = lambda rs: jax.tree_util.tree_map(lambda *t: jnp.stack(t), *[r.upload for r in rs])
-    uploads = stack(res_a)
+        res.append(up(s_a.server, jax.tree_util.tree_map(lambda t: t[k], s_a.clients), d, jax.random.key(k)))
+    uploads = jax.tree_util.tree_map(lambda *t: jnp.stack(t), *[r.upload for r in res])
     w = jnp.asarray(train.n, jnp.float32)
     new_a = jax.jit(algo.server_update)(s_a.server, uploads, w)
     new_b = jax.jit(ref.server_update)(s_b.server, uploads._replace(extra=None), w)
-    moved = False
-    for a, b, c in zip(leaves(new_a.params), leaves(new_b.params), leaves(s_a.server.params)):
+    for a, b, u in zip(leaves(new_a.params), leaves(new_b.params), leaves(uploads.shared)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        moved |= not np.array_equal(np.asarray(a), np.asarray(c))
-    assert moved
-    # and against a float64 NumPy weighted mean of the uploads
-    for a, u in zip(leaves(new_a.params), leaves(uploads.shared)):
         ref64 = np.tensordot(np.asarray(w, np.float64), np.asarray(u, np.float64), axes=1) / float(np.sum(w))
         np.testing.assert_allclose(np.asarray(a), ref64, rtol=1e-6, atol=1e-7)
 
