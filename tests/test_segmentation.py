@@ -4,8 +4,10 @@ files when present, else skipped; tiny synthetic files for the error paths and a
 folder), and one end-to-end run per algorithm through the unchanged engine."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ import pytest
 from omnifm_jax import config as config_lib, experiment
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.data import segmentation as seg_data
-from omnifm_jax.data.federation import Federation, stack_clients
+from omnifm_jax.data.federation import ClientArrays, Federation, stack_clients
 from omnifm_jax.data.registry import default_real_data_dir, load_federation
 from omnifm_jax.models.common import TokenLayout
 from omnifm_jax.models.heads import ClassificationHead
@@ -24,6 +26,9 @@ from omnifm_jax.models.omnifm import OmniFM, TokenModel, split_backbone_output
 from omnifm_jax.models.unet import (ConvTranspose, InstanceNorm, SegmentationHead, UNetBackbone, conv_transpose)
 from omnifm_jax.tasks import segmentation
 from omnifm_jax.tasks.segmentation import dice_ce_loss, dice_iou
+
+# the module (the package re-exports the function under the same name)
+seg_task = importlib.import_module("omnifm_jax.tasks.segmentation")
 from omnifm_jax import bank as bank_lib
 
 #: The smallest MONAI-style UNet (one level, residual units): compiles in seconds.
@@ -116,6 +121,60 @@ def test_dice_iou_match_numpy_on_random_masks(num_classes, seed):
     np.testing.assert_allclose(out["dice_pooled"], np.mean(pooled_dice), rtol=1e-12)
     np.testing.assert_allclose(out["test_loss"], _ref_loss(logits, true).mean(), rtol=1e-5)
     assert task.primary_metric == "dice"
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_region_dice_matches_numpy_on_random_label_maps(seed):
+    """BraTS regions (ET = {4}, TC = {1, 4}, WT = {1, 2, 4}) over class indices of (0, 1, 2, 4):
+    per-image and pooled Dice from unions of classes, against NumPy on the label VALUES."""
+    rng = np.random.default_rng(seed)
+    values = np.array([0, 1, 2, 4])
+    n, h, w = 9, 12, 10
+    logits = rng.normal(size=(n, h, w, 4)).astype(np.float32)
+    logits[..., 0] += rng.uniform(0, 2.0, size=(n, 1, 1))
+    true = rng.integers(0, 4, (n, h, w)) * (rng.random((n, h, w)) < 0.5)
+    true[0] = 0                                       # nothing: every region empty
+    true[1] = np.where(true[1] == 3, 1, true[1])      # no enhancing tumour: ET empty
+    logits[1, ..., 3] = -50.0                         # ... and none predicted: ET scores 1
+    names, member = seg_task.region_membership(seg_data.BRATS_REGIONS, values)
+    assert names == ("et", "tc", "wt")
+    np.testing.assert_array_equal(member, [[0, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 1]])
+    task = segmentation(4, regions=(names, member))
+    stats = _stats(task, logits, true)
+    m = task.client_metrics(stats)
+    pred_v, true_v = values[logits.argmax(-1)], values[true]
+    dices = []
+    for name, labels in seg_data.BRATS_REGIONS.items():
+        p, t = np.isin(pred_v, labels), np.isin(true_v, labels)
+        inter, tot = (p & t).sum(axis=(1, 2)), p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
+        d = np.where(tot == 0, 1.0, 2.0 * inter / np.maximum(tot, 1))
+        np.testing.assert_allclose(m[f"dice_{name}"], d.mean(), rtol=1e-12)
+        dices.append(d)
+        assert f"dice_{name}" in m and "dice_ncr" not in m
+    np.testing.assert_allclose(m["dice"], np.mean(dices, axis=0).mean(), rtol=1e-12)
+    assert m["dice_et"] != m["dice_wt"]
+    # per class (no regions) differs: WT is a union, not class 'ed'
+    plain = segmentation(4).client_metrics(_stats(segmentation(4), logits, true))
+    assert plain["dice"] != m["dice"]
+
+
+def test_regions_from_the_loader_and_bad_regions():
+    x = np.zeros((2, 4, 4, 1), np.uint8)
+    arrays = ClientArrays(x=x, y=x.copy(), n=np.array([2], np.int32), offsets=np.array([0], np.int32),
+                          modality=np.zeros(2, np.int32))
+    fed = types.SimpleNamespace(train=arrays, test=arrays, num_classes=0, info={
+        "target": "mask", "label_values": [0, 1, 2, 4], "class_names": ["bg", "ncr", "ed", "et"],
+        "regions": dict(seg_data.BRATS_REGIONS)})
+    cfg = config_lib.apply_overrides(config_lib.load_config("seg_brats_et"), [])
+    names = lambda task: [k for k in task.client_metrics(_stats(task, np.zeros((1, 4, 4, 4), np.float32),
+                                                                np.zeros((1, 4, 4), np.int64))) if k.startswith("dice_")]
+    assert names(seg_task.from_config(cfg, fed)) == ["dice_pooled", "dice_et", "dice_tc", "dice_wt"]
+    cfg_none = config_lib.apply_overrides(cfg, ["task_kwargs.regions=None"])
+    assert names(seg_task.from_config(cfg_none, fed)) == ["dice_pooled", "dice_ncr", "dice_ed", "dice_et"]
+    for bad, match in (({"x": [3]}, "unknown: \\[3\\]"), ({"x": [0, 1]}, "background"), ({}, "non-empty"),
+                       ("brats", "'auto', None or a dict")):
+        with pytest.raises(ConfigError, match=match):
+            seg_task.from_config(dict(cfg, task_kwargs={"regions": bad}), fed)
 
 
 def test_dice_iou_hand_made_masks_and_empty_convention():

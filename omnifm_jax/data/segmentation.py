@@ -7,7 +7,8 @@ Loaders (registered in :data:`omnifm_jax.registry.DATASETS`):
   FLAIR, post-contrast T1Gd. Clients are institutions (``site``).
 * ``brats_seg``: BraTS axial tumour slices (``brats_slices``, 584 slices 96x96, 8 cases of 7
   patients). Target ``et`` (label 4, the paper's enhancing tumour), ``tc`` ({1, 4}), ``wt``
-  (> 0) or ``multiclass`` ({0, 1, 2, 4}); input channels default T1ce only (the paper's).
+  (> 0) or ``multiclass`` ({0, 1, 2, 4}; ``info["regions"]`` then names ET/TC/WT, which the
+  segmentation task reports); input channels default T1ce only (the paper's).
   Clients are groups of patients.
 * ``seg_cross_modality``: PH2 dermoscopy lesions (64x64 RGB) + DSB2018 nuclei (128x128,
   box-resized to 64x64, masks re-thresholded at 50 %): a 2-modality federation.
@@ -60,6 +61,7 @@ from omnifm_jax.registry import DATASETS
 from .federation import Federation, stack_clients, validate_federation
 
 __all__ = [
+    "BRATS_REGIONS",
     "BRATS_TARGETS",
     "box_resize",
     "resize_mask",
@@ -90,6 +92,10 @@ BRATS_TARGETS = {
     "wt": ((1, 2, 4), ("background", "wt")),
     "multiclass": (None, ("background", "ncr", "ed", "et")),
 }
+#: BraTS' evaluation regions over its label values (1 NCR/NET, 2 edema, 4 enhancing): the
+#: multi-class loaders give them as ``info["regions"]``, so the segmentation task reports
+#: Dice per region (ET, TC, WT) by default.
+BRATS_REGIONS = {"et": [4], "tc": [1, 4], "wt": [1, 2, 4]}
 #: BraTS cases that are the same patient (SOURCES.md: BRATS-2013 HG0002 twice).
 BRATS_SAME_PATIENT = {"Brats18_2013_2_1": "brats_2013_pat0002", "brats_2013_pat0002_1": "brats_2013_pat0002"}
 NIFTI_SEQUENCES = ("t1", "t1ce", "t2", "flair")
@@ -195,6 +201,25 @@ def groups_to_clients(groups: Dict[str, List[str]], slices_of: Dict[str, int], n
         items = [it for i, it in enumerate(items) if i not in (a, b)]
         items.insert(a, merged)
     return [it[1] for it in items], [it[0] for it in items]
+
+
+def deal_patients(slices_of: Dict[str, int], num_clients: int, *, min_patients: int = 2, seed: int = 0,
+                  what: str = "dataset") -> Tuple[List[List[str]], List[str]]:
+    """Patients of each client (``patients1``, ``patients2``, ...) when there are no
+    institutions: the patients, in a seeded order, go one by one to the client that has fewer
+    than ``min_patients`` patients, else to the one with the fewest slices."""
+    pats = sorted(slices_of)
+    if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
+    if len(pats) < min_patients * num_clients:
+        raise ValueError(f"{what}: {len(pats)} patients cannot make {num_clients} clients of >= {min_patients} "
+                         "patients each (one to train on, one to test); use fewer clients")
+    groups: List[List[str]] = [[] for _ in range(num_clients)]
+    for i in np.random.default_rng([int(seed), 1]).permutation(len(pats)):
+        k = min(range(num_clients), key=lambda g: (len(groups[g]) >= min_patients, sum(slices_of[p] for p in
+                                                                                      groups[g]), g))
+        groups[k].append(pats[i])
+    return [sorted(g) for g in groups], [f"patients{k + 1}" for k in range(num_clients)]
 
 
 def _count(items, base: str) -> int:
@@ -367,25 +392,14 @@ def brats_federation(*, num_clients: int = 2, seed: int = 0, root=None, target: 
     images, masks, case = images[keep][..., ch], masks[keep], case[keep]
     patient = np.array([brats_patient(c) for c in case])
     slices_of = {str(p): int(n) for p, n in zip(*np.unique(patient, return_counts=True))}
-    pats = sorted(slices_of)
-    if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
-    if len(pats) < min_patients * num_clients:
-        raise ValueError(f"brats_seg: {len(pats)} patients cannot make {num_clients} clients of >= {min_patients} "
-                         "patients each (one to train on, one to test); use fewer clients")
-    groups: List[List[str]] = [[] for _ in range(num_clients)]
-    for i in np.random.default_rng([int(seed), 1]).permutation(len(pats)):
-        k = min(range(num_clients), key=lambda g: (len(groups[g]) >= min_patients, sum(slices_of[p] for p in
-                                                                                      groups[g]), g))
-        groups[k].append(pats[i])
-    names = [f"patients{k + 1}" for k in range(num_clients)]
-    train_p, test_p = split_by_patient([sorted(g) for g in groups], slices_of, test_fraction=test_fraction,
-                                       seed=seed)
+    groups, names = deal_patients(slices_of, num_clients, min_patients=min_patients, seed=seed, what="brats_seg")
+    train_p, test_p = split_by_patient(groups, slices_of, test_fraction=test_fraction, seed=seed)
     source = np.array(["brats2018" if c.startswith("Brats18") else "brats2015" for c in case])
     modality_names = ("brats2018", "brats2015")
     modality = np.array([modality_names.index(s) for s in source], np.int32)
     info = {"dataset": "brats_seg", "root": str(path), "seed": int(seed), "num_clients": int(num_clients),
             "brats_target": target, "channels": [BRATS_CHANNELS[i] for i in ch],
+            **({"regions": dict(BRATS_REGIONS)} if target == "multiclass" else {}),
             "test_fraction": float(test_fraction), "drop_empty": bool(drop_empty), "partition": "patients",
             "split_note": "clients are groups of patients; train/test split by patient (the two cases of "
                           "BRATS-2013 HG0002 count as one patient)"}
@@ -612,6 +626,7 @@ def nifti_federation(*, root, num_clients: int = 2, seed: int = 0, channels: Seq
                                                                                             BRATS_TARGETS[target][1])
     info = {"dataset": "nifti_seg", "root": str(folder), "seed": int(seed), "num_clients": int(num_clients),
             "brats_target": target, "channels": [NIFTI_SEQUENCES[i] for i in ch], "size": int(size),
+            **({"regions": dict(BRATS_REGIONS)} if target == "multiclass" else {}),
             "test_fraction": float(test_fraction), "partition": "partition_file" if partition_file else "case_prefix",
             "slices": [[str(c), int(z)] for c, z in zip(case_list, z_list)],
             "split_note": "clients by institution (partition file or case prefix); train/test split by case"}

@@ -37,18 +37,26 @@ tumour slices; MONAI's ``ignore_empty=True`` would drop those images from the me
 positives on healthy slices would cost nothing, while scoring them 0 without the matching
 reward for a correct empty prediction would punish every model on them.
 
+Regions (``task_kwargs.regions``, BraTS' evaluation): named unions of label values, e.g.
+``{"et": [4], "tc": [1, 4], "wt": [1, 2, 4]}`` (enhancing tumour, tumour core, whole
+tumour). With regions the metrics are computed per REGION instead of per foreground class:
+``P_r = pred in r``, ``T_r = target in r``, then the counts and scores below with ``r`` in
+place of ``c``. The loss stays per class. Default ``"auto"``: the loader's
+``info["regions"]`` when it gives them (the multi-class BraTS loaders do), else one region
+per foreground class; ``None``: per class.
+
 Reported per client: ``dice`` and ``iou``, the mean over the client's test images of the
-per-image score (averaged over the foreground classes); ``dice_pooled``/``iou_pooled``,
+per-image score (averaged over the foreground classes, or the regions); ``dice_pooled``/``iou_pooled``,
 from the client's summed counts (``2 sum I / (sum P + sum T)``; pixel-weighted, no empty
 case unless the client's whole test set is empty); with more than one foreground class also
-``dice_<class>``/``iou_<class>`` (per-image means). Federation: the same names, each the
+``dice_<class>``/``iou_<class>`` (per-image means; ``dice_<region>`` with regions). Federation: the same names, each the
 mean over clients of the per-client values (the paper's "Avg." column), plus
 ``test_loss`` (mean over all test images). ``primary_metric`` is ``dice``.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +72,7 @@ from omnifm_jax.tasks.base import Task, scale_uint8, task_options
 INPUT_RANGES = {"auto": (0.0, 1.0), "unit": (0.0, 1.0), "pflib": (-1.0, 1.0)}
 
 #: ``task_kwargs`` of the segmentation task and their defaults (MONAI ``DiceCELoss``).
-DEFAULTS = {"dice_weight": 1.0, "ce_weight": 1.0, "smooth": 1e-5}
+DEFAULTS = {"dice_weight": 1.0, "ce_weight": 1.0, "smooth": 1e-5, "regions": "auto"}
 
 
 def dice_ce_loss(logits: jax.Array, target: jax.Array, *, dice_weight: float = 1.0, ce_weight: float = 1.0,
@@ -81,13 +89,39 @@ def dice_ce_loss(logits: jax.Array, target: jax.Array, *, dice_weight: float = 1
     return dice_weight * jnp.mean(dice, axis=-1) + ce_weight * ce
 
 
-def overlap_counts(pred: jax.Array, target: jax.Array, num_classes: int) -> Dict[str, jax.Array]:
-    """Per image and foreground class: ``inter``, ``pred``, ``true`` pixel counts ``int32[B, C-1]``."""
-    classes = jnp.arange(1, num_classes)
-    p = pred[..., None] == classes
-    t = target[..., None] == classes
+def overlap_counts(pred: jax.Array, target: jax.Array, num_classes: int,
+                   membership: Optional[np.ndarray] = None) -> Dict[str, jax.Array]:
+    """Per image and foreground class: ``inter``, ``pred``, ``true`` pixel counts ``int32[B, C-1]``.
+
+    ``membership`` (``bool[C, R]``): count per region ``r`` (the classes ``c`` with
+    ``membership[c, r]``) instead, ``int32[B, R]``."""
+    if membership is None:
+        membership = np.eye(num_classes, dtype=bool)[:, 1:]
+    member = jnp.asarray(membership, bool)
+    p = member[pred]
+    t = member[target]
     count = lambda m: jnp.sum(m, axis=(-3, -2), dtype=jnp.int32)
     return {"inter": count(p & t), "pred": count(p), "true": count(t)}
+
+
+def region_membership(regions, label_values: Sequence[int]) -> Tuple[Tuple[str, ...], np.ndarray]:
+    """``{name: label values}`` -> ``(names, bool[C, R])`` over the classes of ``label_values``
+    (the background, ``label_values[0]``, may belong to no region)."""
+    if not isinstance(regions, dict) or not regions:
+        raise ValueError(f"regions must be a non-empty dict name -> label values, got {regions!r}")
+    label_values = [int(v) for v in label_values]
+    names, cols = [], []
+    for name, values in regions.items():
+        values = [values] if isinstance(values, (int, np.integer)) else list(values)
+        unknown = sorted(set(int(v) for v in values) - set(label_values))
+        if not values or unknown:
+            raise ValueError(f"region {name!r}: label values {values} must be a non-empty subset of the data's "
+                             f"label_values {label_values} (unknown: {unknown})")
+        if label_values[0] in [int(v) for v in values]:
+            raise ValueError(f"region {name!r} contains the background label {label_values[0]}")
+        names.append(str(name))
+        cols.append([v in [int(u) for u in values] for v in label_values])
+    return tuple(names), np.array(cols, bool).T
 
 
 def dice_iou(inter, pred, true) -> Tuple[np.ndarray, np.ndarray]:
@@ -103,8 +137,12 @@ def dice_iou(inter, pred, true) -> Tuple[np.ndarray, np.ndarray]:
 
 def segmentation(num_classes: int, *, class_names: Sequence[str] = (), dice_weight: float = 1.0,
                  ce_weight: float = 1.0, smooth: float = 1e-5,
-                 input_range: Tuple[float, float] = (0.0, 1.0), head_kwargs=None) -> Task:
+                 input_range: Tuple[float, float] = (0.0, 1.0), head_kwargs=None,
+                 regions: Optional[Tuple[Tuple[str, ...], np.ndarray]] = None) -> Task:
     """The segmentation task over ``num_classes`` mask classes (background included, >= 2).
+
+    ``regions``: ``(names, bool[C, R])`` from :func:`region_membership`: metrics per region
+    instead of per foreground class (module docstring).
 
     ``class_names``: one per class (used in the per-class metric names when there is more
     than one foreground class; default ``"1", "2", ...``). ``head_kwargs``: options of
@@ -122,6 +160,12 @@ def segmentation(num_classes: int, *, class_names: Sequence[str] = (), dice_weig
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes")
     fg_names = names[1:]
+    membership = None
+    if regions is not None:
+        fg_names, membership = tuple(regions[0]), np.asarray(regions[1], bool)
+        if membership.shape != (num_classes, len(fg_names)) or not membership.any(axis=0).all():
+            raise ValueError(f"regions: membership must be bool[{num_classes}, {len(fg_names)}] with every region "
+                             f"non-empty, got shape {list(membership.shape)}")
     head_kwargs = dict(head_kwargs or {})
 
     def prepare_targets(y):
@@ -136,7 +180,7 @@ def segmentation(num_classes: int, *, class_names: Sequence[str] = (), dice_weig
 
     def eval_stats(logits, target):
         pred = jnp.argmax(logits, axis=-1)
-        return {**overlap_counts(pred, target, num_classes), "loss": loss(logits, target)}
+        return {**overlap_counts(pred, target, num_classes, membership), "loss": loss(logits, target)}
 
     def client_metrics(stats):
         n = int(np.shape(stats["inter"])[0])
@@ -145,7 +189,7 @@ def segmentation(num_classes: int, *, class_names: Sequence[str] = (), dice_weig
             keys += [f"{m}_{c}" for c in fg_names for m in ("dice", "iou")]
         if n == 0:
             return {**{k: float("nan") for k in keys}, "n": 0}
-        dice, iou = dice_iou(stats["inter"], stats["pred"], stats["true"])   # [n, C-1]
+        dice, iou = dice_iou(stats["inter"], stats["pred"], stats["true"])   # [n, C-1] (or [n, R])
         sums = [np.sum(np.asarray(stats[k], np.float64), axis=0) for k in ("inter", "pred", "true")]
         dice_p, iou_p = dice_iou(*sums)                                        # [C-1]
         out = {"dice": float(dice.mean(axis=1).mean()), "iou": float(iou.mean(axis=1).mean()),
@@ -210,9 +254,17 @@ def from_config(cfg, fed) -> Task:
                               f"label_values {label_values} give only {c} classes")
     if cfg["input_scaling"] not in INPUT_RANGES:
         raise ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=segmentation")
+    regions = opts["regions"]
+    if isinstance(regions, str):
+        if regions != "auto":
+            raise ConfigError(f"task_kwargs.regions must be 'auto', None or a dict name -> label values, got "
+                              f"{regions!r}")
+        regions = info.get("regions")
     try:
+        membership = None if regions is None else region_membership(regions, label_values)
         return segmentation(c, class_names=tuple(info.get("class_names") or ()), dice_weight=opts["dice_weight"],
                             ce_weight=opts["ce_weight"], smooth=opts["smooth"],
-                            input_range=INPUT_RANGES[cfg["input_scaling"]], head_kwargs=head_options(cfg))
+                            input_range=INPUT_RANGES[cfg["input_scaling"]], head_kwargs=head_options(cfg),
+                            regions=membership)
     except ValueError as e:
         raise ConfigError(f"task=segmentation: {e}") from None
