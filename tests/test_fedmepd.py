@@ -18,6 +18,7 @@ from omnifm_jax.algorithms import fedmepd as fm
 from omnifm_jax.algorithms.sgd import Upload, personalized_sgd
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.data import multimodal
 from omnifm_jax.data.registry import load_federation
 from omnifm_jax.tasks.segmentation import segmentation
 
@@ -301,3 +302,120 @@ def test_end_to_end_run(tmp_path):
     for l in lines:
         assert all(math.isfinite(l[k]) for k in ("dice", "test_loss")) and len(l["clients"]) == 2
     assert lines[1]["test_loss"] != lines[0]["test_loss"]
+
+
+# ----------------------------------------------------------------------------- BraTS (4 sequences, ET/TC/WT)
+
+BRATS_CASES = {  # case -> sequences present (T1, T1ce, T2, FLAIR)
+    "Brats18_TCIA05_396_1": (1, 1, 1, 1), "Brats18_2013_2_1": (1, 1, 1, 1),
+    "brats_2013_pat0002_1": (0, 1, 0, 1), "brats_2013_pat0001_1": (0, 1, 0, 1), "brats_2013_pat0003_1": (0, 1, 0, 1),
+    "brats_2013_pat0004_1": (0, 1, 0, 1), "brats_2013_pat0005_1": (0, 1, 0, 1), "brats_2013_pat0006_1": (0, 1, 0, 1)}
+
+
+def _write_brats(root, *, slices=3, size=SIZE, seed=0):
+    rng = np.random.default_rng(seed)
+    imgs, labels, case, present = [], [], [], []
+    for c, pr in BRATS_CASES.items():
+        for _ in range(slices):
+            lab = np.zeros((size, size), np.uint8)
+            r, q = rng.integers(1, size - 5, 2)
+            lab[r:r + 4, q:q + 4] = 2
+            lab[r + 1:r + 3, q + 1:q + 3] = rng.choice([1, 4])
+            im = rng.integers(1, 80, (size, size, 4), dtype=np.uint8)
+            im[lab > 0] += 120
+            im[..., np.array(pr) == 0] = 0
+            imgs.append(im)
+            labels.append(lab)
+            case.append(c)
+            present.append(pr)
+    path = root / "brats_slices" / "brats_tumour_slices_96.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=np.stack(imgs), labels=np.stack(labels), case=np.array(case),
+             modality_present=np.array(present, np.uint8))
+    return path
+
+
+def _check_missing_modality_federation(fed, server_cases):
+    """Server patients on no client; each client's absent channels zero, its declared ones not."""
+    from omnifm_jax.data.segmentation import brats_patient
+
+    server_p = fed.info["server_patients"]
+    assert server_p == sorted({brats_patient(c) for c in server_cases})
+    clients = fed.info["train_patients"], fed.info["test_patients"]
+    for split, arr, pats in (("train", fed.train, clients[0]), ("test", fed.test, clients[1])):
+        for k, subset in enumerate(fed.info["modality_subsets"]):
+            assert not set(pats[k]) & set(server_p)
+            lo, n = arr.offsets[k], arr.n[k]
+            x = arr.x[lo:lo + n]
+            for m in range(x.shape[-1]):
+                flat = x[..., m].reshape(n, -1)
+                if m in subset:
+                    assert (flat.max(axis=1) > 0).all(), (split, k, m)
+                else:
+                    assert not flat.any(), (split, k, m)
+
+
+def test_brats_loader_server_patient_subsets_and_regions(tmp_path):
+    root = tmp_path / "data"
+    _write_brats(root)
+    fed = load_federation("fedmepd_brats", num_clients=3, root=str(root))
+    # the only patient whose every case is full-modal is the server's (Brats18_2013_2_1 is
+    # full-modal but the same patient as brats_2013_pat0002_1, which has T1ce + FLAIR only)
+    _check_missing_modality_federation(fed, ["Brats18_TCIA05_396_1"])
+    assert fed.info["modality_subsets"] == [[1, 3], [3], [1]] and fed.info["label_values"] == [0, 1, 2, 4]
+    assert fed.info["regions"] == {"et": [4], "tc": [1, 4], "wt": [1, 2, 4]}
+    where = {}
+    for split in ("train_patients", "test_patients"):
+        for k, pats in enumerate(fed.info[split]):
+            for p in pats:
+                where.setdefault(p, set()).add(k)
+    assert len(where) == 6 and all(len(v) == 1 for v in where.values())
+    assert "brats_2013_pat0002" in where          # the two cases of HG0002 as one patient
+    x, y = multimodal.server_set(dataset="brats", root=str(root))
+    assert x.shape == (3, SIZE, SIZE, 4) and set(np.unique(y).tolist()) <= {0, 1, 2, 3}
+    # subsets by name; a declared sequence the clients' cases lack is refused
+    by_name = load_federation("fedmepd_brats", num_clients=3, root=str(root),
+                              modality_subsets=[["t1ce", "flair"], ["flair"], ["t1ce"]])
+    np.testing.assert_array_equal(by_name.train.x, fed.train.x)
+    with pytest.raises(ValueError, match=r"declares modality 0 \(t1\)"):
+        load_federation("fedmepd_brats", num_clients=3, root=str(root), modality_subsets=[[0, 1], [3], [1]])
+    with pytest.raises(ValueError, match="unknown channel 'pd'"):
+        load_federation("fedmepd_brats", num_clients=3, root=str(root), modality_subsets=[["pd"], [3], [1]])
+    # a binary target: ET only, no regions
+    et = load_federation("fedmepd_brats", num_clients=3, root=str(root), target="et")
+    assert et.info["label_values"] == [0, 1] and "regions" not in et.info
+
+
+def test_brats_end_to_end_reports_regions_and_refuses_a_mismatched_server_set(tmp_path):
+    root = str(tmp_path / "data")
+    _write_brats(tmp_path / "data")
+    sets = ["rounds=1", "batch_size=2", "eval_batch_size=8", "eval_train_loss=False", f"dataset_kwargs.root={root}",
+            f"algorithm_kwargs.server_data={{'dataset': 'brats', 'root': '{root}'}}",
+            "algorithm_kwargs.channels=(4, 6)", "algorithm_kwargs.attn_dim=4", "algorithm_kwargs.num_anchors=2",
+            "algorithm_kwargs.server_steps=1", "algorithm_kwargs.server_batch_size=2",
+            "backbone_kwargs.channels=(4, 8)", "backbone_kwargs.strides=(2,)", "backbone_kwargs.num_res_units=0"]
+    cfg = config_lib.apply_overrides(config_lib.load_config("fedmepd_brats"), sets)
+    config_lib.validate(cfg)
+    summary = experiment.run(cfg, tmp_path / "out", progress=False, log=lambda s: None)
+    last = summary["last"]
+    assert all(math.isfinite(last[k]) for k in ("dice", "dice_et", "dice_tc", "dice_wt"))
+    np.testing.assert_allclose(last["dice"], np.mean([np.mean([c[f"dice_{g}"] for g in ("et", "tc", "wt")])
+                                                      for c in summary["last_clients"]]), rtol=1e-12)
+    # a 4-class server set (target multiclass) for a binary task (dataset target ET) is refused
+    # before any work
+    bad = config_lib.apply_overrides(cfg, ["dataset_kwargs.target=et"])
+    with pytest.raises(ConfigError, match="class index 3"):
+        experiment.run(bad, tmp_path / "bad", progress=False, log=lambda s: None)
+
+
+@pytest.mark.real_data
+def test_real_brats_missing_modality_federation():
+    from omnifm_jax.data.registry import default_real_data_dir
+
+    if not (default_real_data_dir() / "brats_slices" / "brats_tumour_slices_96.npz").is_file():
+        pytest.skip("real BraTS slices not found")
+    fed = load_federation("fedmepd_brats", num_clients=3)
+    _check_missing_modality_federation(fed, ["Brats18_TCIA05_396_1"])
+    x, _ = multimodal.server_set(dataset="brats")
+    assert x.shape == (76, 96, 96, 4)
+    assert fed.train.n.sum() + fed.test.n.sum() + len(x) == 584

@@ -23,7 +23,7 @@ def get_config():
         "task_kwargs": {"dice_weight": 1.0, "ce_weight": 1.0},
         "dataset": "fedmepd_lgg",
         "dataset_kwargs": dict(DATA),
-        "algorithm_kwargs": {"server_data": {"server_fraction": DATA["server_fraction"],
+        "algorithm_kwargs": {"server_data": {"dataset": "lgg", "server_fraction": DATA["server_fraction"],
                                              "server_seed": DATA["server_seed"]},
                              "channels": (8, 16, 32, 64), "attn_dim": 16, "num_anchors": 4,
                              "personalize_threshold": 1.0, "server_steps": 5, "server_lr": 0.01,

@@ -60,8 +60,9 @@ uploads, so the server's set lives in the server state's algorithm slot
 (``ServerState.extra["data_x"]``/``["data_y"]``, uint8; it is part of the server state,
 never in an upload or a download: a client's update reads only ``anchors`` and
 ``delta_global`` from it). ``server_data``: ``(x uint8[Ns, H, W, M], y uint8[Ns, H, W, 1])``
-or a dict of :func:`omnifm_jax.data.multimodal.server_set` arguments (the ``fedmepd_lgg``
-loader holds the same patients out of the clients). None: refused (FedMEPD needs a server
+or a dict of :func:`omnifm_jax.data.multimodal.server_set` arguments (``dataset`` ``"lgg"`` or
+``"brats"``, ``target``, ``root``, ``server_fraction``, ``server_seed``: the ``fedmepd_lgg`` /
+``fedmepd_brats`` loaders hold the same patients out of the clients). None: refused (FedMEPD needs a server
 with full-modal data), as is a server set with an all-zero channel.
 
 Anchors (``num_anchors``): after the server's training, the fused full-modal bottleneck
@@ -246,10 +247,11 @@ def encoder_keys(params: dict) -> tuple:
 
 # ----------------------------------------------------------------------------- the algorithm
 
-def _server_arrays(server_data):
+def _server_arrays(server_data, num_classes: int):
     if server_data is None:
         raise checks.ConfigError("fedmepd needs a server with full-modal data: pass server_data=(x, y) or a dict "
-                                 "of omnifm_jax.data.multimodal.server_set arguments (e.g. {'server_fraction': 0.2})")
+                                 "of omnifm_jax.data.multimodal.server_set arguments (e.g. {'dataset': 'lgg', "
+                                 "'server_fraction': 0.2})")
     if isinstance(server_data, dict):
         from omnifm_jax.data import multimodal
 
@@ -267,6 +269,9 @@ def _server_arrays(server_data):
         bad = sorted(set(np.argwhere(const.max(axis=1) == const.min(axis=1))[:, 1].tolist()))
         raise checks.ConfigError(f"fedmepd server_data is not full-modal: channel(s) {bad} are constant (absent) "
                                  "in some server images")
+    if y.size and int(y.max()) >= num_classes:
+        raise checks.ConfigError(f"fedmepd server_data: masks hold class index {int(y.max())}, but the task has "
+                                 f"{num_classes} classes (is the server set's target the dataset's target?)")
     return x, y.astype(np.uint8)
 
 
@@ -297,7 +302,7 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
     if task.name != "segmentation":
         raise checks.ConfigError("fedmepd is a segmentation method: it needs task=segmentation")
     num_classes = int(task.make_head().num_classes)
-    sx, sy = _server_arrays(server_data)
+    sx, sy = _server_arrays(server_data, num_classes)
     num_m = int(sx.shape[-1])
     channels = tuple(int(c) for c in channels)
     total = 2 ** (len(channels) - 1)

@@ -1,39 +1,50 @@
 """Multimodal federations with missing modalities (FedMEPD, Wei et al., MedIA 2025).
 
-Loader ``fedmepd_lgg`` (registered in :data:`omnifm_jax.registry.DATASETS`): TCGA-LGG
-FLAIR-abnormality slices (the ``lgg_seg`` file, channels pre-contrast T1, FLAIR,
-post-contrast T1Gd) where each client (a hospital, as ``lgg_seg``) holds only a SUBSET of
-the three sequences, and a held-out full-modal set for the server.
+Two loaders (registered in :data:`omnifm_jax.registry.DATASETS`), one protocol: every client
+holds only a SUBSET of the MR sequences, and a held-out full-modal set of patients is the
+server's.
 
-* ``modality_subsets``: one list of channel indices per client (``[[0, 1, 2], [1], [0, 1],
-  [1, 2]]`` by default: FLAIR, index 1, always present since the masks are FLAIR
-  abnormality). The channels a client lacks are ZEROED in its train and test inputs (an
+* ``fedmepd_lgg``: TCGA-LGG FLAIR-abnormality slices (the ``lgg_seg`` file, 64x64, channels
+  pre-contrast T1, FLAIR, post-contrast T1Gd; binary target). Clients are hospitals, as in
+  ``lgg_seg`` (small ones merged). Default subsets of the 4 clients: ``[[0, 1, 2], [1], [0,
+  1], [1, 2]]`` (FLAIR, index 1, always present since the masks are FLAIR abnormality).
+* ``fedmepd_brats``: BraTS tumour slices (the ``brats_seg`` file, 96x96, channels T1, T1ce,
+  T2, FLAIR; 8 cases of 7 patients). ``target`` as ``brats_seg``: ``multiclass`` by default
+  (labels {0, 1, 2, 4}; ``info["regions"]`` names ET/TC/WT, so the segmentation task
+  reports Dice per region), or a binary ``et``/``tc``/``wt``. Only 2 cases have all four
+  sequences, and one of them is the same patient as a T1ce + FLAIR case, so the ONE
+  full-modal patient (``Brats18_TCIA05_396_1``) is the server's set and the other 6 patients
+  (3 clients of 2, dealt as ``brats_seg`` deals them) hold T1ce and FLAIR at most. Default
+  subsets of the 3 clients: ``[[1, 3], [3], [1]]`` (T1ce + FLAIR, FLAIR, T1ce): the T1 and
+  T2 encoders learn from the server's set only.
+
+Common rules:
+
+* ``modality_subsets``: one list per client of channel indices or names (``"flair"``,
+  ``"t1ce"``, ...). The channels a client lacks are ZEROED in its train and test inputs (an
   absent sequence is a constant-zero channel; FedMEPD's model reads a modality as present in
   a sample iff its channel is not constant).
-* The server's full-modal set: ``server_fraction`` of the patients whose every slice has
-  all three sequences (``modality_present`` in the file; absent column: all present) are
-  drawn with ``numpy.random.default_rng([server_seed, 7])`` and removed from the clients
-  (no patient is both on the server and on a client). It does NOT depend on ``seed`` or
-  ``num_clients``, so :func:`server_set` gives the algorithm the same arrays the loader
-  held out (the federation's ``info["server_patients"]`` lists them).
-* The rest is ``lgg_seg``'s protocol: clients = institutions (small ones merged), split by
-  patient (:func:`~omnifm_jax.data.segmentation.split_by_patient`).
-
-The source file fills a missing sequence with a copy of FLAIR (``SOURCES.md``); wherever
-``modality_present`` is 0 the channel is zeroed here first.
+* The server's full-modal set: ``server_fraction`` of all patients (rounded, at least one),
+  drawn from the patients whose every slice has every sequence (``modality_present`` in
+  the file) with ``numpy.random.default_rng([server_seed, 7])``, and removed from the
+  clients (no patient is both on the server and on a client). It does NOT depend on
+  ``seed`` or ``num_clients``, so :func:`server_set` gives the algorithm the same arrays the
+  loader held out (the federation's ``info["server_patients"]`` lists them).
+* Clients are split train/test by patient (:func:`~omnifm_jax.data.segmentation.split_by_patient`).
+* A source file fills a missing sequence with a copy (LGG: FLAIR) or zeros (BraTS);
+  wherever ``modality_present`` is 0 the channel is zeroed here first.
 
 Refused before any work (``ValueError``): a subset list whose length differs from the
-number of clients, an empty subset or an unknown index, a client declaring a modality that
+number of clients, an empty subset or an unknown channel, a client declaring a modality that
 some of its patients lack (``modality_present`` 0) or whose channel is all zeros (with
 ``incomplete="drop"`` those patients are left out of that client instead, listed in
-``info["dropped_patients"]``; the real file needs it for subsets other than FLAIR-only: 10
-of 110 cases lack T1Gd, 6 lack pre-contrast T1), and a server without full-modal data
-(``server_fraction`` giving no patient).
+``info["dropped_patients"]``; LGG needs it for subsets other than FLAIR-only: 10 of 110
+cases lack T1Gd, 6 lack pre-contrast T1), and a server without full-modal data.
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,132 +52,243 @@ from omnifm_jax.registry import DATASETS
 
 from . import segmentation as seg
 
-__all__ = ["DEFAULT_SUBSETS", "fedmepd_lgg_federation", "server_set"]
+__all__ = ["DEFAULT_SUBSETS", "SHORT_NAMES", "fedmepd_brats_federation", "fedmepd_lgg_federation",
+           "missing_modality_federation", "server_set"]
 
-#: Default modality subsets of the 4 LGG clients (indices into ``LGG_CHANNELS``).
-DEFAULT_SUBSETS = ((0, 1, 2), (1,), (0, 1), (1, 2))
+#: Default modality subsets per source (indices into the source's channels).
+DEFAULT_SUBSETS = {"lgg": ((0, 1, 2), (1,), (0, 1), (1, 2)), "brats": ((1, 3), (3,), (1,))}
+#: Short channel names per source (tables).
+SHORT_NAMES = {"lgg": ("T1", "FLAIR", "T1Gd"), "brats": ("T1", "T1ce", "T2", "FLAIR")}
+_DEFAULT_TARGET = {"lgg": "mask", "brats": "multiclass"}
 
 
-def _load(root):
+class _Source(NamedTuple):
+    path: str
+    images: np.ndarray        # uint8[N, H, W, M], absent sequences zeroed
+    masks: np.ndarray         # uint8[N, H, W] class indices
+    patient: np.ndarray       # str[N]
+    site: np.ndarray          # str[N]: institution (LGG) or source collection (BraTS)
+    present: np.ndarray       # bool[N, M]
+    channels: Tuple[str, ...]
+    aliases: Dict[str, int]
+    label_values: Tuple[int, ...]
+    class_names: Tuple[str, ...]
+    regions: Optional[dict]
+    clients_by_site: bool     # LGG: clients are institutions; BraTS: patients dealt to clients
+
+
+def _present(f, path, n: int, m: int) -> np.ndarray:
+    present = f["modality_present"] if "modality_present" in f.files else np.ones((n, m), np.uint8)
+    present = np.asarray(present).astype(bool)
+    if present.shape != (n, m):
+        raise ValueError(f"{path}: modality_present has shape {list(present.shape)}, expected {[n, m]}")
+    return present
+
+
+def _load_lgg(root, target: str) -> _Source:
+    if target != "mask":
+        raise ValueError(f"fedmepd_lgg has one target (the FLAIR abnormality mask): target must be 'mask', got "
+                         f"{target!r}")
     path = seg._root(root) / seg.LGG_FILE
     z = seg._load_npz(path, ("images", "masks", "case", "site"))
-    with np.load(path, allow_pickle=False) as f:
-        present = f["modality_present"] if "modality_present" in f.files else None
     images, masks = z["images"], z["masks"]
     seg.check_masks(images, masks, (0, 1), str(path))
-    if present is None:
-        present = np.ones((len(images), images.shape[-1]), np.uint8)
-    present = np.asarray(present).astype(bool)
-    if present.shape != (len(images), images.shape[-1]):
-        raise ValueError(f"{path}: modality_present has shape {list(present.shape)}, expected "
-                         f"{[len(images), images.shape[-1]]}")
+    with np.load(path, allow_pickle=False) as f:
+        present = _present(f, path, len(images), images.shape[-1])
     patient = np.array([seg.lgg_patient(c) for c in z["case"].astype(str)])
-    # The source fills a missing sequence with a copy of FLAIR: an absent one becomes zeros here.
-    images = np.where(present[:, None, None, :], images, np.uint8(0))
-    return path, images, masks, patient, z["site"].astype(str), present
+    return _Source(str(path), images, masks, patient, z["site"].astype(str), present, seg.LGG_CHANNELS,
+                   dict(seg._LGG_ALIASES), (0, 1), ("background", "flair_abnormality"), None, True)
 
 
-def _server_patients(patient, present, server_fraction: float, server_seed: int, path) -> list:
+def _load_brats(root, target: str) -> _Source:
+    path = seg._root(root) / seg.BRATS_FILE
+    z = seg._load_npz(path, ("images", "labels", "case", "modality_present"))
+    images, labels, case = z["images"], z["labels"], z["case"].astype(str)
+    seg.check_masks(images, labels, seg.BRATS_LABELS, str(path))
+    with np.load(path, allow_pickle=False) as f:
+        present = _present(f, path, len(images), images.shape[-1])
+    masks, label_values, class_names = seg.encode_brats_target(labels, target)
+    source = np.array(["brats2018" if c.startswith("Brats18") else "brats2015" for c in case])
+    regions = dict(seg.BRATS_REGIONS) if target == "multiclass" else None
+    return _Source(str(path), images, masks, np.array([seg.brats_patient(c) for c in case]), source, present,
+                   seg.BRATS_CHANNELS, {}, tuple(label_values), tuple(class_names), regions, False)
+
+
+_LOADERS = {"lgg": _load_lgg, "brats": _load_brats}
+
+
+@functools.lru_cache(maxsize=4)
+def _source(dataset: str, root: Optional[str], target: str) -> _Source:
+    src = _LOADERS[dataset](root, target)
+    # A source may fill a missing sequence with a copy of another: absent becomes zeros here.
+    images = np.where(src.present[:, None, None, :], src.images, np.uint8(0))
+    for a in (images, src.masks, src.present):
+        a.setflags(write=False)
+    return src._replace(images=images)
+
+
+def _load(dataset: str, root, target: Optional[str]) -> _Source:
+    if dataset not in _LOADERS:
+        raise ValueError(f"missing-modality source must be one of {sorted(_LOADERS)}, got {dataset!r}")
+    return _source(dataset, None if root is None else str(root),
+                   _DEFAULT_TARGET[dataset] if target is None else str(target))
+
+
+def _server_patients(src: _Source, server_fraction: float, server_seed: int, name: str) -> list:
     if not 0.0 < float(server_fraction) < 1.0:
-        raise ValueError(f"fedmepd_lgg: server_fraction must lie in (0, 1), got {server_fraction!r}")
-    pats = sorted(set(patient.tolist()))
-    full = [p for p in pats if present[patient == p].all()]
+        raise ValueError(f"{name}: server_fraction must lie in (0, 1), got {server_fraction!r}")
+    pats = sorted(set(src.patient.tolist()))
+    full = [p for p in pats if src.present[src.patient == p].all()]
     n = int(round(float(server_fraction) * len(pats)))
     if n < 1 or not full:
-        raise ValueError(f"fedmepd_lgg: the server has no full-modal data: server_fraction={server_fraction} of "
-                         f"{len(pats)} patients gives {n}, and {len(full)} patients of {path} have all sequences; "
+        raise ValueError(f"{name}: the server has no full-modal data: server_fraction={server_fraction} of "
+                         f"{len(pats)} patients gives {n}, and {len(full)} patients of {src.path} have all sequences; "
                          "FedMEPD's server needs full-modal patients")
     order = np.random.default_rng([int(server_seed), 7]).permutation(len(full))
     return sorted(full[i] for i in order[:min(n, len(full))])
 
 
 @functools.lru_cache(maxsize=4)
-def _server_set_cached(root: Optional[str], server_fraction: float, server_seed: int):
-    path, images, masks, patient, _, present = _load(root)
-    chosen = _server_patients(patient, present, server_fraction, server_seed, path)
-    rows = np.flatnonzero(np.isin(patient, chosen))
-    x = np.ascontiguousarray(images[rows])
+def _server_set_cached(dataset: str, root: Optional[str], target: Optional[str], server_fraction: float,
+                       server_seed: int):
+    src = _load(dataset, root, target)
+    name = f"fedmepd_{dataset}"
+    chosen = _server_patients(src, server_fraction, server_seed, name)
+    rows = np.flatnonzero(np.isin(src.patient, chosen))
+    x = np.ascontiguousarray(src.images[rows])
     if (x.reshape(len(x), -1, x.shape[-1]).max(axis=1) == 0).any():
-        raise ValueError(f"fedmepd_lgg: a server slice of {path} has an all-zero channel: not full-modal")
-    y = np.asarray(masks[rows], np.uint8)[..., None]
+        raise ValueError(f"{name}: a server slice of {src.path} has an all-zero channel: not full-modal")
+    y = np.asarray(src.masks[rows], np.uint8)[..., None]
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
 
 
-def server_set(*, root=None, server_fraction: float = 0.2, server_seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """The server's full-modal set ``(x uint8[Ns, H, W, 3], y uint8[Ns, H, W, 1])``: the
-    patients :func:`fedmepd_lgg_federation` holds out with the same arguments."""
-    return _server_set_cached(None if root is None else str(root), float(server_fraction), int(server_seed))
+def server_set(*, dataset: str = "lgg", root=None, target: Optional[str] = None, server_fraction: float = 0.2,
+               server_seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """The server's full-modal set ``(x uint8[Ns, H, W, M], y uint8[Ns, H, W, 1])``: the
+    patients :func:`missing_modality_federation` holds out with the same arguments
+    (``dataset`` ``"lgg"`` or ``"brats"``; ``target`` as the loader's)."""
+    return _server_set_cached(dataset, None if root is None else str(root), target, float(server_fraction),
+                              int(server_seed))
 
 
-def fedmepd_lgg_federation(*, num_clients: int = 4, seed: int = 0, root=None,
-                           modality_subsets: Sequence[Sequence[int]] = DEFAULT_SUBSETS,
-                           server_fraction: float = 0.2, server_seed: int = 0, test_fraction: float = 0.25,
-                           min_patients: int = 2, incomplete: str = "error"):
-    """LGG with per-client modality subsets and a held-out full-modal server set (module docstring)."""
-    path, images, masks, patient, site, present = _load(root)
-    m_total = images.shape[-1]
-    subsets = [sorted({int(i) for i in s}) for s in modality_subsets]
-    if len(subsets) != num_clients:
-        raise ValueError(f"fedmepd_lgg: {len(subsets)} modality subsets for {num_clients} clients")
-    for k, s in enumerate(subsets):
-        if not s or min(s) < 0 or max(s) >= m_total:
-            raise ValueError(f"fedmepd_lgg: client {k}'s modality subset {list(modality_subsets[k])} must be a "
-                             f"non-empty list of channel indices in 0..{m_total - 1} {list(seg.LGG_CHANNELS)}")
+def _subsets(dataset: str, src: _Source, modality_subsets, num_clients: int) -> list:
+    name = f"fedmepd_{dataset}"
+    if modality_subsets is None:
+        modality_subsets = DEFAULT_SUBSETS[dataset]
+    if len(modality_subsets) != num_clients:
+        raise ValueError(f"{name}: {len(modality_subsets)} modality subsets for {num_clients} clients (default "
+                         f"subsets: {[list(s) for s in DEFAULT_SUBSETS[dataset]]})")
+    out = []
+    for k, s in enumerate(modality_subsets):
+        items = [s] if isinstance(s, (str, int, np.integer)) else list(s)
+        idx = []
+        for c in items:
+            if isinstance(c, (int, np.integer)):
+                if not 0 <= int(c) < len(src.channels):
+                    raise ValueError(f"{name}: client {k}'s modality subset {items}: index {c} is not a channel "
+                                     f"of {list(src.channels)}")
+                idx.append(int(c))
+            else:
+                idx += seg._channel_indices([c], src.channels, src.aliases, f"{name} client {k}")
+        if not idx:
+            raise ValueError(f"{name}: client {k}'s modality subset is empty; a client needs one sequence")
+        out.append(sorted(set(idx)))
+    return out
+
+
+def missing_modality_federation(dataset: str, *, num_clients: Optional[int] = None, seed: int = 0, root=None,
+                                target: Optional[str] = None, modality_subsets=None, server_fraction: float = 0.2,
+                                server_seed: int = 0, test_fraction: float = 0.25, min_patients: int = 2,
+                                incomplete: str = "error"):
+    """Clients with per-client modality subsets and a held-out full-modal server set
+    (module docstring); ``dataset`` ``"lgg"`` or ``"brats"``."""
+    name = f"fedmepd_{dataset}"
+    src = _load(dataset, root, target)
+    if num_clients is None:
+        num_clients = len(DEFAULT_SUBSETS[dataset] if modality_subsets is None else modality_subsets)
+    subsets = _subsets(dataset, src, modality_subsets, num_clients)
     if incomplete not in ("error", "drop"):
-        raise ValueError(f"fedmepd_lgg: incomplete must be 'error' or 'drop', got {incomplete!r}")
-    server_p = _server_patients(patient, present, server_fraction, server_seed, path)
-    keep = ~np.isin(patient, server_p)
+        raise ValueError(f"{name}: incomplete must be 'error' or 'drop', got {incomplete!r}")
+    m_total = src.images.shape[-1]
+    server_p = _server_patients(src, server_fraction, server_seed, name)
+    keep = ~np.isin(src.patient, server_p)
     source_rows = np.flatnonzero(keep)
-    images, masks, patient, site, present = images[keep], masks[keep], patient[keep], site[keep], present[keep]
-    sites = sorted(set(site.tolist()))
+    images, masks, patient, site, present = (a[keep] for a in (src.images, src.masks, src.patient, src.site,
+                                                                src.present))
     slices_of = {str(p): int(n) for p, n in zip(*np.unique(patient, return_counts=True))}
-    groups = {s: sorted(set(patient[site == s].tolist())) for s in sites}
-    clients, names = seg.groups_to_clients(groups, slices_of, num_clients, min_patients=min_patients, seed=seed)
+    if src.clients_by_site:
+        groups = {s: sorted(set(patient[site == s].tolist())) for s in sorted(set(site.tolist()))}
+        clients, names = seg.groups_to_clients(groups, slices_of, num_clients, min_patients=min_patients, seed=seed)
+    else:
+        clients, names = seg.deal_patients(slices_of, num_clients, min_patients=min_patients, seed=seed, what=name)
     # Check every declared modality before any work (or, with incomplete="drop", leave out the
     # client's patients lacking one), then zero the absent ones.
     nonzero = images.reshape(len(images), -1, m_total).max(axis=1) > 0
     dropped = []
     for k, pats in enumerate(clients):
         rows = np.isin(patient, pats)
-        lacking = np.zeros(len(patient), bool)
-        for m in subsets[k]:
-            lacking |= rows & (~present[:, m] | ~nonzero[:, m])
-        bad = sorted(set(patient[lacking].tolist()))
+        lacking_m = {m: rows & (~present[:, m] | ~nonzero[:, m]) for m in subsets[k]}
+        bad = sorted(set(patient[np.any(list(lacking_m.values()), axis=0)].tolist()))
         if bad and incomplete == "error":
-            m = next(m for m in subsets[k] if (rows & (~present[:, m] | ~nonzero[:, m])).any())
-            raise ValueError(f"fedmepd_lgg: client {k} ({names[k]}) declares modality {m} "
-                             f"({seg.LGG_CHANNELS[m]}) but it is absent or all zeros in patient(s) {bad[:5]} of "
-                             f"{path} (incomplete='drop' leaves such patients out)")
+            m = next(m for m in subsets[k] if lacking_m[m].any())
+            raise ValueError(f"{name}: client {k} ({names[k]}) declares modality {m} ({src.channels[m]}) but it is "
+                             f"absent or all zeros in patient(s) {bad[:5]} of {src.path} (incomplete='drop' leaves "
+                             "such patients out)")
         if bad:
             clients[k] = [p for p in pats if p not in set(bad)]
             dropped += bad
             if len(clients[k]) < 2:
-                raise ValueError(f"fedmepd_lgg: client {k} ({names[k]}) keeps {len(clients[k])} patient(s) with "
-                                 f"all of its modalities {subsets[k]}; a split by patient needs two")
+                raise ValueError(f"{name}: client {k} ({names[k]}) keeps {len(clients[k])} patient(s) with all of "
+                                 f"its modalities {subsets[k]}; a split by patient needs two")
     train_p, test_p = seg.split_by_patient(clients, slices_of, test_fraction=test_fraction, seed=seed)
     images = images.copy()
     for k, pats in enumerate(clients):
-        rows = np.isin(patient, pats)
+        rows = np.flatnonzero(np.isin(patient, pats))
         absent = [m for m in range(m_total) if m not in subsets[k]]
         if absent:
             images[np.ix_(rows, np.arange(images.shape[1]), np.arange(images.shape[2]), absent)] = 0
-    modality = np.array([sites.index(s) for s in site], np.int32)
-    info = {"dataset": "fedmepd_lgg", "root": str(path), "seed": int(seed), "num_clients": int(num_clients),
-            "test_fraction": float(test_fraction), "channels": list(seg.LGG_CHANNELS), "partition": "institution",
-            "modality_subsets": subsets, "server_fraction": float(server_fraction), "server_seed": int(server_seed),
-            "server_patients": server_p, "incomplete": incomplete, "dropped_patients": sorted(dropped),
-            "split_note": "clients are institutions; each holds a modality subset (absent channels zeroed); a "
-                          "full-modal server set of patients is held out from every client; split by patient"}
-    return seg._federation(images, masks, modality, patient, train_p, test_p, label_values=(0, 1),
-                           class_names=("background", "flair_abnormality"), modality_names=sites,
-                           client_names=names, info=info, source_rows=source_rows)
+    site_names = sorted(set(site.tolist()))
+    modality = np.array([site_names.index(s) for s in site], np.int32)
+    info = {"dataset": name, "root": src.path, "seed": int(seed), "num_clients": int(num_clients),
+            "test_fraction": float(test_fraction), "channels": list(src.channels),
+            "partition": "institution" if src.clients_by_site else "patients", "modality_subsets": subsets,
+            "server_fraction": float(server_fraction), "server_seed": int(server_seed), "server_patients": server_p,
+            "incomplete": incomplete, "dropped_patients": sorted(dropped),
+            **({"brats_target": target or _DEFAULT_TARGET[dataset]} if dataset == "brats" else {}),
+            **({"regions": dict(src.regions)} if src.regions else {}),
+            "split_note": ("clients are institutions" if src.clients_by_site else "clients are groups of patients")
+            + "; each holds a modality subset (absent channels zeroed); a full-modal server set of patients is "
+              "held out from every client; split by patient"}
+    return seg._federation(images, masks, modality, patient, train_p, test_p, label_values=src.label_values,
+                           class_names=src.class_names, modality_names=site_names, client_names=names, info=info,
+                           source_rows=source_rows)
+
+
+def fedmepd_lgg_federation(**kw):
+    """LGG with per-client modality subsets and a held-out full-modal server set (module docstring)."""
+    return missing_modality_federation("lgg", **kw)
+
+
+def fedmepd_brats_federation(**kw):
+    """BraTS slices with per-client modality subsets and the full-modal server patient (module docstring)."""
+    return missing_modality_federation("brats", **kw)
+
+
+_OPTIONS = ("root", "modality_subsets", "server_fraction", "server_seed", "test_fraction", "min_patients",
+            "incomplete")
 
 
 @DATASETS.register("fedmepd_lgg")
 def _fedmepd_lgg(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = seg._options(kw, ("root", "modality_subsets", "server_fraction", "server_seed", "test_fraction",
-                           "min_patients", "incomplete"), "fedmepd_lgg")
+    kw = seg._options(kw, _OPTIONS, "fedmepd_lgg")
     return fedmepd_lgg_federation(num_clients=num_clients, seed=seed, **kw)
+
+
+@DATASETS.register("fedmepd_brats")
+def _fedmepd_brats(spec: str, num_clients: int, seed: int, kw: dict):
+    del spec
+    kw = seg._options(kw, _OPTIONS + ("target",), "fedmepd_brats")
+    return fedmepd_brats_federation(num_clients=num_clients, seed=seed, **kw)
