@@ -1,117 +1,168 @@
-"""FedMEPD vs baselines on TCGA-LGG with missing modalities, CPU smoke run.
+"""FedMEPD vs baselines with missing modalities, on TCGA-LGG or on the BraTS slices (CPU).
 
-    python -m experiments.fedmepd_table [--rounds 3] [--algorithms fedmepd,fedavg,fedper,local,omnifm]
+    python -m experiments.fedmepd_table [--config fedmepd_lgg|fedmepd_brats] [--rounds 50]
+        [--seeds 0,1,2] [--algorithms fedmepd,fedavg,fedper,local,omnifm]
         [--json FILE] [--md FILE] [--set k=v ...]
 
-Every algorithm runs ``experiments/configs/fedmepd_lgg.py``'s federation (``fedmepd_lgg``: 4
-hospital clients, each with its modality subset, absent channels zeroed; the full-modal
-server patients held out of every client) through ``omnifm_jax.experiment.run``. FedMEPD
-uses its own per-modality encoders + fusion decoder and the server's full-modal set; the
-baselines use the config's MONAI UNet backbone (``unet``, channels 8..128) on the same
-zeroed 3-channel inputs and never see the server's set. Reported: the LAST round's
-per-client Dice (per-image mean, %), with each client's modality subset.
+Every algorithm runs the config's federation (``fedmepd_lgg``: 4 hospital clients;
+``fedmepd_brats``: 3 clients of 2 patients; each client with its modality subset, absent
+channels zeroed; the full-modal server patients held out of every client) through
+``omnifm_jax.experiment.run``. FedMEPD uses its own per-modality encoders + fusion decoder
+and the server's full-modal set; the baselines use the config's MONAI UNet backbone
+(``unet``, channels 8..128) on the same zeroed inputs and never see the server's set.
 
-Caveat: FedMEPD is implemented from the paper's ABSTRACT only (Wei et al., MedIA 2025); its
-evaluation is BraTS 2018/2020 (4 MR sequences, 3 tumour regions), which is not available
-here; TCGA-LGG FLAIR-abnormality slices (3 sequences, one binary target) stand in. A few
-rounds on CPU: a smoke comparison, not a reproduction.
+Seeds: ``seed`` varies the initialisation and the batches; ``data_seed=0`` keeps the same
+clients and train/test patients in every run, so a column is one client in every seed.
+Reported: the LAST round's per-client Dice (per-image mean, %), mean ± std over seeds; on
+BraTS also ET / TC / WT (the task's regions; Dice is their mean). Outputs:
+``experiments/results/<config>.{json,md}``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from omnifm_jax import config as config_lib, experiment
+from experiments import seg_runs
+from omnifm_jax.data import multimodal
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = {"fedmepd": "FedMEPD", "omnifm": "OmniFM", "fedavg": "FedAvg", "fedper": "FedPer", "local": "Local"}
-SHORT = ("T1", "FLAIR", "T1Gd")
-CAVEAT = ("FedMEPD implemented from the abstract only (Wei et al., MedIA 2025); the paper evaluates on BraTS "
-          "2018/2020 (4 sequences), not available here: TCGA-LGG FLAIR-abnormality slices (64x64; pre-contrast "
-          "T1 / FLAIR / post-contrast T1Gd) stand in, with per-hospital modality subsets imposed by zeroing "
-          "channels. A few CPU rounds: a smoke comparison, not a reproduction.")
-#: Small OmniFM hyper-parameters as in the other CPU smoke runs (its defaults otherwise).
-ALG_SETS = {"omnifm": []}
+SOURCE = {"fedmepd_lgg": "lgg", "fedmepd_brats": "brats"}
+ABSTRACT = ("FedMEPD implemented from the abstract only (Wei et al., MedIA 2025; the full paper's network, "
+            "anchor extraction and personalisation rule are not known here).")
+CAVEAT = {
+    "fedmepd_lgg": "The paper evaluates on BraTS 2018/2020 (hundreds of 3D cases, 4 sequences), not available here: "
+                   "TCGA-LGG FLAIR-abnormality slices (64x64; pre-contrast T1 / FLAIR / post-contrast T1Gd) stand "
+                   "in, with per-hospital modality subsets imposed by zeroing channels and one binary target "
+                   "(whole abnormality).",
+    "fedmepd_brats": "The paper evaluates on BraTS 2018/2020 (hundreds of 3D cases); here 8 BraTS cases (7 "
+                     "patients) as 96x96 axial tumour slices: the one patient with all 4 sequences is the server's "
+                     "set, and each of the 3 clients has 2 patients (one to train on, one to test), so a client's "
+                     "test score is one patient's. The clients' cases have only T1ce and FLAIR; the T1 and T2 "
+                     "encoders learn from the server only.",
+}
+#: What the paper reports. The abstract gives no numbers; see the README for the secondary figure.
+PAPER = ("The abstract reports no numbers, only that FedMEPD outperforms up-to-date multimodal and personalised FL "
+         "methods on BraTS 2018 and 2020.")
 
 
-def run_one(algorithm: str, rounds: int, overrides) -> dict:
-    base = config_lib.load_config("fedmepd_lgg")
-    sets = [f"rounds={rounds}", "eval_train_loss=False", "checkpoint_every=0", *overrides]
-    if algorithm != "fedmepd":
-        # switching the algorithm resets algorithm_kwargs (FedMEPD's server set is FedMEPD's only)
-        sets = [f"algorithm={algorithm}", *ALG_SETS.get(algorithm, []), *sets]
-    cfg = config_lib.apply_overrides(base, sets)
-    config_lib.validate(cfg)
-    t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = experiment.run(cfg, tmp, progress=False, log=lambda s: None)
-        wall = time.time() - t0
-        history = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    fed = experiment.load_data(cfg)
+def run_one(config: str, algorithm: str, rounds: int, seed: int, overrides) -> dict:
+    r = seg_runs.run(config, algorithm, rounds, [f"seed={seed}", "data_seed=0", *overrides])
+    fed, summary = r["fed"], r["summary"]
     names = fed.info["client_names"]
-    subsets = fed.info["modality_subsets"]
+    regions = list((fed.info.get("regions") or {}).keys())
+    keys = ("dice", "iou", "dice_pooled", *[f"dice_{g}" for g in regions], "n")
     return {
-        "algorithm": algorithm, "config": cfg, "wall_s": round(wall, 1), "client_names": names,
-        "modality_subsets": subsets, "test_slices": [int(n) for n in fed.test.n],
-        "server_patients": len(fed.info["server_patients"]), "dropped_patients": fed.info["dropped_patients"],
-        "clients": {n: {k: c[k] for k in ("dice", "iou", "dice_pooled", "n")}
-                    for n, c in zip(names, summary["last_clients"])},
-        "avg": {k: summary["last"][k] for k in ("dice", "iou", "dice_pooled", "test_loss")},
-        "curve_dice": [[h["round"], h["dice"]] for h in history],
+        "algorithm": algorithm, "seed": seed, "config": r["config"], "wall_s": r["wall_s"], "client_names": names,
+        "modality_subsets": fed.info["modality_subsets"], "regions": regions,
+        "test_slices": [int(n) for n in fed.test.n], "train_slices": [int(n) for n in fed.train.n],
+        "test_patients": fed.info["test_patients"], "server_patients": fed.info["server_patients"],
+        "dropped_patients": fed.info["dropped_patients"],
+        "clients": seg_runs.per_client(summary, names, keys),
+        "avg": {k: summary["last"][k] for k in (*keys[:-1], "test_loss")},
+        "best_round": summary["best"]["round"], "best_dice": summary["best"]["dice"],
+        "curve_dice": [[h["round"], h["dice"]] for h in r["history"]],
     }
 
 
-def markdown(results: list, rounds: int, total_wall: float) -> str:
-    r0 = results[0]
-    names, subsets = r0["client_names"], r0["modality_subsets"]
-    head = [f"{n} [{'+'.join(SHORT[m] for m in s)}]" for n, s in zip(names, subsets)]
-    lines = ["# FedMEPD on TCGA-LGG with missing modalities, CPU smoke run", "",
-             f"**Caveat.** {CAVEAT}", "",
-             f"{rounds} rounds x 1 local epoch, Adam 1e-3, batch {r0['config']['batch_size']}, Dice + CE, seed "
-             f"{r0['config']['seed']}. Server: {r0['server_patients']} full-modal patients held out of every client "
-             f"(used by FedMEPD only). Patients left out for lacking a declared sequence: "
+def _stat(values) -> dict:
+    v = 100.0 * np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def aggregate(runs: list) -> dict:
+    """Per algorithm: mean and std over seeds (in %) of each client's and the average's metrics."""
+    out = {}
+    for alg in dict.fromkeys(r["algorithm"] for r in runs):
+        rs = [r for r in runs if r["algorithm"] == alg]
+        names, keys = rs[0]["client_names"], [k for k in rs[0]["avg"] if k != "test_loss"]
+        out[alg] = {"seeds": [r["seed"] for r in rs],
+                    "clients": {n: {k: _stat([r["clients"][n][k] for r in rs]) for k in keys} for n in names},
+                    "avg": {k: _stat([r["avg"][k] for r in rs]) for k in keys},
+                    "best_dice": _stat([r["best_dice"] for r in rs]),
+                    "best_round": [r["best_round"] for r in rs], "wall_s": sum(r["wall_s"] for r in rs)}
+    return out
+
+
+def _pm(s: dict) -> str:
+    return f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
+
+
+def markdown(config: str, runs: list, agg: dict, rounds: int, total_wall: float) -> str:
+    r0 = runs[0]
+    short = multimodal.SHORT_NAMES[SOURCE[config]]
+    names, subsets, regions = r0["client_names"], r0["modality_subsets"], r0["regions"]
+    head = [f"{n} [{'+'.join(short[m] for m in s)}]" for n, s in zip(names, subsets)]
+    seeds = agg[r0["algorithm"]]["seeds"]
+    where = "BraTS slices" if config == "fedmepd_brats" else "TCGA-LGG"
+    lines = [f"# FedMEPD with missing modalities on {where}, CPU", "",
+             f"**Caveat.** {ABSTRACT} {CAVEAT[config]} {rounds} CPU rounds: a small-scale comparison, not a "
+             "reproduction.", "",
+             f"`--config {config}`, {rounds} rounds x 1 local epoch, Adam 1e-3, batch {r0['config']['batch_size']}, "
+             f"Dice + CE; seeds {', '.join(map(str, seeds))} (initialisation and batches; the same split in every "
+             f"seed). Server: {len(r0['server_patients'])} full-modal patient(s) held out of every client (used by "
+             "FedMEPD only). Patients left out for lacking a declared sequence: "
              f"{', '.join(r0['dropped_patients']) or 'none'}. Baselines: MONAI UNet (channels "
-             f"{r0['config']['backbone_kwargs']['channels']}) on the same zeroed inputs. Last round, per-image "
-             "Dice of the foreground (%); Avg. = mean over clients.", "",
-             "| Method | " + " | ".join(head) + " | Avg. Dice | wall s |",
+             f"{r0['config']['backbone_kwargs']['channels']}) on the same zeroed inputs. Last round, per-image Dice "
+             "(%), mean ± std over seeds" + ("; Dice is the mean of ET, TC and WT" if regions else "")
+             + "; Avg. = mean over clients.", "",
+             "| Method | " + " | ".join(head) + " | Avg. Dice | best-round Avg. Dice |",
              "|---|" + "---:|" * (len(names) + 2)]
-    for r in results:
-        cells = [f"{100 * r['clients'][n]['dice']:.2f}" for n in names]
-        lines.append(f"| {NAMES.get(r['algorithm'], r['algorithm'])} | " + " | ".join(cells)
-                     + f" | {100 * r['avg']['dice']:.2f} | {r['wall_s']:.0f} |")
-    lines += ["", "Test slices per client: " + ", ".join(f"{n} {s}" for n, s in zip(names, r0["test_slices"])) + ".",
-              "", f"Wall time {total_wall:.0f} s on {platform.processor() or 'CPU'} ({jax.device_count()} "
-              f"{jax.default_backend()} device(s), shared with other jobs)."]
+    for alg, a in agg.items():
+        cells = [_pm(a["clients"][n]["dice"]) for n in names]
+        lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cells) + f" | {_pm(a['avg']['dice'])} | "
+                     f"{_pm(a['best_dice'])} |")
+    if regions:
+        tags = " / ".join(g.upper() for g in regions)
+        lines += ["", f"Per region ({tags}, last round, mean over seeds):", "",
+                  "| Method | " + " | ".join(f"{h} {tags}" for h in head) + " | "
+                  + " | ".join(f"Avg. {g.upper()}" for g in regions) + " |",
+                  "|---|" + "---:|" * (len(names) + len(regions))]
+        for alg, a in agg.items():
+            cells = [" / ".join(f"{a['clients'][n][f'dice_{g}']['mean']:.1f}" for g in regions) for n in names]
+            lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cells) + " | "
+                         + " | ".join(_pm(a["avg"][f"dice_{g}"]) for g in regions) + " |")
+    lines += ["", "Train / test slices per client: "
+              + ", ".join(f"{n} {a} / {b}" for n, a, b in zip(names, r0["train_slices"], r0["test_slices"])) + ".",
+              "", f"Paper: {PAPER}", "",
+              f"Wall time {total_wall:.0f} s for {len(runs)} runs on {platform.processor() or 'CPU'} "
+              f"({jax.device_count()} {jax.default_backend()} device(s)); per method: "
+              + ", ".join(f"{NAMES.get(k, k)} {v['wall_s']:.0f} s" for k, v in agg.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--config", default="fedmepd_lgg", choices=sorted(SOURCE))
+    p.add_argument("--rounds", type=int, default=50)
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--algorithms", default="fedmepd,fedavg,fedper,local,omnifm")
-    p.add_argument("--json", default=str(RESULTS / "fedmepd_lgg_smoke.json"))
-    p.add_argument("--md", default=str(RESULTS / "fedmepd_lgg_smoke.md"))
+    p.add_argument("--json", default=None, help="default experiments/results/<config>.json")
+    p.add_argument("--md", default=None, help="default experiments/results/<config>.md")
     p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
+    json_path = args.json or str(RESULTS / f"{args.config}.json")
+    md_path = args.md or str(RESULTS / f"{args.config}.md")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     t0 = time.time()
-    results = []
+    runs = []
     for alg in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
-        r = run_one(alg, args.rounds, args.set)
-        print(f"{alg}: avg Dice {100 * r['avg']['dice']:.2f} ({r['wall_s']:.0f} s) "
-              + ", ".join(f"{n} {100 * c['dice']:.1f}" for n, c in r["clients"].items()), flush=True)
-        results.append(r)
-        total = time.time() - t0
-        out = {"caveat": CAVEAT, "rounds": args.rounds, "wall_s": round(total, 1), "results": results}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=list))
-        Path(args.md).write_text(markdown(results, args.rounds, total))
-    print(f"wrote {args.json} and {args.md} ({time.time() - t0:.0f} s)")
+        for seed in seeds:
+            r = run_one(args.config, alg, args.rounds, seed, args.set)
+            print(f"{alg} seed {seed}: avg Dice {100 * r['avg']['dice']:.2f} ({r['wall_s']:.0f} s) "
+                  + ", ".join(f"{n} {100 * c['dice']:.1f}" for n, c in r["clients"].items()), flush=True)
+            runs.append(r)
+            agg = aggregate(runs)
+            total = time.time() - t0
+            out = {"config": args.config, "caveat": f"{ABSTRACT} {CAVEAT[args.config]}", "paper": PAPER,
+                   "rounds": args.rounds, "seeds": seeds, "wall_s": round(total, 1), "summary": agg, "runs": runs}
+            seg_runs.write(json_path, md_path, out, markdown(args.config, runs, agg, args.rounds, total))
+    print(f"wrote {json_path} and {md_path} ({time.time() - t0:.0f} s)")
     return 0
 
 

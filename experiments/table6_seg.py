@@ -17,15 +17,13 @@ the runs are 10 rounds x 1 local epoch instead of 50 x 1.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 
-from omnifm_jax import config as config_lib, experiment
+from experiments import seg_runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,32 +44,22 @@ SUBSTITUTION = ("TCGA-LGG FLAIR-abnormality slices from 5 hospitals (Kaggle 'LGG
 
 
 def run_one(algorithm: str, rounds: int, overrides) -> dict:
-    cfg = config_lib.apply_overrides(config_lib.load_config("seg_lgg_sites"),
-                                     [f"algorithm={algorithm}", f"rounds={rounds}", "eval_train_loss=False",
-                                      "checkpoint_every=0", *overrides])
-    config_lib.validate(cfg)
-    t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = experiment.run(cfg, tmp, progress=False, log=lambda s: None)
-        wall = time.time() - t0
-        history = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    fed = experiment.load_data(cfg)
+    r = seg_runs.run("seg_lgg_sites", algorithm, rounds, [f"algorithm={algorithm}", *overrides])
+    fed, summary = r["fed"], r["summary"]
     names = fed.info["client_names"]
-    clients = summary["last_clients"]
     last = summary["last"]
     return {
         "algorithm": algorithm,
-        "config": cfg,
-        "wall_s": round(wall, 1),
+        "config": r["config"],
+        "wall_s": r["wall_s"],
         "client_names": names,
         "test_slices": [int(n) for n in fed.test.n],
         "test_patients": [len(p) for p in fed.info["test_patients"]],
-        "clients": {name: {k: c[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "n")}
-                    for name, c in zip(names, clients)},
+        "clients": seg_runs.per_client(summary, names, ("dice", "iou", "dice_pooled", "iou_pooled", "n")),
         "avg": {k: last[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "test_loss")},
         "best_round": summary["best"]["round"],
         "best_dice": summary["best"]["dice"],
-        "curve_dice": [[h["round"], h["dice"]] for h in history],
+        "curve_dice": [[h["round"], h["dice"]] for h in r["history"]],
         "params_sha256": summary["params_sha256"],
     }
 
@@ -135,9 +123,7 @@ def main(argv=None) -> int:
                           "counts",
            "paper_table6": {"groups": PAPER_GROUPS, "dice_iou_percent": PAPER},
            "results": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2, default=list))
-    Path(args.md).write_text(markdown(results, args.rounds, total))
+    seg_runs.write(args.json, args.md, out, markdown(results, args.rounds, total))
     print(f"wrote {args.json} and {args.md} ({total:.0f} s)")
     return 0
 
