@@ -140,10 +140,49 @@ def test_personal_filters_follow_the_discrepancy_rule(shared_run):
     x = jnp.asarray(train.x[:2], jnp.float32) / 255.0
     no_personal = client._replace(extra=dict(client.extra, delta_local=jax.tree_util.tree_map(jnp.zeros_like, dl_c)))
     assert not np.allclose(np.asarray(pred(server, client, x)), np.asarray(pred(server, no_personal, x)))
-    dec, count = fm.personalized_decoder(p, client.extra, server.extra, personalize=False, threshold=1.0)
+    dec, count, _ = fm.personalized_decoder(p, client.extra, server.extra, personalize=False, threshold=1.0)
     assert int(count) == 0
     for a, b in zip(jax.tree_util.tree_leaves(dec), jax.tree_util.tree_leaves({k: p[k] for k in fm.decoder_keys(p)})):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_patience_makes_filters_personal_after_consecutive_rounds_for_good():
+    """personalize_patience=2: a filter turns personal after 2 consecutive rounds over the
+    threshold and stays personal; rounds before personalize_after change nothing."""
+    g = np.ones((1, 1, 1, 3))
+    dg = {"dec0": {"kernel": jnp.asarray(g), "bias": jnp.zeros((3,))}}
+    params = {"dec0": {"kernel": jnp.zeros((1, 1, 1, 3)), "bias": jnp.zeros((3,))}}
+    own = {"dec0": {"kernel": jnp.full((1, 1, 1, 3), 9.0), "bias": jnp.full((3,), 9.0)}}
+    # per round, which filters' local updates point against the global one (cos = -1):
+    # filter 0 always, filter 1 never, filter 2 in rounds 0, 2, 3 (the miss in round 1 resets it)
+    against = [[1, 0, 1], [1, 0, 0], [1, 0, 1], [1, 0, 1], [1, 0, 0], [1, 0, 0]]
+    expected = [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 1], [1, 0, 1], [1, 0, 1]]
+    left = {"dec0": jnp.full((3,), 2, jnp.int32)}
+    for t, (a, want) in enumerate(zip(against, expected)):
+        d = np.where(np.array(a) == 1, -1.0, 1.0)
+        dl = {"dec0": {"kernel": jnp.asarray(d.reshape(1, 1, 1, 3)), "bias": jnp.zeros((3,))}}
+        client = {"delta_local": dl, "decoder": own, "patience_left": left}
+        server = {"delta_global": dg, "round": jnp.int32(t + 1)}
+        dec, count, left = fm.personalized_decoder(params, client, server, personalize=True, threshold=1.0,
+                                                   patience=2, after=1)
+        np.testing.assert_array_equal(np.asarray(dec["dec0"]["bias"]) == 9.0, np.array(want) == 1,
+                                      err_msg=f"round {t + 1}")
+        assert int(count) == sum(want)
+    np.testing.assert_array_equal(np.asarray(left["dec0"]), [0, 2, 0])   # personal for good; reset
+    # before round `after`: nothing personal and the counters untouched
+    client = {"delta_local": dl, "decoder": own, "patience_left": {"dec0": jnp.array([1, 1, 1], jnp.int32)}}
+    dec, count, left0 = fm.personalized_decoder(params, client, {"delta_global": dg, "round": jnp.int32(0)},
+                                                personalize=True, threshold=1.0, patience=2, after=1)
+    assert int(count) == 0 and np.asarray(left0["dec0"]).tolist() == [1, 1, 1]
+    # patience 0: the per-round rule, gated by `after` too
+    _, count, _ = fm.personalized_decoder(params, client, {"delta_global": dg, "round": jnp.int32(0)},
+                                          personalize=True, threshold=1.0, after=1)
+    assert int(count) == 0
+    _, count, _ = fm.personalized_decoder(params, client, {"delta_global": dg, "round": jnp.int32(1)},
+                                          personalize=True, threshold=1.0, after=1)
+    assert int(count) == 1
+    with pytest.raises(ConfigError, match="personalize_patience"):
+        algorithms.check("fedmepd", {"server_data": _images(2, 0), "personalize_patience": -1})
 
 
 def fm_download(client_update, server, client, data):
@@ -294,7 +333,7 @@ def test_end_to_end_run(tmp_path):
         f"algorithm_kwargs.server_data={{'root': '{root}', 'server_fraction': 0.2}}",
         "algorithm_kwargs.channels=(4, 6)", "algorithm_kwargs.attn_dim=4", "algorithm_kwargs.num_anchors=2",
         "algorithm_kwargs.server_steps=2", "algorithm_kwargs.server_batch_size=2",
-        "backbone_kwargs.channels=(4, 8)", "backbone_kwargs.strides=(2,)", "backbone_kwargs.num_res_units=0"])
+        "algorithm_kwargs.personalize_patience=1", "backbone_kwargs.channels=(4, 8)", "backbone_kwargs.strides=(2,)", "backbone_kwargs.num_res_units=0"])
     config_lib.validate(cfg)
     summary = experiment.run(cfg, tmp_path / "out", progress=False, log=lambda s: None)
     lines = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

@@ -52,6 +52,14 @@ client's own trained values; the others take the global values. Why cosine: it i
 free (local updates are ``E`` local steps, the global one an average plus server steps),
 and the threshold has a fixed meaning. ``personalize=False``: every filter global.
 
+Patience (``personalize_patience``, default 0; the official code, ``ccarliu/FedMEPD``, uses
+10 after 30 warm-up rounds): with ``P >= 1`` a filter is personal only once its discrepancy
+has exceeded the threshold in ``P`` consecutive rounds of that client, and then stays
+personal for good (a per-filter counter in the client's state starts at ``P``, drops by one
+in a round over the threshold, resets to ``P`` otherwise; personal when it reaches 0). With
+``P = 0`` the rule above applies afresh every round. ``personalize_after``: rounds before
+this one keep every filter global and leave the counters alone (default 0).
+
 Server (``server_steps``, ``server_lr``, ``server_batch_size``): after aggregation, the
 server trains encoders + fusion decoder on its full-modal set for ``server_steps`` plain
 SGD steps of the task loss inside the jitted round (minibatches of a per-round permutation
@@ -74,7 +82,8 @@ bands carry anatomical context, and class-conditional pooling would give only 2 
 a binary mask. The first anchors come from the initial model (in ``init_server``).
 
 Defaults: ``channels=(8, 16, 32)``, ``attn_dim=16``, ``num_anchors=4``,
-``personalize_threshold=1.0``, ``server_steps=5``, ``server_lr=0.01``,
+``personalize_threshold=1.0``, ``personalize_patience=0``, ``personalize_after=0``,
+``server_steps=5``, ``server_lr=0.01``,
 ``server_batch_size=8``, ``server_seed=0`` (``experiments/configs/fedmepd_lgg.py`` uses
 ``channels=(8, 16, 32, 64)``). The run's ``backbone`` is not used (the engine still builds
 it to check the input size).
@@ -224,17 +233,34 @@ def mix_filters(personal: dict, own: dict, glob: dict) -> dict:
             for name in glob}
 
 
+def patience_step(over: dict, left: dict, patience: int, active) -> dict:
+    """Per-filter patience counters after one round: ``left - 1`` where the discrepancy is
+    over the threshold, ``patience`` where it is not, 0 for good once 0 (unchanged while
+    ``active`` is False)."""
+    return {k: jnp.where(active, jnp.where(left[k] <= 0, 0, jnp.where(over[k], left[k] - 1, patience)), left[k])
+            for k in left}
+
+
 def personalized_decoder(params: dict, client_extra: dict, server_extra: dict, *, personalize: bool,
-                         threshold: float):
-    """The decoder a client starts a round from, and how many filters stay personal: its own
-    trained filters where ``1 - cos(delta_local, delta_global) > threshold``, else the
-    server's (every filter the server's when ``personalize`` is False)."""
+                         threshold: float, patience: int = 0, after: int = 0):
+    """The decoder a client starts a round from, how many filters stay personal, and the
+    client's patience counters after this round (module docstring): its own trained filters
+    where ``1 - cos(delta_local, delta_global) > threshold`` (with ``patience`` P >= 1: where
+    that has held in P consecutive rounds, then for good), else the server's; every filter
+    the server's when ``personalize`` is False or before round ``after``."""
     dec_global = {k: params[k] for k in decoder_keys(params)}
+    left = client_extra.get("patience_left")
     if not personalize:
-        return dec_global, jnp.zeros((), jnp.int32)
-    personal = personal_filters(client_extra["delta_local"], server_extra["delta_global"], threshold)
+        return dec_global, jnp.zeros((), jnp.int32), left
+    active = server_extra["round"] >= after
+    over = personal_filters(client_extra["delta_local"], server_extra["delta_global"], threshold)
+    if patience > 0:
+        left = patience_step(over, left, patience, active)
+        personal = {k: v <= 0 for k, v in left.items()}
+    else:
+        personal = {k: v & active for k, v in over.items()}
     count = sum(jnp.sum(v).astype(jnp.int32) for v in personal.values())
-    return mix_filters(personal, client_extra["decoder"], dec_global), count
+    return mix_filters(personal, client_extra["decoder"], dec_global), count, left
 
 
 def decoder_keys(params: dict) -> tuple:
@@ -282,8 +308,9 @@ def validate(hp, context):
     for k in ("num_anchors", "attn_dim", "server_batch_size"):
         if not isinstance(hp[k], (int, np.integer)) or hp[k] < 1:
             raise checks.ConfigError(f"{k} must be an integer >= 1, got {hp[k]!r}")
-    if not isinstance(hp["server_steps"], (int, np.integer)) or hp["server_steps"] < 0:
-        raise checks.ConfigError(f"server_steps must be an integer >= 0, got {hp['server_steps']!r}")
+    for k in ("server_steps", "personalize_patience", "personalize_after"):
+        if not isinstance(hp[k], (int, np.integer)) or hp[k] < 0:
+            raise checks.ConfigError(f"{k} must be an integer >= 0, got {hp[k]!r}")
     checks.finite("server_lr", hp["server_lr"], positive=False)
     checks.finite("personalize_threshold", hp["personalize_threshold"], positive=False)
     if not hp["channels"] or any(int(c) < 1 for c in hp["channels"]):
@@ -294,7 +321,8 @@ def validate(hp, context):
 def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
             server_data: Any = None, channels: Sequence[int] = (8, 16, 32), attn_dim: int = 16,
             num_anchors: int = 4, calibrate_missing: bool = True, personalize: bool = True,
-            personalize_threshold: float = 1.0, server_steps: int = 5, server_lr: float = 0.01,
+            personalize_threshold: float = 1.0, personalize_patience: int = 0, personalize_after: int = 0,
+            server_steps: int = 5, server_lr: float = 0.01,
             server_batch_size: int = 8, server_seed: int = 0):
     """FedMEPD (module docstring). ``backbone`` is not used: the model is FedMEPD's own
     per-modality encoders and fusion decoder."""
@@ -315,6 +343,8 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
     model = FedMEPDModel(num_modalities=num_m, num_classes=num_classes, channels=channels, attn_dim=attn_dim,
                          use_calibration=bool(calibrate_missing))
     bs = int(min(server_batch_size, len(sx)))
+    personalization = dict(personalize=bool(personalize), threshold=personalize_threshold,
+                           patience=int(personalize_patience), after=int(personalize_after))
 
     def apply_all(params, x, anchors):
         return model.apply({"params": params}, x, anchors, train=False)
@@ -355,19 +385,20 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         dec = {k: p[k] for k in decoder_keys(p)}
         return {"decoder": dec, "delta_local": jax.tree_util.tree_map(jnp.zeros_like, dec),
                 "modality_mask": jnp.ones((num_m,), jnp.float32),
-                "personal_filters": jnp.zeros((), jnp.int32)}
+                "personal_filters": jnp.zeros((), jnp.int32),
+                "patience_left": {k: jnp.full((v["kernel"].shape[-1],), personalize_patience, jnp.int32)
+                                  for k, v in dec.items()}}
 
     def download(server, client, data, key):
         del key
         params = server.params["params"]
-        dec, count = personalized_decoder(params, client.extra, server.extra, personalize=personalize,
-                                          threshold=personalize_threshold)
+        dec, count, left = personalized_decoder(params, client.extra, server.extra, **personalization)
         rows = jnp.arange(data.capacity)
         x = data.x[jnp.minimum(data.offset + rows, data.x.shape[0] - 1)]
         per_row = modality_presence(x) & (rows < data.n)[:, None]
         mask = jnp.any(per_row, axis=0).astype(jnp.float32)
         variables = dict(server.params, params={**params, **dec})
-        return variables, dict(client.extra, modality_mask=mask, personal_filters=count)
+        return variables, dict(client.extra, modality_mask=mask, personal_filters=count, patience_left=left)
 
     def finish(inputs):
         p, p0 = inputs.variables["params"], inputs.global_variables["params"]
@@ -421,8 +452,7 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         # The client's personalised model: the global encoders and calibration with the
         # decoder it would start its next round from (its personal filters, the rest global).
         params = server.params["params"]
-        dec, _ = personalized_decoder(params, client.extra, server.extra, personalize=personalize,
-                                      threshold=personalize_threshold)
+        dec, _, _ = personalized_decoder(params, client.extra, server.extra, **personalization)
         out, _ = model.apply({"params": {**params, **dec}}, x, server.extra["anchors"], train=False, mask=mask)
         return task.predict(out, x)
 
