@@ -88,10 +88,20 @@ Defaults: ``channels=(8, 16, 32)``, ``attn_dim=16``, ``num_anchors=4``,
 ``channels=(8, 16, 32, 64)``). The run's ``backbone`` is not used (the engine still builds
 it to check the input size).
 
-Not in this implementation (the abstract does not specify them): the paper's network
-(presumably a 3D/2D UNet-scale encoder per modality), any loss beyond the task's Dice + CE
-(e.g. a consistency term on the calibrated features), k-means anchors, a top-fraction rule
-for personal filters (only the threshold rule is implemented).
+How the official code (``github.com/ccarliu/FedMEPD``, read after this module was written
+from the abstract) differs; only the patience rule has been adopted, as an option:
+
+* network: RFNet in 3D (80^3 crops), encoders 16..128 wide, a region-aware fusion decoder
+  and an auxiliary decoder per modality, each with a Dice + weighted-CE loss; here a small
+  2D conv encoder per modality, a UNet-style decoder and the task's Dice + CE only;
+* anchors: per class and decoder scale, masked average pooling per server case, k-means
+  (k = 4) over cases at round 0, then an EMA (0.999) of the cluster means; calibration at
+  all 4 scales with multi-head attention, the result replacing the feature; here 4
+  band-pooled anchors at the bottleneck, one head, mixed in by the missing fraction;
+* personalisation: cosine of the filters' server and client updates, patience 10 after 30
+  warm-up rounds (``personalize_patience=10, personalize_after=30`` here), and per-filter
+  aggregation weights from the ratio of update norms; here plain ``n_k`` weights;
+* server: one epoch of its full-modal set per round (Adam); here ``server_steps`` SGD steps.
 """
 from __future__ import annotations
 
