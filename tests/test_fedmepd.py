@@ -420,6 +420,13 @@ def test_brats_loader_server_patient_subsets_and_regions(tmp_path):
         load_federation("fedmepd_brats", num_clients=3, root=str(root), modality_subsets=[[0, 1], [3], [1]])
     with pytest.raises(ValueError, match="unknown channel 'pd'"):
         load_federation("fedmepd_brats", num_clients=3, root=str(root), modality_subsets=[["pd"], [3], [1]])
+    from omnifm_jax.data.describe import describe_masks
+
+    text = describe_masks(fed)
+    assert "server: 1 full-modal patient(s) held out of every client: Brats18_TCIA05_396_1" in text
+    assert "regions (reported Dice): et=[4]  tc=[1, 4]  wt=[1, 2, 4]" in text
+    assert [line.split()[-1] for line in text.splitlines() if line.strip()[:1].isdigit()] == ["t1ce+flair", "flair",
+                                                                                            "t1ce"]
     # a binary target: ET only, no regions
     et = load_federation("fedmepd_brats", num_clients=3, root=str(root), target="et")
     assert et.info["label_values"] == [0, 1] and "regions" not in et.info

@@ -110,10 +110,22 @@ def describe_masks(fed: Federation) -> str:
     ]
     if info.get("split_note"):
         head.append(f"split: {info['split_note']}")
+    if info.get("regions"):
+        head.append("regions (reported Dice): " + "  ".join(f"{r}={list(v)}" for r, v in info["regions"].items()))
+    subsets = info.get("modality_subsets")
+    if info.get("server_patients") is not None:
+        head.append(f"server: {len(info['server_patients'])} full-modal patient(s) held out of every client: "
+                    + ", ".join(info["server_patients"][:6]) + (" ..." if len(info["server_patients"]) > 6 else ""))
+    if info.get("dropped_patients"):
+        head.append(f"left out (lacking a declared sequence): {', '.join(info['dropped_patients'])}")
     client_names = list(info.get("client_names") or [str(c) for c in range(k)])
     tr_p, te_p = info.get("train_patients"), info.get("test_patients")
     fg_classes = list(range(1, max(len(values), 2)))
     rows = [("client", "name", "train", "test", "pat tr/te", "fg px %", "fg slices", "modalities (id:count)")]
+    channels = list(info.get("channels") or [])
+    seqs = [("+".join(channels[m] if m < len(channels) else str(m) for m in s)) for s in subsets] if subsets else None
+    if seqs:
+        rows[0] += ("sequences",)
 
     def stats(ys, mods):
         y = np.concatenate([a.reshape(a.shape[0], -1) for a in ys]) if ys else np.zeros((0, 1), np.uint8)
@@ -130,13 +142,14 @@ def describe_masks(fed: Federation) -> str:
         all_m += [tr[2], te[2]]
         pats = f"{len(tr_p[c])}/{len(te_p[c])}" if tr_p and te_p else "-"
         rows.append((str(c), client_names[c] if c < len(client_names) else str(c), str(int(fed.train.n[c])),
-                     str(int(fed.test.n[c])), pats, px, sl, " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc))))
+                     str(int(fed.test.n[c])), pats, px, sl, " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc)))
+                    + ((seqs[c],) if seqs else ()))
     px, sl, mc = stats(all_y, all_m)
     pats = (f"{sum(len(p) for p in tr_p)}/{sum(len(p) for p in te_p)}" if tr_p and te_p else "-")
     rows.append(("total", "", str(int(fed.train.n.sum())), str(int(fed.test.n.sum())), pats, px, sl,
-                 " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc))))
+                 " ".join(f"{i}:{mc[i]}" for i in np.flatnonzero(mc))) + (("",) if seqs else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = lambda r: "  ".join(v.ljust(w) if i in (1, 7) else v.rjust(w)  # noqa: E731
+    fmt = lambda r: "  ".join(v.ljust(w) if i in (1, 7, 8) else v.rjust(w)  # noqa: E731
                               for i, (v, w) in enumerate(zip(r, widths))).rstrip()
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     return "\n".join(head + [fmt(rows[0]), rule] + [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1])])
