@@ -4,6 +4,10 @@
         [--seeds 0,1,2] [--algorithms fedmepd,fedavg,fedper,local,omnifm]
         [--json FILE] [--md FILE] [--set k=v ...]
 
+Ablations of FedMEPD: ``--algorithms fedmepd,fedmepd-nocal,fedmepd-nopers,fedmepd-noserver``
+(no calibration, no decoder personalisation, no server training; ``fedmepd-patience``: the
+official code's patience rule, shortened to 3 rounds after 5).
+
 Every algorithm runs the config's federation (``fedmepd_lgg``: 4 hospital clients;
 ``fedmepd_brats``: 3 clients of 2 patients; each client with its modality subset, absent
 channels zeroed; the full-modal server patients held out of every client) through
@@ -31,7 +35,15 @@ from experiments import seg_runs
 from omnifm_jax.data import multimodal
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NAMES = {"fedmepd": "FedMEPD", "omnifm": "OmniFM", "fedavg": "FedAvg", "fedper": "FedPer", "local": "Local"}
+NAMES = {"fedmepd": "FedMEPD", "omnifm": "OmniFM", "fedavg": "FedAvg", "fedper": "FedPer", "local": "Local",
+         "fedmepd-nocal": "FedMEPD w/o calibration", "fedmepd-nopers": "FedMEPD w/o personalisation",
+         "fedmepd-noserver": "FedMEPD w/o server training", "fedmepd-patience": "FedMEPD, patience 3 after 5"}
+#: Ablations of FedMEPD (``--algorithms fedmepd,fedmepd-nocal,...``): the algorithm and its overrides.
+VARIANTS = {"fedmepd-nocal": ("fedmepd", ["algorithm_kwargs.calibrate_missing=False"]),
+            "fedmepd-nopers": ("fedmepd", ["algorithm_kwargs.personalize=False"]),
+            "fedmepd-noserver": ("fedmepd", ["algorithm_kwargs.server_steps=0"]),
+            "fedmepd-patience": ("fedmepd", ["algorithm_kwargs.personalize_patience=3",
+                                             "algorithm_kwargs.personalize_after=5"])}
 SOURCE = {"fedmepd_lgg": "lgg", "fedmepd_brats": "brats"}
 ABSTRACT = ("FedMEPD implemented from the abstract only (Wei et al., MedIA 2025; the full paper's network, "
             "anchor extraction and personalisation rule are not known here).")
@@ -52,7 +64,8 @@ PAPER = ("The abstract reports no numbers, only that FedMEPD outperforms up-to-d
 
 
 def run_one(config: str, algorithm: str, rounds: int, seed: int, overrides) -> dict:
-    r = seg_runs.run(config, algorithm, rounds, [f"seed={seed}", "data_seed=0", *overrides])
+    base, extra = VARIANTS.get(algorithm, (algorithm, []))
+    r = seg_runs.run(config, base, rounds, [f"seed={seed}", "data_seed=0", *extra, *overrides])
     fed, summary = r["fed"], r["summary"]
     names = fed.info["client_names"]
     regions = list((fed.info.get("regions") or {}).keys())
