@@ -94,6 +94,27 @@ def run_one(config: str, algorithm: str, rounds: int, seed: int, overrides) -> d
     }
 
 
+def no_prediction_reference(config: str, overrides=()) -> dict:
+    """What a model that predicts background everywhere scores (per-image Dice, in %), per
+    client and on average, on the test split the runs use: the share of (slice, region)
+    pairs where the region is empty (pooled Dice is 0)."""
+    from omnifm_jax import config as config_lib, experiment
+
+    cfg = config_lib.apply_overrides(config_lib.load_config(config), ["data_seed=0", *overrides])
+    fed = experiment.load_data(cfg)
+    values = list(fed.info["label_values"])
+    regions = fed.info.get("regions") or {"fg": values[1:]}
+    out = {}
+    for k, name in enumerate(fed.info["client_names"]):
+        lo, n = int(fed.test.offsets[k]), int(fed.test.n[k])
+        labels = np.asarray(values)[fed.test.y[lo:lo + n, ..., 0]]
+        empty = [~np.isin(labels, v).reshape(n, -1).any(axis=1) for v in regions.values()]
+        out[name] = {"dice": 100.0 * float(np.mean(empty)),
+                     **{f"dice_{g}": 100.0 * float(np.mean(e)) for g, e in zip(regions, empty)}}
+    out["avg"] = {k: float(np.mean([c[k] for c in out.values()])) for k in next(iter(out.values()))}
+    return out
+
+
 def _stat(values) -> dict:
     v = 100.0 * np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
@@ -117,7 +138,7 @@ def _pm(s: dict) -> str:
     return f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
 
 
-def markdown(config: str, runs: list, agg: dict, rounds: int, total_wall: float) -> str:
+def markdown(config: str, runs: list, agg: dict, rounds: int, total_wall: float, reference=None) -> str:
     r0 = runs[0]
     short = multimodal.SHORT_NAMES[SOURCE[config]]
     names, subsets, regions = r0["client_names"], r0["modality_subsets"], r0["regions"]
@@ -135,12 +156,21 @@ def markdown(config: str, runs: list, agg: dict, rounds: int, total_wall: float)
              f"{r0['config']['backbone_kwargs']['channels']}) on the same zeroed inputs. Last round, per-image Dice "
              "(%), mean ± std over seeds" + ("; Dice is the mean of ET, TC and WT" if regions else "")
              + "; Avg. = mean over clients.", "",
-             "| Method | " + " | ".join(head) + " | Avg. Dice | best-round Avg. Dice |",
-             "|---|" + "---:|" * (len(names) + 2)]
+             "| Method | " + " | ".join(head) + " | Avg. Dice | Avg. pooled Dice | best-round Avg. Dice |",
+             "|---|" + "---:|" * (len(names) + 3)]
     for alg, a in agg.items():
         cells = [_pm(a["clients"][n]["dice"]) for n in names]
         lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cells) + f" | {_pm(a['avg']['dice'])} | "
-                     f"{_pm(a['best_dice'])} |")
+                     f"{_pm(a['avg']['dice_pooled'])} | {_pm(a['best_dice'])} |")
+    if reference:
+        lines.append("| *no tumour predicted (reference)* | " + " | ".join(f"{reference[n]['dice']:.1f}" for n in names)
+                     + f" | {reference['avg']['dice']:.1f} | 0.0 | - |")
+    lines += ["", "Per-image Dice scores an empty prediction on a slice where the region is empty as 1 (the task's "
+              "convention), so a model that predicts nothing still scores the share of such slices; pooled Dice "
+              "(2 sum I / (sum P + sum T) over a client's slices, then the mean over clients) does not reward that. "
+              "Pooled per client: " + "; ".join(
+                  f"{NAMES.get(alg, alg)} " + " / ".join(f"{a['clients'][n]['dice_pooled']['mean']:.1f}" for n in names)
+                  for alg, a in agg.items()) + "."]
     if regions:
         tags = " / ".join(g.upper() for g in regions)
         lines += ["", f"Per region ({tags}, last round, mean over seeds):", "",
@@ -151,6 +181,10 @@ def markdown(config: str, runs: list, agg: dict, rounds: int, total_wall: float)
             cells = [" / ".join(f"{a['clients'][n][f'dice_{g}']['mean']:.1f}" for g in regions) for n in names]
             lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cells) + " | "
                          + " | ".join(_pm(a["avg"][f"dice_{g}"]) for g in regions) + " |")
+        if reference:
+            lines.append("| *no tumour predicted (reference)* | "
+                         + " | ".join(" / ".join(f"{reference[n][f'dice_{g}']:.1f}" for g in regions) for n in names)
+                         + " | " + " | ".join(f"{reference['avg'][f'dice_{g}']:.1f}" for g in regions) + " |")
     lines += ["", "Train / test slices per client: "
               + ", ".join(f"{n} {a} / {b}" for n, a, b in zip(names, r0["train_slices"], r0["test_slices"])) + ".",
               "", f"Paper: {PAPER} Per client, as given by a {PAPER_SOURCE} (mean Dice of ET/TC/WT, %; "
@@ -184,14 +218,16 @@ def main(argv=None) -> int:
 
         out = json.loads(Path(json_path).read_text())
         out.update(paper=PAPER, paper_per_client={"source": PAPER_SOURCE, "client_modalities": PAPER_SUBSETS,
-                                                  "mdsc_brats2018_clients_avg2018_avg2020": PAPER_BRATS2018})
+                                                  "mdsc_brats2018_clients_avg2018_avg2020": PAPER_BRATS2018},
+                   no_prediction_reference=no_prediction_reference(out["config"], args.set))
         seg_runs.write(json_path, md_path, out, markdown(out["config"], out["runs"], out["summary"], out["rounds"],
-                                                         out["wall_s"]))
+                                                         out["wall_s"], out["no_prediction_reference"]))
         print(f"rewrote {md_path} from {json_path}")
         return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     t0 = time.time()
     runs = []
+    reference = no_prediction_reference(args.config, args.set)
     for alg in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
         for seed in seeds:
             r = run_one(args.config, alg, args.rounds, seed, args.set)
@@ -203,8 +239,9 @@ def main(argv=None) -> int:
             out = {"config": args.config, "caveat": f"{ABSTRACT} {CAVEAT[args.config]}", "paper": PAPER,
                    "paper_per_client": {"source": PAPER_SOURCE, "client_modalities": PAPER_SUBSETS,
                                         "mdsc_brats2018_clients_avg2018_avg2020": PAPER_BRATS2018},
+                   "no_prediction_reference": reference,
                    "rounds": args.rounds, "seeds": seeds, "wall_s": round(total, 1), "summary": agg, "runs": runs}
-            seg_runs.write(json_path, md_path, out, markdown(args.config, runs, agg, args.rounds, total))
+            seg_runs.write(json_path, md_path, out, markdown(args.config, runs, agg, args.rounds, total, reference))
     print(f"wrote {json_path} and {md_path} ({time.time() - t0:.0f} s)")
     return 0
 
