@@ -143,13 +143,15 @@ def markdown(config: str, runs: list, agg: dict, rounds: int, total_wall: float,
     short = multimodal.SHORT_NAMES[SOURCE[config]]
     names, subsets, regions = r0["client_names"], r0["modality_subsets"], r0["regions"]
     head = [f"{n} [{'+'.join(short[m] for m in s)}]" for n, s in zip(names, subsets)]
-    seeds = agg[r0["algorithm"]]["seeds"]
+    seed_lists = {alg: a["seeds"] for alg, a in agg.items()}
+    seeds = ", ".join(map(str, agg[r0["algorithm"]]["seeds"])) if len({tuple(v) for v in seed_lists.values()}) == 1 \
+        else "; ".join(f"{NAMES.get(alg, alg)} {', '.join(map(str, v))}" for alg, v in seed_lists.items())
     where = "BraTS slices" if config == "fedmepd_brats" else "TCGA-LGG"
     lines = [f"# FedMEPD with missing modalities on {where}, CPU", "",
              f"**Caveat.** {ABSTRACT} {CAVEAT[config]} {rounds} CPU rounds: a small-scale comparison, not a "
              "reproduction.", "",
              f"`--config {config}`, {rounds} rounds x 1 local epoch, Adam 1e-3, batch {r0['config']['batch_size']}, "
-             f"Dice + CE; seeds {', '.join(map(str, seeds))} (initialisation and batches; the same split in every "
+             f"Dice + CE; seeds {seeds} (initialisation and batches; the same split in every "
              f"seed). Server: {len(r0['server_patients'])} full-modal patient(s) held out of every client (used by "
              "FedMEPD only). Patients left out for lacking a declared sequence: "
              f"{', '.join(r0['dropped_patients']) or 'none'}. Baselines: MONAI UNet (channels "
