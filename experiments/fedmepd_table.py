@@ -72,6 +72,8 @@ PAPER_BRATS2018 = {
     "FedAvg": ((18.46, 42.12, 82.11, 59.59, 61.13, 61.91, 84.88, 62.09), 59.04, 61.91),
     "Local": ((42.37, 48.13, 87.74, 64.93, 71.59, 63.99, 89.15, 67.67), 66.95, 71.38),
 }
+PAPER_PER_CLIENT = {"source": PAPER_SOURCE, "client_modalities": PAPER_SUBSETS,
+                    "mdsc_brats2018_clients_avg2018_avg2020": PAPER_BRATS2018}
 
 
 def run_one(config: str, algorithm: str, rounds: int, seed: int, overrides) -> dict:
@@ -219,9 +221,9 @@ def main(argv=None) -> int:
         import json
 
         out = json.loads(Path(json_path).read_text())
-        out.update(paper=PAPER, paper_per_client={"source": PAPER_SOURCE, "client_modalities": PAPER_SUBSETS,
-                                                  "mdsc_brats2018_clients_avg2018_avg2020": PAPER_BRATS2018},
-                   no_prediction_reference=no_prediction_reference(out["config"], args.set))
+        if "no_prediction_reference" not in out:
+            out["no_prediction_reference"] = no_prediction_reference(out["config"], args.set)
+        out.update(paper=PAPER, paper_per_client=PAPER_PER_CLIENT)
         seg_runs.write(json_path, md_path, out, markdown(out["config"], out["runs"], out["summary"], out["rounds"],
                                                          out["wall_s"], out["no_prediction_reference"]))
         print(f"rewrote {md_path} from {json_path}")
@@ -239,8 +241,7 @@ def main(argv=None) -> int:
             agg = aggregate(runs)
             total = time.time() - t0
             out = {"config": args.config, "caveat": f"{ABSTRACT} {CAVEAT[args.config]}", "paper": PAPER,
-                   "paper_per_client": {"source": PAPER_SOURCE, "client_modalities": PAPER_SUBSETS,
-                                        "mdsc_brats2018_clients_avg2018_avg2020": PAPER_BRATS2018},
+                   "paper_per_client": PAPER_PER_CLIENT,
                    "no_prediction_reference": reference,
                    "rounds": args.rounds, "seeds": seeds, "wall_s": round(total, 1), "summary": agg, "runs": runs}
             seg_runs.write(json_path, md_path, out, markdown(args.config, runs, agg, args.rounds, total, reference))

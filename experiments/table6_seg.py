@@ -44,7 +44,7 @@ SUBSTITUTION = ("TCGA-LGG FLAIR-abnormality slices from 5 hospitals (Kaggle 'LGG
 
 
 def run_one(algorithm: str, rounds: int, overrides) -> dict:
-    r = seg_runs.run("seg_lgg_sites", algorithm, rounds, [f"algorithm={algorithm}", *overrides])
+    r = seg_runs.run("seg_lgg_sites", algorithm, rounds, overrides)
     fed, summary = r["fed"], r["summary"]
     names = fed.info["client_names"]
     last = summary["last"]

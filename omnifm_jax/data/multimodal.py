@@ -77,9 +77,9 @@ class _Source(NamedTuple):
     clients_by_site: bool     # LGG: clients are institutions; BraTS: patients dealt to clients
 
 
-def _present(f, path, n: int, m: int) -> np.ndarray:
-    present = f["modality_present"] if "modality_present" in f.files else np.ones((n, m), np.uint8)
-    present = np.asarray(present).astype(bool)
+def _present(z: dict, path, n: int, m: int) -> np.ndarray:
+    """``bool[n, m]`` from the file's ``modality_present`` (every sequence present without it)."""
+    present = np.asarray(z.get("modality_present", np.ones((n, m), np.uint8))).astype(bool)
     if present.shape != (n, m):
         raise ValueError(f"{path}: modality_present has shape {list(present.shape)}, expected {[n, m]}")
     return present
@@ -90,11 +90,10 @@ def _load_lgg(root, target: str) -> _Source:
         raise ValueError(f"fedmepd_lgg has one target (the FLAIR abnormality mask): target must be 'mask', got "
                          f"{target!r}")
     path = seg._root(root) / seg.LGG_FILE
-    z = seg._load_npz(path, ("images", "masks", "case", "site"))
+    z = seg._load_npz(path, ("images", "masks", "case", "site"), optional=("modality_present",))
     images, masks = z["images"], z["masks"]
     seg.check_masks(images, masks, (0, 1), str(path))
-    with np.load(path, allow_pickle=False) as f:
-        present = _present(f, path, len(images), images.shape[-1])
+    present = _present(z, path, len(images), images.shape[-1])
     patient = np.array([seg.lgg_patient(c) for c in z["case"].astype(str)])
     return _Source(str(path), images, masks, patient, z["site"].astype(str), present, seg.LGG_CHANNELS,
                    dict(seg._LGG_ALIASES), (0, 1), ("background", "flair_abnormality"), None, True)
@@ -105,8 +104,7 @@ def _load_brats(root, target: str) -> _Source:
     z = seg._load_npz(path, ("images", "labels", "case", "modality_present"))
     images, labels, case = z["images"], z["labels"], z["case"].astype(str)
     seg.check_masks(images, labels, seg.BRATS_LABELS, str(path))
-    with np.load(path, allow_pickle=False) as f:
-        present = _present(f, path, len(images), images.shape[-1])
+    present = _present(z, path, len(images), images.shape[-1])
     masks, label_values, class_names = seg.encode_brats_target(labels, target)
     source = np.array(["brats2018" if c.startswith("Brats18") else "brats2015" for c in case])
     regions = dict(seg.BRATS_REGIONS) if target == "multiclass" else None

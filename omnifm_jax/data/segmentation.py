@@ -109,7 +109,9 @@ def _root(root) -> Path:
     return Path(root).expanduser() if root is not None else default_real_data_dir()
 
 
-def _load_npz(path: Path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
+def _load_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """The arrays ``keys`` of ``path`` (an error naming the file when one is missing), and
+    those of ``optional`` that it holds."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: put the real data folder there (see shared/data/real/"
                                 "SOURCES.md), pass root=..., or set OMNIFM_REAL_DATA")
@@ -117,7 +119,7 @@ def _load_npz(path: Path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
         missing = [k for k in keys if k not in z.files]
         if missing:
             raise ValueError(f"{path}: missing array(s) {missing}; it holds {sorted(z.files)}")
-        return {k: z[k] for k in keys}
+        return {k: z[k] for k in list(keys) + [k for k in optional if k in z.files]}
 
 
 def check_masks(images: np.ndarray, masks: np.ndarray, label_values: Sequence[int], where: str) -> None:
