@@ -3,7 +3,7 @@
     python -m experiments.table6_seg [--rounds 10] [--algorithms omnifm,fedavg,fedper,local]
         [--json FILE] [--md FILE] [--set k=v ...]
 
-Runs ``experiments/configs/seg_lgg_sites.py`` (4 clients = the 5 TCGA-LGG hospitals, EZ's
+Runs ``omnifm_jax/configs/seg_lgg_sites.py`` (4 clients = the 5 TCGA-LGG hospitals, EZ's
 single patient merged into CS; MONAI UNet at half the tutorial widths; Dice + CE;
 task=segmentation of omnifm_jax/tasks/segmentation.py) for each algorithm through
 ``omnifm_jax.experiment.run``, and reports the LAST round's per-client Dice and IoU (per-image

@@ -3,7 +3,7 @@
     python -m experiments.table7_fusion [--rounds 10] [--image-size 64] [--eval-every 5]
         [--algorithms omnifm,fedavg,fedper,local] [--json FILE] [--md FILE] [--set k=v ...]
 
-Runs ``experiments/configs/fusion_harvard.py`` (3 clients: CT-MRI, PET-MRI, SPECT-MRI; the
+Runs ``omnifm_jax/configs/fusion_harvard.py`` (3 clients: CT-MRI, PET-MRI, SPECT-MRI; the
 u2fusion backbone; the fusion task of omnifm_jax/tasks/fusion.py) for each algorithm through
 ``omnifm_jax.experiment.run``, and reports the last round's per-client VIF / SSIM / L1 in
 Table 7's layout, beside the paper's numbers (600 rounds x 15 local epochs at 256x256; here a

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "heterogeneous medical imaging (OmniFM and baselines) in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one configuration")
-    train.add_argument("--config", default=None, help="name in experiments/configs or a path (default: default)")
+    train.add_argument("--config", default=None, help="name in omnifm_jax/configs or a path (default: default)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable), e.g. --set rounds=3")
     train.add_argument("--out", default=None, help="output directory (default runs/<algorithm>-<time>)")

@@ -12,7 +12,7 @@ from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.registry import BACKBONES, TASKS
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
 #: Every key a run understands, with its default. Configs may only set these.
 DEFAULTS: Dict[str, Any] = {
@@ -65,7 +65,7 @@ COMPONENT_KWARGS = {"algorithm": "algorithm_kwargs", "dataset": "dataset_kwargs"
 
 
 def load_config(name_or_path: str | None = None) -> Dict[str, Any]:
-    """A full config: DEFAULTS updated by ``get_config()`` of a file in experiments/configs
+    """A full config: DEFAULTS updated by ``get_config()`` of a file in omnifm_jax/configs
     (by name, e.g. ``"default"``) or at a path."""
     cfg = copy.deepcopy(DEFAULTS)
     if name_or_path is None:

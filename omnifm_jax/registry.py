@@ -1,12 +1,27 @@
 """One registration mechanism for the project's components: algorithms, tasks, backbones and
 data sets. A component registers itself with a decorator in its own file
 (``@BACKBONES.register("cnn")``); the first lookup of a kind imports every module of its
-package, so adding a component is one new file and no edit elsewhere."""
+package, so adding a component is one new file and no edit elsewhere.
+
+Discovery never imports a module that needs an optional extra: such a module either imports
+the extra inside the function that needs it (``nibabel`` in ``data/segmentation.py``), or is
+not a component module and is named in its registry's ``skip`` (``data/tfds_builders.py``).
+A module whose import fails leaves the registry undiscovered and raises an error that names
+the module and, for a missing optional package, the extra that installs it; the next lookup
+tries again instead of answering from a partial registry."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+#: Optional packages and the ``pip install 'omnifm-jax[EXTRA]'`` extra that brings each.
+EXTRAS = {"tensorflow_datasets": "tfds", "tensorflow": "tf", "nibabel": "nifti",
+          "nbclient": "test", "nbformat": "test"}
+
+
+class ComponentImportError(ImportError):
+    """A component module could not be imported during discovery."""
 
 
 class Entry(NamedTuple):
@@ -19,12 +34,15 @@ class Registry:
     """Components of one kind (``"algorithm"``, ...), registered with :meth:`register`.
 
     ``package``: where components of this kind live; every module in it is imported on the
-    first lookup (so a component file registers itself without being imported by name).
+    first lookup (so a component file registers itself without being imported by name),
+    except private modules (``_name``) and those named in ``skip`` (modules of the package
+    that register nothing and need an optional extra).
     """
 
-    def __init__(self, kind: str, package: Optional[str] = None):
+    def __init__(self, kind: str, package: Optional[str] = None, *, skip: Sequence[str] = ()):
         self.kind = kind
         self.package = package
+        self.skip = frozenset(skip)
         self._entries: Dict[str, Entry] = {}
         self._discovered = package is None
 
@@ -37,13 +55,27 @@ class Registry:
             return obj
         return deco
 
+    def modules(self) -> List[str]:
+        """The modules discovery imports (full dotted names)."""
+        package = importlib.import_module(self.package)
+        return [f"{self.package}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                if not m.name.startswith("_") and m.name not in self.skip]
+
     def _discover(self) -> None:
         if self._discovered:
             return
+        for name in self.modules():
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                missing = (getattr(exc, "name", None) or "").split(".")[0]
+                hint = (f"; it needs the optional package {missing!r}: pip install 'omnifm-jax[{EXTRAS[missing]}]'"
+                        if missing in EXTRAS else "")
+                raise ComponentImportError(f"cannot list the {self.kind}s: importing {name} failed: "
+                                           f"{type(exc).__name__}: {exc}{hint}") from exc
+        # Only now: a failed import above leaves the registry undiscovered, so a later lookup
+        # tries again rather than answering from the components imported so far.
         self._discovered = True
-        package = importlib.import_module(self.package)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{self.package}.{module.name}")
 
     def available(self) -> List[str]:
         self._discover()
@@ -63,4 +95,5 @@ class Registry:
 ALGORITHMS = Registry("algorithm", "omnifm_jax.algorithms")
 TASKS = Registry("task", "omnifm_jax.tasks")
 BACKBONES = Registry("backbone", "omnifm_jax.models")
-DATASETS = Registry("dataset", "omnifm_jax.data")
+# tfds_builders registers nothing and needs tensorflow-datasets: imported only by its users.
+DATASETS = Registry("dataset", "omnifm_jax.data", skip=("tfds_builders",))

@@ -1,7 +1,7 @@
 """Reproduce the paper's tables: ``omnifm reproduce TABLE [--scale smoke|paper] [--out DIR]``.
 
 Each table is a declarative list of :class:`Cell` s: a row label, a column label, the
-config of the paper's protocol for that cell (a name in ``experiments/configs``), the
+config of the paper's protocol for that cell (a name in ``omnifm_jax/configs``), the
 overrides that make the cell (algorithm, scenario, participation, ablation switch), and
 the paper's number(s) for it, transcribed from the paper's text (:data:`PAPER`).
 
@@ -193,7 +193,7 @@ METRICS: Dict[str, Metric] = {
 class Cell:
     """One cell of a paper table.
 
-    ``config`` is the config of the paper's protocol (``experiments/configs/<config>.py``);
+    ``config`` is the config of the paper's protocol (``omnifm_jax/configs/<config>.py``);
     the scale maps it to what actually runs (:data:`SETTINGS`). ``overrides`` make the cell
     (``key=value`` strings, applied after the scale's size overrides). ``paper`` maps each
     of the table's metric names (:data:`METRICS`) to the paper's number in the paper's

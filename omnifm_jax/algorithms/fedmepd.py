@@ -84,7 +84,7 @@ a binary mask. The first anchors come from the initial model (in ``init_server``
 Defaults: ``channels=(8, 16, 32)``, ``attn_dim=16``, ``num_anchors=4``,
 ``personalize_threshold=1.0``, ``personalize_patience=0``, ``personalize_after=0``,
 ``server_steps=5``, ``server_lr=0.01``,
-``server_batch_size=8``, ``server_seed=0`` (``experiments/configs/fedmepd_lgg.py`` uses
+``server_batch_size=8``, ``server_seed=0`` (``omnifm_jax/configs/fedmepd_lgg.py`` uses
 ``channels=(8, 16, 32, 64)``). The run's ``backbone`` is not used (the engine still builds
 it to check the input size).
 
