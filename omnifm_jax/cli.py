@@ -1,6 +1,6 @@
 """The ``omnifm`` command.
 
-  omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR] [--resume]
+  omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR] [--resume | --overwrite]
   omnifm data describe --dataset NAME --clients K [...]
   omnifm algorithms            every algorithm, its reference and its hyper-parameters
   omnifm reproduce TABLE [--scale smoke|paper] [--out DIR] [--seeds 0,1,2] [--only ROWS] [...]
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from omnifm_jax.config import ConfigError
+from omnifm_jax.data.io import DataFileError
 
 
 def _train(args) -> int:
     from omnifm_jax import config as config_lib
-    from omnifm_jax.experiment import run
+    from omnifm_jax.experiment import NO_LEARNING, run
 
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the output directory of the run to continue")
@@ -29,10 +30,23 @@ def _train(args) -> int:
     else:
         base = config_lib.load_config(args.config)
     cfg = config_lib.apply_overrides(base, args.set)  # run() validates it before any work
-    out = args.out or f"runs/{cfg['algorithm']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run(cfg, out, progress=not args.quiet, resume=args.resume)
+    out = args.out or _new_run_dir(cfg["algorithm"])
+    summary = run(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print(f"outputs in {out}")
+    if summary.get("learned") is False:
+        print(f"omnifm: error: {NO_LEARNING} (summary.json: \"learned\": false)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _new_run_dir(algorithm: str) -> str:
+    """``runs/<algorithm>-<time>``, with a suffix when a run started in the same second."""
+    base = f"runs/{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, i = base, 1
+    while Path(out).exists():
+        i += 1
+        out = f"{base}-{i}"
+    return out
 
 
 def _saved_config(out: Path) -> dict:
@@ -77,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its newest good checkpoint (config from "
                             "OUT/config.json unless --config is given; --set rounds=N trains further)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the outputs of an earlier run in --out (removed as a whole before this "
+                            "run writes anything); without it such a directory is refused")
     train.set_defaults(func=_train)
     algs = sub.add_parser("algorithms", help="list the algorithms and their hyper-parameters (algorithm_kwargs)")
     algs.set_defaults(func=_algorithms)
@@ -92,8 +109,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reproduce's protocol.md
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, DataFileError, FileNotFoundError) as exc:
         print(f"omnifm: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output directory or a data file: the system's reason and the path
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"omnifm: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

@@ -23,10 +23,14 @@ import jax
 import numpy as np
 import optax
 
-from omnifm_jax import algorithms, checkpoint as ckpt_lib, config as config_lib, federated
+from omnifm_jax import algorithms, checkpoint as ckpt_lib, config as config_lib, federated, rundir
 from omnifm_jax.data.federation import Federation, validate_federation
 from omnifm_jax.data.registry import load_federation
 from omnifm_jax.registry import BACKBONES, TASKS
+
+
+NO_LEARNING = ("the run learned nothing: no client update was accepted in any round (every participant was "
+               "excluded as faulty, e.g. a diverging lr, or ran no local step); its model is the untrained one")
 
 
 def build_backbone(cfg: Dict[str, Any]):
@@ -55,9 +59,17 @@ def build_algorithm(cfg: Dict[str, Any], task, *, checked: bool = True):
 
 
 def load_data(cfg: Dict[str, Any]):
+    """The config's federation; with ``validation_fraction`` its test split is replaced by that
+    fraction of each client's training samples (and they leave the training split), so that
+    settings can be chosen without looking at the test split."""
     data_seed = cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"]
-    return load_federation(cfg["dataset"], num_clients=cfg["num_clients"], seed=data_seed,
-                           **dict(cfg["dataset_kwargs"]))
+    fed = load_federation(cfg["dataset"], num_clients=cfg["num_clients"], seed=data_seed,
+                          **dict(cfg["dataset_kwargs"]))
+    if cfg.get("validation_fraction") is not None:
+        from omnifm_jax.data.federation import validation_split
+
+        fed = validation_split(fed, cfg["validation_fraction"], seed=data_seed)
+    return fed
 
 
 def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
@@ -108,7 +120,16 @@ def _check_local_work(cfg: Dict[str, Any], n: np.ndarray) -> None:
     the same silently: their loader yields no batch, they upload the model they got).
     """
     b = cfg["batch_size"]
-    if not cfg["drop_last"] or n.size == 0:
+    if n.size == 0:
+        return
+    if not cfg["drop_last"]:
+        # Each step is padded to batch_size: a batch far beyond every client only costs memory
+        # (batch_size=100000 asks XLA for tens of GB) and trains exactly as batch_size=max n_k.
+        if b > int(n.max()):
+            raise config_lib.ConfigError(
+                f"batch_size={b} is larger than every client's training set (largest: {int(n.max())} samples); "
+                f"with drop_last=False each client would run one step on all its samples, which "
+                f"batch_size={int(n.max())} does exactly: set batch_size <= {int(n.max())}")
         return
     small = np.flatnonzero(n < b)
     if small.size == n.size:
@@ -167,9 +188,20 @@ def make_evaluation(cfg: Dict[str, Any], algorithm, task, fed: Federation, train
                                                 predict=lambda server, client, x, mask: task.baseline(x))
         return federated.summarize(task, baseline_eval(state, test), fed.test.n)
 
+    diagnose = None
+    if getattr(algorithm, "inspect", None) is not None and cfg.get("diagnostics", 0) != 0:
+        from omnifm_jax import diagnostics
+
+        diagnose = diagnostics.make_diagnostics(algorithm, task, fed.test, seed=cfg["seed"])
+
     def evaluation_line(state, r, rm):
         summary = federated.summarize(task, evaluate(state, test), fed.test.n)
         line = {"round": r, **{k: v for k, v in summary.items() if k != "clients"}}
+        if diagnose is not None:
+            from omnifm_jax import diagnostics
+
+            if diagnostics.diagnostics_due(cfg["diagnostics"], cfg["algorithm"], r, r == cfg["rounds"]):
+                line.update(diagnose(state))
         if train_loss_of is not None:
             # PFLlib's "Averaged Train Loss": the current models' loss over every client's
             # training samples (eval mode), sample-weighted.
@@ -187,8 +219,9 @@ def make_evaluation(cfg: Dict[str, Any], algorithm, task, fed: Federation, train
 
 
 def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: bool = True,
-        log: Callable[[str], None] = print, resume: bool = False) -> Dict[str, Any]:
-    """Train and evaluate one configuration; returns the summary dict.
+        log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Train and evaluate one configuration; returns the summary dict (plus ``state``, the
+    final :class:`~omnifm_jax.federated.FederatedState`, and ``history``, the metrics lines).
 
     With ``out_dir``, writes ``config.json``, ``metrics.jsonl`` (one line per eval round),
     ``timings.jsonl``, ``summary.json`` and ``curves.png`` there, and (``checkpoint_every
@@ -197,17 +230,26 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     checkpoint there (``rounds`` may be raised to train further); the result is
     bit-identical to an uninterrupted run.
 
+    The run owns ``out_dir`` (:mod:`omnifm_jax.rundir`): a directory another live run holds,
+    or one that holds an earlier run's outputs, is refused before any work, unless
+    ``resume`` continues that run or ``overwrite`` replaces its outputs (as a whole).
+
+    ``summary["learned"]`` is False when no client update was accepted in any round (every
+    participant faulty, or none ran a step): the model is the untrained one, and a warning
+    says so (the CLI exits with 1).
+
     Raises:
       ConfigError: invalid config, or a checkpoint that does not fit it.
       ValueError: invalid data.
       CheckpointError: ``resume`` without a usable checkpoint.
+      RunDirError: ``out_dir`` cannot be this run's (see :mod:`omnifm_jax.rundir`).
     """
-    from tqdm.auto import tqdm
-
     config_lib.validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise config_lib.ConfigError("resume needs the output directory of the run to continue")
+    if out is not None:
+        rundir.check(out, resume=resume, overwrite=overwrite)
     if cfg["shard_clients"] and cfg["num_clients"] % jax.device_count():
         raise config_lib.ConfigError(f"shard_clients needs num_clients divisible by the {jax.device_count()} "
                                      f"devices, got num_clients={cfg['num_clients']}")
@@ -216,6 +258,16 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     validate_data(cfg, fed)
     task = build_task(cfg, fed)
     algorithm = build_algorithm(cfg, task)
+    if out is None:
+        return _run(cfg, None, fed, task, algorithm, progress=progress, log=log, resume=resume)
+    with rundir.RunDirectory(out, resume=resume, overwrite=overwrite):
+        return _run(cfg, out, fed, task, algorithm, progress=progress, log=log, resume=resume)
+
+
+def _run(cfg, out: Optional[Path], fed, task, algorithm, *, progress, log, resume) -> Dict[str, Any]:
+    """:func:`run` after every check, with ``out`` (if any) owned by this run."""
+    from tqdm.auto import tqdm
+
     ckpt = None
     ckpt_dir = out / ckpt_lib.CHECKPOINT_SUBDIR if out is not None else None
     if out is not None and (cfg["checkpoint_every"] > 0 or resume):
@@ -229,7 +281,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
     data_sha = ckpt_lib.data_fingerprint(fed.train, fed.test) if ckpt is not None else None
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
-    history, totals, resumed_from = [], {"faulty": 0, "dropped": 0}, None
+    history, resumed_from = [], None
+    totals = {"faulty": 0, "dropped": 0, "accepted_updates": 0, "useful_steps": 0}
     # federated.init compiles itself, without backend optimisation on CPU (it runs once);
     # an outer jit would trace through it and compile it fully optimised, which takes longer.
     init_fn = lambda key: federated.init(algorithm, key, train, shared_init=cfg["shared_init"])  # noqa: E731
@@ -242,7 +295,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         except BaseException:
             ckpt.close()
             raise
-        history, totals = meta["history"], dict(meta["totals"])
+        history = meta["history"]
+        totals = {"accepted_updates": None, "useful_steps": None, **meta["totals"]}  # None: older checkpoint
         resumed_from = int(meta["round"])
         log(f"resuming from the checkpoint of round {resumed_from} in {ckpt_dir}")
     else:
@@ -256,12 +310,11 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         state = sharding.shard_state(state, mesh)
     start_round = int(state.round)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        metrics_file = (out / "metrics.jsonl").open("w")
-        for line in history:  # the lines up to the checkpoint; later ones of a killed run are redone
-            metrics_file.write(json.dumps(line) + "\n")
-        metrics_file.flush()
+        # The lines up to the checkpoint (later ones of a killed run are redone), as a new file
+        # renamed over the old one; then this run, the directory's only writer, appends.
+        rundir.replace_lines(out / "metrics.jsonl", [json.dumps(line) for line in history])
+        metrics_file = (out / "metrics.jsonl").open("a")
         timings_file = (out / "timings.jsonl").open("a" if resume else "w")
     start = time.time()
     round_fn = federated.make_round(algorithm, fed.train, participation=cfg["participation"],
@@ -276,7 +329,7 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         if out is not None:
             metrics_file.write(json.dumps(line) + "\n")
             metrics_file.flush()
-        bar.set_postfix(_fmt({k: v for k, v in line.items() if k != "clients"}))
+        bar.set_postfix(_fmt({k: v for k, v in line.items() if k != "clients" and not k.startswith("diag/")}))
 
     every = cfg["checkpoint_every"]
     bar = tqdm(range(start_round, cfg["rounds"]), initial=start_round, total=cfg["rounds"],
@@ -288,6 +341,11 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         faulty, dropped = int(rm.faulty), int(rm.dropped)
         totals["faulty"] += faulty
         totals["dropped"] += dropped
+        if totals["accepted_updates"] is not None and rm.useful_steps is not None:
+            totals["accepted_updates"] += int(np.count_nonzero(np.asarray(rm.weights) > 0))
+            totals["useful_steps"] += int(rm.useful_steps)
+        else:  # a round function that does not count steps: whether the run learned is unknown
+            totals["accepted_updates"] = totals["useful_steps"] = None
         if faulty:
             log(f"round {r + 1}: {faulty} client(s) sent a non-finite update and were left out")
         last = r + 1 == cfg["rounds"]
@@ -306,6 +364,11 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
                                        "and holds no metric history")
     key = task.primary_metric
     best = max(history, key=lambda h: h[key])
+    # None when a pre-existing checkpoint did not count accepted updates (cannot tell).
+    learned = None if totals["accepted_updates"] is None else bool(
+        totals["accepted_updates"] > 0 and totals["useful_steps"] > 0)
+    if learned is False:
+        warnings.warn(NO_LEARNING, stacklevel=2)
     strip = lambda h: {k: v for k, v in h.items() if k not in ("clients",)}
     summary = {
         "algorithm": cfg["algorithm"], "task": cfg["task"], "dataset": cfg["dataset"],
@@ -313,6 +376,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         "last_clients": history[-1]["clients"], "faulty_clients_total": totals["faulty"],
         "dropped_clients_total": totals["dropped"], "resumed_from_round": resumed_from,
         "wall_time_s": round(wall, 3), "rounds": cfg["rounds"],
+        "accepted_updates_total": totals["accepted_updates"], "useful_client_steps_total": totals["useful_steps"],
+        "learned": learned,
         "params_sha256": federated.state_hash(state), "device": str(jax.devices()[0]),
         "config": cfg,
     }
@@ -328,6 +393,7 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
         plot_curves(history, out / "curves.png", title=f"{cfg['algorithm']} / {cfg['dataset']}")
     log(result_table(summary))
     summary["state"] = state
+    summary["history"] = history  # every metrics line (as in metrics.jsonl); not in summary.json
     return summary
 
 
@@ -337,7 +403,7 @@ def _num(v) -> float:
 
 def result_table(summary: Dict[str, Any]) -> str:
     """A short text table of best and last metrics."""
-    names = [k for k, v in summary["last"].items() if isinstance(v, float)]
+    names = [k for k, v in summary["last"].items() if isinstance(v, float) and not k.startswith("diag/")]
     rows = [f"{summary['algorithm']} on {summary['dataset']} ({summary['task']}), "
             f"{summary['rounds']} rounds in {summary['wall_time_s']:.1f} s"]
     rows.append(f"{'':10s}" + "".join(f"{n:>14s}" for n in names))
@@ -359,8 +425,8 @@ def plot_curves(history, path: Path, *, title: str = "") -> None:
     """
     from matplotlib.figure import Figure
 
-    names = [k for k in dict.fromkeys(k for h in history for k in h)
-             if k != "round" and any(isinstance(h.get(k), float) for h in history)]
+    names = [k for k in dict.fromkeys(k for h in history for k in h)  # diag/* curves: omnifm_mechanism study
+             if k != "round" and not k.startswith("diag/") and any(isinstance(h.get(k), float) for h in history)]
     fig = Figure(figsize=(4 * len(names), 3))
     axes = fig.subplots(1, len(names), squeeze=False)
     rounds = [h["round"] for h in history]

@@ -813,7 +813,8 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
         try:
             fed = experiment.load_data(cfg)
             experiment.validate_data(cfg, fed)
-            experiment.build_task(cfg, fed)   # a task option that does not fit the data (e.g. image size)
+            task = experiment.build_task(cfg, fed)   # a task option that does not fit the data (e.g. image size)
+            experiment.build_algorithm(cfg, task)    # and the model the cell trains
         except (ValueError, FileNotFoundError, ConfigError) as exc:
             raise ConfigError(f"{plan.table.name} cell ({pc.cell.row}, {pc.cell.col}): data: {exc}") from None
         try:
@@ -1285,13 +1286,20 @@ def estimate_text(plan: Plan) -> str:
 # Entry point
 # --------------------------------------------------------------------------------------
 
+def output_files(table: str, out: Path) -> List[Path]:
+    """What a table writes under ``out``: ``<table>.md``, ``.csv``, ``.png``, ``.json`` and
+    ``<table>_protocol.md``. Every name starts with the table's, so tables can share an ``out``."""
+    return [out / f"{table}.md", out / f"{table}.csv", out / f"{table}.png", out / f"{table}.json",
+            out / f"{table}_protocol.md"]
+
+
 def reproduce(table: str, *, scale: str = "smoke", out: Optional[str | Path] = None, seeds: Sequence[int] = (0, 1, 2),
               rounds: Optional[int] = None, rows: Optional[Sequence[str]] = None, cols: Optional[Sequence[str]] = None,
               overrides: Sequence[str] = (), rule: str = "best", progress: bool = False,
               log: Callable[[str], None] = print, command: Optional[str] = None, dry_run: bool = False,
               data_root: Optional[Path] = None) -> Dict[str, Any]:
     """Run a table and write ``<table>.md``, ``<table>.csv``, ``<table>.png``,
-    ``<table>.json`` and ``protocol.md`` under ``out`` (default ``runs/reproduce/<table>``).
+    ``<table>.json`` and ``<table>_protocol.md`` under ``out`` (default ``runs/reproduce/<table>``).
 
     Everything (table, rows, columns, every cell's config, and every federation's data) is
     checked before any training. ``dry_run`` stops after the checks and the plan.
@@ -1321,10 +1329,10 @@ def reproduce(table: str, *, scale: str = "smoke", out: Optional[str | Path] = N
     claims = evaluate_claims(plan.table, records, rule)
     out.mkdir(parents=True, exist_ok=True)
     name = plan.table.name
-    files = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}.json", out / "protocol.md"]
+    files = output_files(name, out)
     write_csv(records, files[1])
     md = write_markdown(plan.table, records, files[0], rule=rule, seeds=plan.seeds, scale=scale, claims=claims,
-                        header=[f"Measured with `{command}`; protocol: `protocol.md`.", ""])
+                        header=[f"Measured with `{command}`; protocol: `{name}_protocol.md`.", ""])
     write_plot(plan.table, records, files[2], rule=rule)
     files[3].write_text(json.dumps({"table": name, "scale": scale, "seeds": list(plan.seeds), "rule": rule,
                                     "command": command, "wall_time_s": round(wall, 2), "records": records,
@@ -1350,7 +1358,7 @@ def render(table: str, out: str | Path, *, rule: str = "best") -> str:
     meta = out / f"{table}.json"
     command = json.loads(meta.read_text()).get("command", "") if meta.is_file() else ""
     md = write_markdown(TABLES[table], records, out / f"{table}.md", rule=rule, seeds=seeds, scale=scale,
-                        header=[f"Measured with `{command}`; protocol: `protocol.md`."
+                        header=[f"Measured with `{command}`; protocol: `{table}_protocol.md`."
                                 + ("" if rule == "best" else " Rendered with the last-round rule."), ""])
     write_plot(TABLES[table], records, out / f"{table}.png", rule=rule)
     if meta.is_file():

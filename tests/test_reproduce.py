@@ -275,7 +275,7 @@ def test_tiny_table8_end_to_end(tmp_path, capsys):
     assert rc == 0
     log = capsys.readouterr().out
     assert "1 compiled program(s)" in log and "[1/1] 4 run(s)" in log
-    for name in ("table8.md", "table8.csv", "table8.png", "table8.json", "protocol.md"):
+    for name in ("table8.md", "table8.csv", "table8.png", "table8.json", "table8_protocol.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     recs = R.read_csv(out / "table8.csv")
     assert len(recs) == 4 and {r["seed"] for r in recs} == {"0", "1"}
@@ -288,7 +288,7 @@ def test_tiny_table8_end_to_end(tmp_path, capsys):
         line = next(l for l in md.splitlines() if l.startswith(f"| {row} |"))
         assert line.split(" | ")[1] == R.format_measured(mean, std, n, 2)
         assert re.search(rf"\| {re.escape(f'{mean:.2f}')} ± [0-9.]+ \(2\) \|", line)
-    protocol = (out / "protocol.md").read_text()
+    protocol = (out / "table8_protocol.md").read_text()
     assert "omnifm reproduce table8 --scale tiny" in protocol and "CpuDevice" in protocol
     assert "data_seed = 0" in protocol and "best round" in protocol
     assert "extra overrides for every cell: `num_clients=2`" in protocol

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from .io import open_image
+
 __all__ = [
     "BreakHisRecord",
     "MAGNIFICATIONS",
@@ -235,7 +237,7 @@ def load_breakhis_image(path: str | Path, *, downscale: int = 1) -> np.ndarray:
     """
     if not isinstance(downscale, (int, np.integer)) or downscale < 1:
         raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
-    with Image.open(path) as im:
+    with open_image(path, "BreaKHis") as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     if downscale > 1:
         h, w = arr.shape[0] // downscale, arr.shape[1] // downscale

@@ -47,6 +47,9 @@ from PIL import Image
 from omnifm_jax.data.federation import Federation, stack_clients, validate_federation
 from omnifm_jax.registry import DATASETS
 
+from .io import open_image
+from .options import dataset_options
+
 __all__ = [
     "PAIR_TYPES",
     "Y_WEIGHTS",
@@ -120,7 +123,7 @@ def scan_pairs(root: str | os.PathLike, pair: str) -> list[Pair]:
     out = []
     for name in sorted(files["MRI"]):
         a, b = files["MRI"][name], files[other][name]
-        with Image.open(a) as ia, Image.open(b) as ib:
+        with open_image(a, "fusion_harvard") as ia, open_image(b, "fusion_harvard") as ib:
             sa, sb = ia.size, ib.size
         if sa != sb:
             raise ValueError(f"fusion data: pair {name!r} of {pair} has different sizes: {a} is {sa[0]}x{sa[1]}, "
@@ -133,7 +136,7 @@ def scan_pairs(root: str | os.PathLike, pair: str) -> list[Pair]:
 
 def _read_grey(path: Path) -> np.ndarray:
     """float64 ``[H, W]`` grey levels of a PNG: luma Y of an RGB image, grey as stored."""
-    with Image.open(path) as im:
+    with open_image(path, "fusion_harvard") as im:
         mode = im.mode
         if mode == "L":
             return np.asarray(im, np.float64)
@@ -347,22 +350,17 @@ def synthetic_fusion_federation(*, num_clients: int = 3, seed: int = 0, image_si
                        names, seed=seed, test_fraction=float(test_fraction), info=info)
 
 
-def _options(kw: dict, allowed: tuple[str, ...], name: str) -> dict:
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise ValueError(f"dataset {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
-    return kw
 
 
 @DATASETS.register("fusion_harvard")
 def _fusion_harvard(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = _options(kw, ("root", "pairs", "image_size", "test_fraction", "max_pairs_per_client"), "fusion_harvard")
+    kw = dataset_options("fusion_harvard", kw, fusion_harvard_federation)
     return fusion_harvard_federation(num_clients=num_clients, seed=seed, **kw)
 
 
 @DATASETS.register("synthetic_fusion")
 def _synthetic_fusion(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = _options(kw, ("image_size", "pairs_per_client", "test_fraction"), "synthetic_fusion")
+    kw = dataset_options("synthetic_fusion", kw, synthetic_fusion_federation)
     return synthetic_fusion_federation(num_clients=num_clients, seed=seed, **kw)

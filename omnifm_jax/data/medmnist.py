@@ -28,6 +28,8 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from .io import read_npz
+
 __all__ = [
     "LabeledImages",
     "DatasetNotFoundError",
@@ -420,27 +422,29 @@ def _read_splits(
 ) -> dict[str, LabeledImages]:
     out: dict[str, LabeledImages] = {}
     num_classes = len(class_names)
-    with np.load(path, allow_pickle=False) as z:
-        for split in splits:
-            if split not in SPLITS:
-                raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-            ki, kl = f"{split}_images", f"{split}_labels"
-            if ki not in z.files or kl not in z.files:
-                raise ValueError(f"{path}: missing keys {ki!r}/{kl!r}; has {sorted(z.files)}")
-            where = f"{path.name}[{split}]"
-            images = _as_nhwc(z[ki], where=where)
-            labels = _as_labels(z[kl], images.shape[0], where=where, multilabel=multilabel)
-            if labels.size and (labels.min() < 0 or (not multilabel and labels.max() >= num_classes)):
-                raise ValueError(
-                    f"{where}: labels out of range [0, {num_classes}): min {labels.min()}, max {labels.max()}"
-                )
-            out[split] = LabeledImages(
-                images=images,
-                labels=labels,
-                modality=np.zeros(images.shape[0], np.int32),
-                class_names=tuple(class_names),
-                modality_names=(modality_name,),
+    splits = tuple(splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    arrays = read_npz(path, modality_name, [f"{s}_{k}" for s in splits for k in ("images", "labels")])
+    for split in splits:
+        ki, kl = f"{split}_images", f"{split}_labels"
+        if ki not in arrays or kl not in arrays:
+            raise ValueError(f"{path}: missing keys {ki!r}/{kl!r}; has {sorted(arrays)} of the requested splits")
+        where = f"{path.name}[{split}]"
+        images = _as_nhwc(arrays[ki], where=where)
+        labels = _as_labels(arrays[kl], images.shape[0], where=where, multilabel=multilabel)
+        if labels.size and (labels.min() < 0 or (not multilabel and labels.max() >= num_classes)):
+            raise ValueError(
+                f"{where}: labels out of range [0, {num_classes}): min {labels.min()}, max {labels.max()}"
             )
+        out[split] = LabeledImages(
+            images=images,
+            labels=labels,
+            modality=np.zeros(images.shape[0], np.int32),
+            class_names=tuple(class_names),
+            modality_names=(modality_name,),
+        )
     return out
 
 
@@ -520,11 +524,10 @@ def load_npz_images(
         raise DatasetNotFoundError(f"MedMNIST-style file not found: {path}")
     if class_names is None:
         top = -1
-        with np.load(path, allow_pickle=False) as z:
-            for split in splits:
-                key = f"{split}_labels"
-                if key in z.files and z[key].size:
-                    top = max(top, int(np.max(z[key])))
+        z = read_npz(path, modality_name or path.stem, [f"{split}_labels" for split in splits])
+        for key, labels in z.items():
+            if labels.size:
+                top = max(top, int(np.max(labels)))
         class_names = tuple(str(i) for i in range(top + 1))
     return _read_splits(
         path,

@@ -281,12 +281,12 @@ _OPTIONS = ("root", "modality_subsets", "server_fraction", "server_seed", "test_
 @DATASETS.register("fedmepd_lgg")
 def _fedmepd_lgg(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = seg._options(kw, _OPTIONS, "fedmepd_lgg")
+    kw = seg._options(kw, _OPTIONS, "fedmepd_lgg", missing_modality_federation)
     return fedmepd_lgg_federation(num_clients=num_clients, seed=seed, **kw)
 
 
 @DATASETS.register("fedmepd_brats")
 def _fedmepd_brats(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = seg._options(kw, _OPTIONS + ("target",), "fedmepd_brats")
+    kw = seg._options(kw, _OPTIONS + ("target",), "fedmepd_brats", missing_modality_federation)
     return fedmepd_brats_federation(num_clients=num_clients, seed=seed, **kw)

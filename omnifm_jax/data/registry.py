@@ -24,6 +24,7 @@ from typing import Any, Callable
 from omnifm_jax.registry import DATASETS
 
 from .federation import Federation, federate
+from .options import dataset_options
 
 __all__ = ["DATASETS", "load_federation", "default_real_data_dir"]
 
@@ -47,13 +48,11 @@ def pooled_split_note(splits, test_fraction: float) -> str:
     return f"only the official {'/'.join(splits)} split(s) are used; {resplit}"
 
 
-def _split_kwargs(kwargs: dict, allowed: tuple[str, ...], name: str) -> tuple[dict, dict]:
+def _split_kwargs(kwargs: dict, allowed: tuple[str, ...], name: str, loader: Callable) -> tuple[dict, dict]:
+    """``(federate options, loader options)``, checked against ``loader``'s and
+    :func:`federate`'s parameters (names and types)."""
+    kwargs = dataset_options(name, kwargs, loader, federate, allowed=allowed + _FEDERATE_KEYS)
     fed_kw = {k: kwargs.pop(k) for k in _FEDERATE_KEYS if k in kwargs}
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"dataset {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed + _FEDERATE_KEYS)}"
-        )
     return fed_kw, kwargs
 
 
@@ -63,7 +62,7 @@ def _synthetic(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     from .synthetic import make_cross_modality
 
     allowed = ("num_modalities", "num_classes", "samples_per_class_per_modality", "image_size", "channels")
-    fed_kw, data_kw = _split_kwargs(kw, allowed, "synthetic")
+    fed_kw, data_kw = _split_kwargs(kw, allowed, "synthetic", make_cross_modality)
     data = make_cross_modality(seed, **data_kw)
     fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
     fed.info.update(dataset="synthetic", **data_kw)
@@ -77,7 +76,7 @@ def _medmnist(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     subsets = [s for s in spec.split("+") if s.strip()]
     if not subsets:
         raise ValueError("dataset 'medmnist:' needs subsets, e.g. 'medmnist:pathmnist+dermamnist+bloodmnist'")
-    fed_kw, data_kw = _split_kwargs(kw, ("size", "root", "splits", "download"), "medmnist")
+    fed_kw, data_kw = _split_kwargs(kw, ("size", "root", "splits", "download"), "medmnist", load_cross_modality)
     data = load_cross_modality(subsets, **data_kw)
     fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
     fed.info.update(dataset="medmnist:" + "+".join(s.strip().lower() for s in subsets), size=data_kw.get("size", 28),
@@ -90,7 +89,7 @@ def _real4(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
     from .medmnist import SPLITS, load_real4
 
-    fed_kw, data_kw = _split_kwargs(kw, ("root", "splits"), "real4")
+    fed_kw, data_kw = _split_kwargs(kw, ("root", "splits"), "real4", load_real4)
     root = data_kw.pop("root", None)
     root = Path(root) if root is not None else default_real_data_dir()
     data = load_real4(root, **data_kw)
@@ -100,22 +99,22 @@ def _real4(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     return fed
 
 
-def _superres(func: str, num_clients: int, seed: int, kw: dict) -> Federation:
+def _superres(func: str, name: str, num_clients: int, seed: int, kw: dict) -> Federation:
     module = importlib.import_module("omnifm_jax.data.superres")
     fn: Callable[..., Federation] = getattr(module, func)
-    return fn(num_clients=num_clients, seed=seed, **kw)
+    return fn(num_clients=num_clients, seed=seed, **dataset_options(name, kw, fn))
 
 
 @DATASETS.register("synthetic_sr")
 def _synthetic_sr(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    return _superres("synthetic_sr_federation", num_clients, seed, kw)
+    return _superres("synthetic_sr_federation", "synthetic_sr", num_clients, seed, kw)
 
 
 @DATASETS.register("breakhis_sr")
 def _breakhis_sr(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    return _superres("breakhis_sr_federation", num_clients, seed, kw)
+    return _superres("breakhis_sr_federation", "breakhis_sr", num_clients, seed, kw)
 
 
 def load_federation(name: str, *, num_clients: int, seed: int = 0, **kwargs: Any) -> Federation:

@@ -59,6 +59,8 @@ from PIL import Image
 from omnifm_jax.registry import DATASETS
 
 from .federation import Federation, stack_clients, validate_federation
+from .io import read_npz
+from .options import dataset_options
 
 __all__ = [
     "BRATS_REGIONS",
@@ -115,11 +117,11 @@ def _load_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> 
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: put the real data folder there (see shared/data/real/"
                                 "SOURCES.md), pass root=..., or set OMNIFM_REAL_DATA")
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in keys if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {missing}; it holds {sorted(z.files)}")
-        return {k: z[k] for k in list(keys) + [k for k in optional if k in z.files]}
+    arrays = read_npz(path, path.stem, list(keys) + list(optional))
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {missing}; it holds {sorted(arrays)} of those asked for")
+    return arrays
 
 
 def check_masks(images: np.ndarray, masks: np.ndarray, label_values: Sequence[int], where: str) -> None:
@@ -638,31 +640,28 @@ def nifti_federation(*, root, num_clients: int = 2, seed: int = 0, channels: Seq
 
 # ----------------------------------------------------------------------------- registry
 
-def _options(kw: dict, allowed: Sequence[str], name: str) -> dict:
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise ValueError(f"dataset {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
-    return kw
+def _options(kw: dict, allowed: Sequence[str], name: str, *functions) -> dict:
+    return dataset_options(name, kw, *functions, allowed=allowed)
 
 
 @DATASETS.register("lgg_seg")
 def _lgg(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = _options(kw, ("root", "sites", "channels", "test_fraction", "min_patients", "drop_empty"), "lgg_seg")
+    kw = _options(kw, ("root", "sites", "channels", "test_fraction", "min_patients", "drop_empty"), "lgg_seg", lgg_federation)
     return lgg_federation(num_clients=num_clients, seed=seed, **kw)
 
 
 @DATASETS.register("brats_seg")
 def _brats(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = _options(kw, ("root", "target", "channels", "test_fraction", "min_patients", "drop_empty"), "brats_seg")
+    kw = _options(kw, ("root", "target", "channels", "test_fraction", "min_patients", "drop_empty"), "brats_seg", brats_federation)
     return brats_federation(num_clients=num_clients, seed=seed, **kw)
 
 
 @DATASETS.register("seg_cross_modality")
 def _cross(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = _options(kw, ("root", "size", "test_fraction"), "seg_cross_modality")
+    kw = _options(kw, ("root", "size", "test_fraction"), "seg_cross_modality", cross_modality_federation)
     return cross_modality_federation(num_clients=num_clients, seed=seed, **kw)
 
 
@@ -670,5 +669,5 @@ def _cross(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
 def _nifti(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
     kw = _options(kw, ("root", "channels", "target", "size", "crop", "partition_file", "prefix_regex",
-                       "test_fraction", "min_patients", "label_values"), "nifti_seg")
+                       "test_fraction", "min_patients", "label_values"), "nifti_seg", nifti_federation)
     return nifti_federation(num_clients=num_clients, seed=seed, **kw)
