@@ -41,7 +41,7 @@ COMMIT_MARKER = "commit_success.txt"
 #: Config keys that may change between a run and its resumption: they change neither the
 #: state's structure nor what a round computes.
 RESUME_FREE_KEYS = ("rounds", "eval_every", "eval_batch_size", "client_chunk", "shard_clients",
-                    "checkpoint_every", "checkpoint_keep")
+                    "checkpoint_every", "checkpoint_keep", "diagnostics")
 
 
 class CheckpointError(ValueError):

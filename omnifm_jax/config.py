@@ -51,6 +51,8 @@ DEFAULTS: Dict[str, Any] = {
     "dropout": 0.0,                 # fraction of each round's participants that fail to report
     "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
+    "diagnostics": "auto",          # OmniFM's diag/* metrics (omnifm_jax.diagnostics): auto = every eval round, 0 off, N
+    "validation_fraction": None,    # a fraction f: evaluate on f of each client's TRAINING samples, never the test split
 }
 
 OPTIMIZERS = ("sgd", "adam")
@@ -174,6 +176,11 @@ def validate(cfg: Dict[str, Any]) -> None:
     checks.interval("momentum", cfg["momentum"], 0, 1, lo_open=False, hi_open=True)
     checks.choice("input_scaling", cfg["input_scaling"], INPUT_SCALINGS)
     checks.choice("head_pool", cfg["head_pool"], HEAD_POOLS)
+    require(cfg["diagnostics"] == "auto" or checks.is_int(cfg["diagnostics"]) and cfg["diagnostics"] >= 0,
+            f"diagnostics must be 'auto' or an integer >= 0 (0: off; N: round 1, every N-th and the last), "
+            f"got {cfg['diagnostics']!r}")
+    if cfg["validation_fraction"] is not None:
+        checks.interval("validation_fraction", cfg["validation_fraction"], 0, 1, lo_open=True, hi_open=True)
     require(checks.is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"),
             f"lr must be a finite number > 0, got {cfg['lr']!r}")
     require(cfg["scale"] in (2, 4, 8) and checks.is_int(cfg["scale"]), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")

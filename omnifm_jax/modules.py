@@ -62,6 +62,8 @@ class EmbeddingCrossAttention(nn.Module):
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)
         weights = jnp.where(mask, weights, 0.0)
+        self.sow("intermediates", "attention", weights)            # (..., h, L, k), for diagnostics
+        self.sow("intermediates", "attention_valid", mask[..., 0, 0, :])  # (..., k)
         z = jnp.einsum("...hlk,...khe->...lhe", weights, v)
         z = z.reshape(z.shape[:-2] + (self.head_dim,))
         if self.head_dim != out_dim:

@@ -87,18 +87,30 @@ class SpectralTokenizer(nn.Module):
         ratio: low-pass ratio of P_LP.
         log_magnitude: apply ``log1p`` to the magnitude (default on).
         hidden: width of FreqMix and W1 (defaults to ``dim``).
+        norm: ``"none"`` (the paper) or ``"batch"``: standardise every bin and channel of the
+            (log) low-pass spectrum over the batch (flax ``BatchNorm``, running statistics in
+            ``batch_stats`` for evaluation, no scale or bias). Without it the DC and lowest
+            bins, shared by every image, dominate the pooled token and all tokens point the
+            same way (see the README's OmniFM mechanism study).
     """
     dim: int = 64
     ratio: float = 0.25
     log_magnitude: bool = True
     hidden: int | None = None
+    norm: str = "none"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, mask=None) -> jax.Array:
         hidden = self.hidden or self.dim
         spec = low_pass(magnitude_spectrum(x), self.ratio)
         if self.log_magnitude:
             spec = jnp.log1p(spec)
+        if self.norm == "batch":
+            bn_mask = None if mask is None else jnp.broadcast_to(mask.reshape((-1, 1, 1, 1)), spec.shape)
+            spec = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_scale=False, use_bias=False, axis=(-3, -2, -1),
+                                name="spectrum_norm")(spec, mask=bn_mask)
+        elif self.norm != "none":
+            raise ValueError(f"spectrum norm must be 'none' or 'batch', got {self.norm!r}")
         h, w, c = spec.shape[-3:]
         mixed = nn.Dense(hidden, name="freq_mix")(spec)
         pos = self.param("freq_pos", nn.initializers.normal(0.02), (h, w, hidden))

@@ -38,6 +38,14 @@ CONFIG_CASES = [
     ("algorithm_kwargs not a dict", {"algorithm_kwargs": ["top_k", 3]},
      r"dataset_kwargs, backbone_kwargs, algorithm_kwargs and task_kwargs must be dicts"),
     ("participation 0", {"participation": 0.0}, r"participation must be a number in \(0, 1\], got 0.0"),
+    ("unknown spectrum normalisation", {"algorithm_kwargs": {"spectrum_norm": "layer"}},
+     r"algorithm 'omnifm': spectrum_norm must be one of \('none', 'batch'\), got 'layer'"),
+    ("unknown ECA keys", {"algorithm_kwargs": {"eca_keys": "raw"}},
+     r"eca_keys must be one of \('unit', 'scaled', 'centered'\), got 'raw'"),
+    ("negative uniformity weight", {"algorithm_kwargs": {"lambda_uniform": -1.0}},
+     r"lambda_uniform must be a finite number >= 0, got -1.0"),
+    ("diagnostics -1", {"diagnostics": -1}, r"diagnostics must be 'auto' or an integer >= 0"),
+    ("validation fraction 1", {"validation_fraction": 1.0}, r"validation_fraction must be a number in \(0, 1\), got 1.0"),
     ("dropout 1", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
     ("negative dropout", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
     ("negative checkpoint_every", {"checkpoint_every": -1}, r"checkpoint_every must be an integer >= 0, got -1"),
@@ -253,7 +261,11 @@ def test_drop_last_with_every_client_smaller_than_a_batch(fed):
     with pytest.raises(ConfigError, match=rf"drop_last=True and batch_size={largest + 1}, but every client has "
                                           rf"fewer than {largest + 1} training samples \(largest: {largest}\)"):
         experiment.validate_data(tiny_cfg(batch_size=largest + 1), fed)
-    experiment.validate_data(tiny_cfg(batch_size=largest + 1, drop_last=False), fed)  # partial batches: fine
+    experiment.validate_data(tiny_cfg(batch_size=largest, drop_last=False), fed)  # partial batches: fine
+    # beyond the largest client a batch only pads (batch_size=largest trains exactly the same): refused
+    with pytest.raises(ConfigError, match=rf"batch_size={largest + 1} is larger than every client's training set "
+                                          rf"\(largest: {largest} samples\).*set batch_size <= {largest}"):
+        experiment.validate_data(tiny_cfg(batch_size=largest + 1, drop_last=False), fed)
     smallest = int(fed.train.n.min())
     if smallest < largest:
         with pytest.warns(UserWarning, match=r"run no local step"):
@@ -326,7 +338,8 @@ def test_resume_without_checkpoint_and_fresh_run_over_one(tmp_path):
     with pytest.raises(ConfigError, match=r"resume needs the output directory"):
         experiment.run(tiny_cfg(), None, resume=True, progress=False)
     write_checkpoint(tmp_path / "used", tiny_cfg())
-    with pytest.raises(ConfigError, match=r"already holds checkpoints \(rounds \[1\]\); resume that run"):
+    with pytest.raises(ConfigError, match=r"already holds the outputs of an earlier run \(config.json, checkpoints\); "
+                                          r"continue it with --resume, replace it with --overwrite"):
         experiment.run(tiny_cfg(), tmp_path / "used", progress=False)
 
 

@@ -15,7 +15,7 @@ The pieces most algorithms are built from live in modules named for what they do
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +73,10 @@ class FederatedAlgorithm(NamedTuple):
         with the client's personalised model (evaluation).
       local_steps: ``n int32[...] -> int32[...]`` local steps a client with ``n`` samples
         runs in a round (the engine groups clients of similar work with it).
+      inspect: optional ``(server_state, client_state, x, mask, *, probe=None, context=None)
+        -> (model_output, aux, intermediates)``: the client's model in evaluation mode with
+        its sown intermediates, a model ``probe`` and another model context (OmniFM: the
+        bank); used by :mod:`omnifm_jax.diagnostics`.
     """
     name: str
     init_server: Callable[..., Any]
@@ -81,3 +85,4 @@ class FederatedAlgorithm(NamedTuple):
     server_update: Callable[..., Any]
     predict: Callable[..., Any]
     local_steps: Callable[[Any], Any] = _no_steps
+    inspect: Optional[Callable[..., Any]] = None

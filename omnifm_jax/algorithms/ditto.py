@@ -62,4 +62,4 @@ def ditto(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True
         out, _ = model.apply(client.extra, x, None, train=False, mask=mask)
         return task.predict(out, x)
 
-    return base._replace(client_update=client_update, local_steps=local_steps, predict=predict)
+    return base._replace(client_update=client_update, local_steps=local_steps, predict=predict, inspect=None)

@@ -141,4 +141,4 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
         out, _ = model.apply(variables, x, None, train=False, mask=mask)
         return task.predict(out, x)
 
-    return base._replace(predict=predict)
+    return base._replace(predict=predict, inspect=None)  # inspect would show the un-mixed model

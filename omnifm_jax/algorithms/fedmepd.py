@@ -467,4 +467,4 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         out, _ = model.apply({"params": {**params, **dec}}, x, server.extra["anchors"], train=False, mask=mask)
         return task.predict(out, x)
 
-    return base._replace(init_server=init_server, predict=predict)
+    return base._replace(init_server=init_server, predict=predict, inspect=None)

@@ -300,4 +300,12 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         out, _ = model.apply(variables, x, model_context(server.extra, client.extra), train=False, mask=mask)
         return task.predict(out, x)
 
-    return FederatedAlgorithm(name, init_server, init_client, client_update, server_update, predict, local_steps)
+    def inspect(server, client, x, mask=None, *, probe=None, context=None):
+        variables = labels.combine(server.params, client.personal)
+        ctx = model_context(server.extra, client.extra) if context is None else context
+        kw = {} if probe is None else {"probe": probe}
+        (out, aux), inter = model.apply(variables, x, ctx, train=False, mask=mask, mutable=["intermediates"], **kw)
+        return out, aux, inter.get("intermediates", {})
+
+    return FederatedAlgorithm(name, init_server, init_client, client_update, server_update, predict, local_steps,
+                              inspect)

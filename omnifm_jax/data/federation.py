@@ -173,6 +173,29 @@ def stack_clients(
     )
 
 
+def validation_split(fed: "Federation", fraction: float, *, seed: int = 0) -> "Federation":
+    """A federation for choosing settings: each client's TRAINING samples split into
+    ``1 - fraction`` training and ``fraction`` validation samples (at least one of each when
+    the client has two or more; drawn with ``default_rng([seed, 0x7661, k])``); the validation
+    samples take the place of the test split, and the test split is not used at all.
+    Super-resolution targets and modality ids travel with their samples."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
+    train_idx, val_idx = [], []
+    for k in range(fed.num_clients):
+        start, n = int(fed.train.offsets[k]), int(fed.train.n[k])
+        rows = start + np.random.default_rng([seed, 0x7661, k]).permutation(n)
+        n_val = int(round(fraction * n))
+        n_val = min(max(n_val, 1 if n >= 2 else 0), n - 1) if n >= 1 else 0
+        val_idx.append(rows[:n_val])
+        train_idx.append(np.sort(rows[n_val:]))
+    t = fed.train
+    info = dict(fed.info, validation_fraction=float(fraction),
+                split_note=f"validation: {fraction:.0%} of each client's training samples (the test split is unused)")
+    return dataclasses.replace(fed, train=stack_clients(t.x, t.y, t.modality, train_idx),
+                               test=stack_clients(t.x, t.y, t.modality, val_idx), info=info)
+
+
 def deduplicate(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict]:
     """Which samples to keep so that no two kept images are byte-identical.
 

@@ -32,7 +32,7 @@ Table 8 ablations are switches:
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from omnifm_jax import bank as bank_lib
 from omnifm_jax.models.common import TokenLayout, masked_batch_mean
 from omnifm_jax.modules import EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection
-from omnifm_jax.spectral import SpectralTokenizer
+from omnifm_jax.spectral import SpectralTokenizer, l2_normalize
 
 
 def split_backbone_output(out: Any, head: nn.Module) -> Tuple[jax.Array, Dict[str, Any]]:
@@ -76,6 +76,18 @@ class OmniFMAux(NamedTuple):
     indices: jax.Array
 
 
+class Probe(NamedTuple):
+    """Interventions for the diagnostics (:mod:`omnifm_jax.diagnostics`); None: no change.
+
+    Attributes:
+      z: ``f32[L, d]`` replaces ECA's output ``Z`` of every sample (e.g. a client's mean Z).
+      s_permutation: ``int32[B]`` reorders the spectral tokens across the batch before
+        retrieval and ECA (each sample gets another sample's ``s``).
+    """
+    z: Optional[jax.Array] = None
+    s_permutation: Optional[jax.Array] = None
+
+
 class OmniFM(nn.Module):
     """OmniFM wrapper around any token backbone and task head.
 
@@ -93,6 +105,18 @@ class OmniFM(nn.Module):
       top_k: prototypes retrieved (paper default 2).
       use_gskr, use_eca, use_psp: Table 8 switches.
       local_spectral_in_eca: ECA (or FiLM) also conditions on the local ``s``.
+      spectrum_norm: normalisation of the low-pass spectrum before the tokenizer's MLP
+        (:class:`~omnifm_jax.spectral.SpectralTokenizer`): ``"none"`` (the paper) or
+        ``"batch"`` (per-bin standardisation).
+      eca_keys: what ECA attends to: ``"unit"`` (the paper: the unit-norm ``s`` and
+        prototypes), ``"scaled"`` (times ``sqrt(d_s)``, so that their entries have the scale a
+        standard initialisation expects; at unit norm the attention logits and values are
+        ~``1/sqrt(d_s)`` of that and ECA stays uniform and nearly constant on real4) or
+        ``"centered"`` (minus the mean of the bank's valid slots, then unit norm times
+        ``sqrt(d_s)``: the component all tokens share removed, so that keys differ).
+
+    ``probe`` (:class:`Probe`) intervenes for the diagnostics; ECA's attention weights and
+    ``Z`` are sown into the ``intermediates`` collection.
     """
     backbone: nn.Module
     head: nn.Module
@@ -107,12 +131,18 @@ class OmniFM(nn.Module):
     use_eca: bool = True
     use_psp: bool = True
     local_spectral_in_eca: bool = True
+    spectrum_norm: str = "none"
+    eca_keys: str = "unit"
 
     @nn.compact
-    def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False, mask=None):
+    def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False, mask=None,
+                 probe: Optional[Probe] = None):
         r, head_kw = split_backbone_output(self.backbone(x, train=train, mask=mask), self.head)
         s = SpectralTokenizer(dim=self.spectral_dim, ratio=self.low_pass_ratio,
-                              log_magnitude=self.log_magnitude, name="tokenizer")(x)
+                              log_magnitude=self.log_magnitude, norm=self.spectrum_norm,
+                              name="tokenizer")(x, train=train, mask=mask)
+        if probe is not None and probe.s_permutation is not None:
+            s = s[probe.s_permutation]
         if self.use_gskr:
             frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, bank)
             protos, idx, _ = bank_lib.retrieve(frozen, jax.lax.stop_gradient(s), self.top_k)
@@ -126,6 +156,11 @@ class OmniFM(nn.Module):
         if self.local_spectral_in_eca:
             keys = jnp.concatenate([s[:, None, :], protos], axis=1)
             keys_valid = jnp.concatenate([jnp.ones((s.shape[0], 1), bool), valid], axis=1)
+        if self.eca_keys == "centered":  # without the component every token shares (the bank's mean)
+            mu, _ = bank_lib.mean_valid(jax.lax.stop_gradient(bank.embeddings), bank.valid)
+            keys = l2_normalize(keys - mu)
+        if self.eca_keys in ("scaled", "centered"):  # unit norm = per-entry scale 1/sqrt(d_s); lift it to ~1
+            keys = keys * jnp.sqrt(jnp.float32(keys.shape[-1]))
         keys = keys.astype(r.dtype)
         if self.use_eca:
             z = EmbeddingCrossAttention(self.attn_dim, self.num_heads, out_dim=r.shape[-1], name="eca")(
@@ -133,6 +168,9 @@ class OmniFM(nn.Module):
         else:
             cond, _ = bank_lib.mean_valid(keys, keys_valid)
             z = FiLM(name="film")(r, cond)
+        self.sow("intermediates", "z", z)
+        if probe is not None and probe.z is not None:
+            z = jnp.broadcast_to(probe.z.astype(z.dtype), z.shape)
         if self.use_psp:
             tokens = PrefixSuffixPrompt(self.num_suffix, name="prompt")(z, r)
             layout = TokenLayout(z.shape[-2], r.shape[-2], self.num_suffix, x.shape[-3:-1])

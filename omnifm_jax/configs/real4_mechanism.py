@@ -1,0 +1,14 @@
+"""OmniFM on real4 with the switches that make its mechanism do measurable work (the
+"activated" row of the README's mechanism study, experiments/omnifm_mechanism.py): per-bin
+standardised spectrum, one upload per class present, ECA keys centred on the bank's mean and
+scaled to unit entries, and a uniformity term that keeps the spectral tokens apart. Chosen on a
+validation split carved from the clients' training data. Needs the real images."""
+from omnifm_jax.configs import real4
+
+
+def get_config():
+    cfg = real4.get_config()
+    cfg["algorithm"] = "omnifm"
+    cfg["algorithm_kwargs"] = {"spectrum_norm": "batch", "upload": "class_means", "bank_capacity": 512,
+                               "eca_keys": "centered", "lambda_uniform": 0.1}
+    return cfg
