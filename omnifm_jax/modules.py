@@ -30,10 +30,14 @@ class EmbeddingCrossAttention(nn.Module):
       num_heads: number of heads (``head_dim`` must be divisible by it).
       out_dim: width of ``Z``; defaults to the token width ``d``. When it differs from
         ``d_h``, ``Z`` goes through a final linear projection.
+      learned_temperature: each head's logits are multiplied by ``exp(t_h)``, ``t_h`` a
+        parameter starting at 0 (Eq. 4 exactly at initialisation), so training can sharpen the
+        attention without growing ``W_Q`` and ``W_K``. Off by default (the paper's Eq. 4).
     """
     head_dim: int = 64
     num_heads: int = 1
     out_dim: Optional[int] = None
+    learned_temperature: bool = False
 
     @nn.compact
     def __call__(self, r: jax.Array, prototypes: jax.Array,
@@ -56,6 +60,9 @@ class EmbeddingCrossAttention(nn.Module):
         k = nn.DenseGeneral((self.num_heads, dh), use_bias=False, name="w_k")(prototypes)
         v = nn.DenseGeneral((self.num_heads, dh), use_bias=False, name="w_v")(prototypes)
         logits = jnp.einsum("...lhe,...khe->...hlk", q, k) / jnp.sqrt(dh).astype(q.dtype)
+        if self.learned_temperature:
+            t = self.param("log_temperature", nn.initializers.zeros, (self.num_heads,), jnp.float32)
+            logits = logits * jnp.exp(t).astype(logits.dtype)[:, None, None]
         if valid is None:
             valid = jnp.ones(prototypes.shape[:-1], bool)
         mask = valid[..., None, None, :]  # (..., 1, 1, k)

@@ -260,3 +260,30 @@ def test_the_shipped_config_is_the_studys_activated_variant():
     assert shipped["algorithm_kwargs"] == study_cfg["algorithm_kwargs"]
     for key in ("dataset", "dataset_kwargs", "num_clients", "participation", "batch_size", "lr", "backbone"):
         assert shipped[key] == study_cfg[key]
+
+
+def test_learned_temperature_scales_each_heads_logits_like_numpy():
+    """ECA with ``learned_temperature``: at t = 0 it is Eq. 4; with t_h set it equals a NumPy
+    float64 attention whose logits are multiplied by exp(t_h)."""
+    from omnifm_jax.modules import EmbeddingCrossAttention
+
+    rng = np.random.default_rng(11)
+    r = rng.normal(size=(3, 5, 8)).astype(np.float32)
+    keys = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    eca, plain = (EmbeddingCrossAttention(8, 2, learned_temperature=True),
+                  EmbeddingCrossAttention(8, 2))
+    variables = eca.init(jax.random.key(1), r, keys)
+    base = {"params": {k: v for k, v in variables["params"].items() if k != "log_temperature"}}
+    np.testing.assert_allclose(np.asarray(eca.apply(variables, r, keys)), np.asarray(plain.apply(base, r, keys)),
+                               rtol=1e-6, atol=1e-6)
+    t = rng.normal(size=2)
+    variables = {"params": {**variables["params"], "log_temperature": jnp.asarray(t, jnp.float32)}}
+    p = {k: np.asarray(v["kernel"], np.float64) for k, v in variables["params"].items() if k != "log_temperature"}
+    q = np.einsum("bld,dhe->blhe", r, p["w_q"])
+    k = np.einsum("bkd,dhe->bkhe", keys, p["w_k"])
+    v = np.einsum("bkd,dhe->bkhe", keys, p["w_v"])
+    logits = np.einsum("blhe,bkhe->bhlk", q, k) / np.sqrt(4) * np.exp(t)[None, :, None, None]
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    want = np.einsum("bhlk,bkhe->blhe", w, v).reshape(3, 5, 8)
+    np.testing.assert_allclose(np.asarray(eca.apply(variables, r, keys)), want, rtol=1e-4, atol=1e-5)

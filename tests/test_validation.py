@@ -42,6 +42,8 @@ CONFIG_CASES = [
      r"algorithm 'omnifm': spectrum_norm must be one of \('none', 'batch'\), got 'layer'"),
     ("unknown ECA keys", {"algorithm_kwargs": {"eca_keys": "raw"}},
      r"eca_keys must be one of \('unit', 'scaled', 'centered'\), got 'raw'"),
+    ("unknown ECA temperature", {"algorithm_kwargs": {"eca_temperature": "hot"}},
+     r"eca_temperature must be one of \('fixed', 'learned'\), got 'hot'"),
     ("negative uniformity weight", {"algorithm_kwargs": {"lambda_uniform": -1.0}},
      r"lambda_uniform must be a finite number >= 0, got -1.0"),
     ("diagnostics -1", {"diagnostics": -1}, r"diagnostics must be 'auto' or an integer >= 0"),

@@ -114,6 +114,8 @@ class OmniFM(nn.Module):
         ~``1/sqrt(d_s)`` of that and ECA stays uniform and nearly constant on real4) or
         ``"centered"`` (minus the mean of the bank's valid slots, then unit norm times
         ``sqrt(d_s)``: the component all tokens share removed, so that keys differ).
+      eca_temperature: ``"fixed"`` (the paper's Eq. 4) or ``"learned"`` (a per-head
+        temperature parameter, see :class:`~omnifm_jax.modules.EmbeddingCrossAttention`).
 
     ``probe`` (:class:`Probe`) intervenes for the diagnostics; ECA's attention weights and
     ``Z`` are sown into the ``intermediates`` collection.
@@ -133,6 +135,7 @@ class OmniFM(nn.Module):
     local_spectral_in_eca: bool = True
     spectrum_norm: str = "none"
     eca_keys: str = "unit"
+    eca_temperature: str = "fixed"
 
     @nn.compact
     def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False, mask=None,
@@ -163,7 +166,8 @@ class OmniFM(nn.Module):
             keys = keys * jnp.sqrt(jnp.float32(keys.shape[-1]))
         keys = keys.astype(r.dtype)
         if self.use_eca:
-            z = EmbeddingCrossAttention(self.attn_dim, self.num_heads, out_dim=r.shape[-1], name="eca")(
+            z = EmbeddingCrossAttention(self.attn_dim, self.num_heads, out_dim=r.shape[-1],
+                                        learned_temperature=self.eca_temperature == "learned", name="eca")(
                 r, keys, keys_valid)
         else:
             cond, _ = bank_lib.mean_valid(keys, keys_valid)
