@@ -100,10 +100,11 @@ def no_prediction_reference(config: str, overrides=()) -> dict:
     """What a model that predicts background everywhere scores (per-image Dice, in %), per
     client and on average, on the test split the runs use: the share of (slice, region)
     pairs where the region is empty (pooled Dice is 0)."""
-    from omnifm_jax import config as config_lib, experiment
+    from omnifm_jax import config as config_lib
+    from omnifm_jax import experiment
 
     cfg = config_lib.apply_overrides(config_lib.load_config(config), ["data_seed=0", *overrides])
-    fed = experiment.load_data(cfg)
+    fed = experiment.setup(cfg).fed  # the runs' federation, through the same run path
     values = list(fed.info["label_values"])
     regions = fed.info.get("regions") or {"fg": values[1:]}
     out = {}

@@ -8,7 +8,7 @@ Variants (each a config override of the chosen config):
                   (the task loss trains the tokenizer); mean-pooled head;
   retrieved_only  ``local_spectral_in_eca=False``: ECA attends to the retrieved prototypes
                   only, so only SPAlign trains the tokenizer (a constant ``s`` costs nothing);
-  attention_head  ``head_pool=attention``: one self-attention layer over ``[Z || r || c]``
+  attention_head  ``task_kwargs.head_pool=attention``: one self-attention layer over ``[Z || r || c]``
                   before pooling, so the suffix prompts interact with each input.
 
 Every ``--every`` rounds (and at round 0) it records accuracy and macro-F1 (all clients,
@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnifm_jax import algorithms, config as config_lib, experiment, federated
+from omnifm_jax import algorithms, experiment, federated
+from omnifm_jax import config as config_lib
 from omnifm_jax.algorithms.labels import combine
 from omnifm_jax.data.federation import client_slice
 from omnifm_jax.models.omnifm import OmniFM
@@ -42,7 +43,7 @@ from omnifm_jax.models.omnifm import OmniFM
 VARIANTS = {
     "default": [],
     "retrieved_only": ["algorithm_kwargs.local_spectral_in_eca=False"],
-    "attention_head": ["head_pool=attention"],
+    "attention_head": ["task_kwargs.head_pool=attention"],
 }
 MODEL_KEYS = ("spectral_dim", "low_pass_ratio", "log_magnitude", "attn_dim", "num_heads", "num_suffix", "top_k",
               "use_gskr", "use_eca", "use_psp", "local_spectral_in_eca")
@@ -67,14 +68,10 @@ def spectral_stats(model, state, fed, task) -> dict:
 
 
 def run_variant(cfg: dict, rounds: int, every: int, log=print) -> list:
-    config_lib.validate(cfg)
-    fed = experiment.load_data(cfg)
-    experiment.validate_data(cfg, fed)
-    task = experiment.build_task(cfg, fed)
-    alg = experiment.build_algorithm(cfg, task)
+    prepared = experiment.setup(cfg)
+    fed, task, alg = prepared.fed, prepared.task, prepared.algorithm
     hp = {**algorithms.hyperparameters("omnifm"), **cfg["algorithm_kwargs"]}
-    model = OmniFM(backbone=experiment.build_backbone(cfg), head=task.make_head(),
-                   **{k: hp[k] for k in MODEL_KEYS})
+    model = OmniFM(backbone=prepared.backbone, head=task.make_head(), **{k: hp[k] for k in MODEL_KEYS})
     train, test = jax.device_put(fed.train), jax.device_put(fed.test)
     state = federated.init(alg, jax.random.key(cfg["seed"]), train)
     round_fn = federated.make_round(alg, fed.train, participation=cfg["participation"])

@@ -27,7 +27,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from omnifm_jax import config as config_lib, experiment
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment
 
 #: The switches of the activated variant (chosen on the validation split; see the README).
 ACTIVATED = ("algorithm_kwargs.spectrum_norm=batch", "algorithm_kwargs.upload=class_means",
@@ -143,7 +144,8 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     p.add_argument("--validation", action="store_true", help="evaluate on 20%% of the training samples")
     p.add_argument("--set", action="append", default=[], help="extra override for every run (tuning)")
-    p.add_argument("--out", default=None, help="JSON path (default experiments/results/omnifm_mechanism[_validation].json)")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default experiments/results/omnifm_mechanism[_validation].json)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
     default = "omnifm_mechanism_validation" if args.validation else "omnifm_mechanism"

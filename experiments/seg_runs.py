@@ -1,6 +1,6 @@
 """Shared runner of the segmentation experiment scripts (``table6_seg``, ``fedmepd_table``):
-one config + algorithm through :func:`omnifm_jax.experiment.run`, with its metrics history
-and the federation it ran on."""
+one config + algorithm through :func:`omnifm_jax.experiment.setup` and
+:func:`omnifm_jax.experiment.run`, with its metrics history and the federation it ran on."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from omnifm_jax import config as config_lib, experiment
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment
 
 
 def run(config_name: str, algorithm: str, rounds: int, overrides: Sequence[str] = (),
@@ -25,14 +26,13 @@ def run(config_name: str, algorithm: str, rounds: int, overrides: Sequence[str] 
     if algorithm != base["algorithm"]:
         sets = [f"algorithm={algorithm}", *algorithm_sets, *sets]
     cfg = config_lib.apply_overrides(base, sets)
-    config_lib.validate(cfg)
     t0 = time.time()
+    prepared = experiment.setup(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = experiment.run(cfg, tmp, progress=False, log=lambda s: None)
+        summary = experiment.run(prepared, tmp, progress=False, log=lambda s: None)
         wall = time.time() - t0
         history = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    return {"config": cfg, "wall_s": round(wall, 1), "summary": summary, "history": history,
-            "fed": experiment.load_data(cfg)}
+    return {"config": cfg, "wall_s": round(wall, 1), "summary": summary, "history": history, "fed": prepared.fed}
 
 
 def per_client(summary: dict, names: Sequence[str], keys: Sequence[str]) -> dict:

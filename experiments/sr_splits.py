@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omnifm_jax import config as config_lib, experiment
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment
 
 SPLITS = ("patient", "image")
 
@@ -58,7 +59,8 @@ def table(rows: list[dict]) -> str:
                 continue
             lines.append(f"| {a} | {sp} | {ms([r['psnr_last'] for r in rr])} | {ms([r['psnr_best'] for r in rr])} | "
                          f"{ms([r['psnr_bicubic'] for r in rr])} | "
-                         f"{ms([r['psnr_last'] - r['psnr_bicubic'] for r in rr])} | {ms([r['ssim_last'] for r in rr])} |")
+                         f"{ms([r['psnr_last'] - r['psnr_bicubic'] for r in rr])} | "
+                         f"{ms([r['ssim_last'] for r in rr])} |")
     return "\n".join(lines) + "\n"
 
 

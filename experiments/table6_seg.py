@@ -70,7 +70,8 @@ def markdown(results: list, rounds: int, total_wall: float) -> str:
              f"**Data substitution.** {SUBSTITUTION}", "",
              f"Protocol here: {rounds} rounds x 1 local epoch (paper: 50 x 1), MONAI UNet "
              f"channels {results[0]['config']['backbone_kwargs']['channels']}, strides "
-             f"{results[0]['config']['backbone_kwargs']['strides']}, {results[0]['config']['backbone_kwargs']['num_res_units']} "
+             f"{results[0]['config']['backbone_kwargs']['strides']}, "
+             f"{results[0]['config']['backbone_kwargs']['num_res_units']} "
              "residual units, PReLU, instance norm; Dice + CE (1:1); Adam 1e-3, batch "
              f"{results[0]['config']['batch_size']}; seed {results[0]['config']['seed']}. "
              "Last round, per-image Dice / IoU of the foreground (%), mean over each hospital's test slices; "

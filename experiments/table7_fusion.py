@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnifm_jax import config as config_lib, experiment
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment
 from omnifm_jax.data.federation import client_slice
 from omnifm_jax.tasks import fusion as fusion_task
 
@@ -57,8 +58,8 @@ def _row(metrics: dict) -> dict:
 
 def average_fusion_baseline(cfg) -> dict:
     """The metrics of ``F = (A + B) / 2`` on every client's test pairs."""
-    fed = experiment.load_data(cfg)
-    task = experiment.build_task(cfg, fed)
+    prepared = experiment.setup(cfg)
+    fed, task = prepared.fed, prepared.task
     scales = task_vif_scales(cfg)
     fn = jax.jit(lambda x: fusion_task.fusion_metrics(fusion_task.average_fusion(x), x, vif_scales=scales))
     per = []
@@ -81,9 +82,8 @@ def run_algorithm(name: str, base: list, log) -> dict:
     cfg = config_lib.apply_overrides(config_lib.load_config("fusion_harvard"), [f"algorithm={name}"] + base)
     if name != "omnifm":
         cfg["algorithm_kwargs"] = {}
-    config_lib.validate(cfg)
     t0 = time.time()
-    s = experiment.run(cfg, None, progress=False, log=log)
+    s = experiment.run(cfg, None, progress=False, log=log)  # validates and sets up (experiment.setup)
     return {"algorithm": name, "wall_s": round(time.time() - t0, 1), "round": s["last"]["round"],
             "clients": [_row(c) for c in s["last_clients"]], "avg": _row(s["last"]),
             "best_round_by_vif": s["best"]["round"], "test_loss": s["last"]["test_loss"],
@@ -108,7 +108,8 @@ def to_markdown(res: dict) -> str:
         "SPECT-MRI pairs of the source repo's test split, so those clients are small.",
         "",
         f"Run: {p['rounds']} rounds x {p['local_epochs']} local epoch(s), batch {p['batch_size']}, Adam lr "
-        f"{p['lr']}, u2fusion backbone (features {p['backbone_kwargs']['features']}, {p['backbone_kwargs']['num_dense']} "
+        f"{p['lr']}, u2fusion backbone (features {p['backbone_kwargs']['features']}, "
+        f"{p['backbone_kwargs']['num_dense']} "
         f"dense layers, decoder {p['head_widths']}), loss = U2Fusion-style information-weighted "
         f"{tk['ssim_weight']:g} x (1 - SSIM) + {tk['intensity_weight']:g} x MSE (temperature {tk['temperature']:g}) "
         f"+ {tk['grad_weight']:g} x max-gradient L1. Paper: 600 rounds x 15 local epochs at 256x256, U2Fusion. "

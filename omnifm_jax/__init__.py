@@ -8,8 +8,20 @@ Public API (re-exports):
   sharding, checkpoint        device meshes; orbax checkpoints and exact resume
   config, experiment          run configurations and the run loop behind ``omnifm train``
 """
-from omnifm_jax import (algorithms, bank, checkpoint, config, data, experiment, federated, models, modules,
-                        sharding, spectral, tasks)
+from omnifm_jax import (
+                        algorithms,
+                        bank,
+                        checkpoint,
+                        config,
+                        data,
+                        experiment,
+                        federated,
+                        models,
+                        modules,
+                        sharding,
+                        spectral,
+                        tasks,
+)
 
 __version__ = "0.1.0"
 

@@ -24,6 +24,9 @@ from typing import NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+__all__ = ["MISSING", "Bank", "init", "cosine_scores", "retrieve", "project_to_ball", "replacement_order",
+           "insert", "hit_counts", "record_hits", "add_hits", "prune", "tick", "mean_valid"]
+
 MISSING = -1  # index of a retrieval slot that could not be filled (fewer valid slots than k)
 
 

@@ -34,6 +34,10 @@ import numpy as np
 
 from omnifm_jax.config import ConfigError
 
+__all__ = ["CHECKPOINT_SUBDIR", "FORMAT_VERSION", "COMMIT_MARKER", "RESUME_FREE_KEYS", "CheckpointError",
+           "CheckpointMismatchError", "CorruptCheckpointWarning", "config_fingerprint", "config_differences",
+           "check_resumable", "data_fingerprint", "flatten_state", "unflatten_state", "RunCheckpointer"]
+
 CHECKPOINT_SUBDIR = "checkpoints"
 FORMAT_VERSION = 1
 COMMIT_MARKER = "commit_success.txt"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+__all__ = ["ConfigError", "require", "is_int", "is_number", "integer", "boolean", "interval", "finite",
+           "choice"]
+
 
 class ConfigError(ValueError):
     """A configuration is invalid (unknown key, impossible value)."""

@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 from omnifm_jax.config import ConfigError
 from omnifm_jax.data.io import DataFileError
 
+__all__ = ["build_parser", "main"]
+
 
 def _train(args) -> int:
     from omnifm_jax import config as config_lib

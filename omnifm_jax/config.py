@@ -1,30 +1,41 @@
 """Run configurations: plain dicts from ``get_config()`` files (big_vision / flax examples
-style), overridden with ``key=value`` strings and validated before any work starts."""
+style), overridden with ``key=value`` strings and validated before any work starts.
+
+A key is set by its dotted name (``lr``, ``algorithm_kwargs.mu``, ``task_kwargs.scale``)
+with :func:`set_dotted`, the one setter that overrides, sweeps and tables use. Options
+that belong to one component live in that component's ``*_kwargs`` (a task's in
+``task_kwargs``, checked by the task); keys that moved there (:data:`MOVED_KEYS`) are
+refused with the new name.
+"""
 from __future__ import annotations
 
 import ast
 import copy
 import importlib.util
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Iterable, Sequence
 
 from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
-from omnifm_jax.registry import BACKBONES, TASKS
+from omnifm_jax.registry import BACKBONES, TASKS, ComponentImportError, import_components
+
+__all__ = ["ConfigError", "CONFIG_DIR", "DEFAULTS", "MOVED_KEYS", "OPTIMIZERS", "INPUT_SCALINGS", "COMPONENT_KWARGS",
+           "load_config", "update", "parse_value", "set_dotted", "get_dotted", "apply_overrides", "validate",
+           "algorithm_kwargs"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
 #: Every key a run understands, with its default. Configs may only set these.
 DEFAULTS: Dict[str, Any] = {
+    "imports": [],                  # your own component modules (names or .py paths), imported first
     "algorithm": "omnifm",          # omnifm, fedavg, fedprox, ... (`omnifm algorithms` lists them)
     "algorithm_kwargs": {},         # the algorithm's own hyper-parameters (defaults in its file)
     "task": "classification",       # classification, super_resolution, ... (`omnifm tasks`)
-    "task_kwargs": {},              # the task's own options (loss weights, ...; see its file)
+    "task_kwargs": {},              # the task's own options (SR scale, head_pool, loss weights; see its file)
     "dataset": "synthetic",         # see omnifm_jax.data.registry
     "dataset_kwargs": {},           # extra options of the data set / partition
     "backbone": "cnn",              # cnn, resnet18, edsr
     "backbone_kwargs": {},
-    "scale": 2,                     # super-resolution factor
     "num_clients": 8,
     "participation": 1.0,           # fraction of clients per round
     "rounds": 10,
@@ -44,20 +55,21 @@ DEFAULTS: Dict[str, Any] = {
     "dropped_keep_update": True,    # a dropped-out participant keeps what it trained (PFLlib)
     "input_scaling": "auto",        # pflib: [-1, 1] (Normalize(0.5, 0.5)); unit: [0, 1]; auto: pflib, SR unit
     "eval_train_loss": True,        # report PFLlib's train loss (all clients' training samples)
-    "head_pool": "mean",            # classification head: mean (segment means) or attention
     "shard_clients": False,         # split the client axis over all devices (jax.sharding.Mesh)
     "seed": 0,
     "data_seed": None,              # seed of the data split (None: seed); a seed sweep keeps it fixed
     "dropout": 0.0,                 # fraction of each round's participants that fail to report
     "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
-    "diagnostics": "auto",          # OmniFM's diag/* metrics (omnifm_jax.diagnostics): auto = every eval round, 0 off, N
-    "validation_fraction": None,    # a fraction f: evaluate on f of each client's TRAINING samples, never the test split
+    "diagnostics": "auto",          # OmniFM's diag/* metrics: auto = every eval round, 0 off, N
+    "validation_fraction": None,    # f: evaluate on f of each client's TRAINING samples (never the test split)
 }
 
 OPTIMIZERS = ("sgd", "adam")
 INPUT_SCALINGS = ("auto", "pflib", "unit")
-HEAD_POOLS = ("mean", "attention")
+
+#: Former top-level keys and where they live now (a task's own options): refused, naming the new key.
+MOVED_KEYS = {"scale": "task_kwargs.scale", "head_pool": "task_kwargs.head_pool"}
 
 
 #: A component key and the dict of its own options: switching the component (an override
@@ -87,7 +99,16 @@ def load_config(name_or_path: str | None = None) -> Dict[str, Any]:
     return cfg
 
 
+def _refuse_moved(keys: Iterable[str], where: str = "") -> None:
+    for key in keys:
+        if key in MOVED_KEYS:
+            raise ConfigError(f"{where + ': ' if where else ''}{key} moved to {MOVED_KEYS[key]}")
+
+
 def update(cfg: Dict[str, Any], values: Dict[str, Any], *, where: str = "config") -> Dict[str, Any]:
+    """``cfg`` updated in place with ``values`` (a config file's, a saved config.json's);
+    refuses keys that moved (:data:`MOVED_KEYS`) and unknown keys, naming ``where``."""
+    _refuse_moved(values, where)
     unknown = sorted(set(values) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
@@ -108,13 +129,53 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``key=value`` (or ``dict_key.sub=value``) overrides.
+def _check_top_key(top: str) -> None:
+    _refuse_moved([top])
+    if top not in DEFAULTS:
+        raise ConfigError(f"unknown config key {top!r}; known keys: {sorted(DEFAULTS)}")
 
-    An override that switches a component (``algorithm``, ``dataset``, ``backbone``) to
-    another one also resets that component's options (``algorithm_kwargs``, ...) to the
-    new component's defaults, unless the same overrides set them: the options a config
-    gives one data set rarely fit another.
+
+def set_dotted(cfg: Dict[str, Any], key: str, value: Any) -> Dict[str, Any]:
+    """A copy of ``cfg`` with the dotted ``key`` set to ``value``: ``"lr"``,
+    ``"algorithm_kwargs.mu"``, ``"task_kwargs.regions.et"`` (nested dicts; a missing
+    intermediate dict is created). ``cfg`` and the dicts it shares are not modified (each
+    dict on the path is copied).
+
+    Raises:
+      ConfigError: an unknown top-level key (known: :data:`DEFAULTS`), a key that moved
+        (:data:`MOVED_KEYS`), or a path through a value that is not a dict.
+    """
+    parts = key.split(".")
+    _check_top_key(parts[0])
+    out = dict(cfg)
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:i + 1])!r} is not a dict; cannot set {key!r}")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def get_dotted(cfg: Dict[str, Any], key: str, default: Any = None) -> Any:
+    """The value at the dotted ``key`` of ``cfg`` (``default`` where the path is absent)."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``key=value`` (or ``dict_key.sub=value``) overrides with :func:`set_dotted`.
+
+    An override that switches a component (``algorithm``, ``dataset``, ``backbone``,
+    ``task``) to another one also resets that component's options (``algorithm_kwargs``,
+    ...) to the new component's defaults, unless the same overrides set them: the options a
+    config gives one data set rarely fit another.
     """
     cfg = copy.deepcopy(cfg)
     parsed = []
@@ -123,21 +184,15 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
             raise ConfigError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
         key = key.strip()
-        top, _, sub = key.partition(".")
-        if top not in DEFAULTS:
-            raise ConfigError(f"unknown config key {top!r}; known keys: {sorted(DEFAULTS)}")
-        parsed.append((key, top, sub, parse_value(text)))
+        top = key.partition(".")[0]
+        _check_top_key(top)
+        parsed.append((key, top, parse_value(text)))
     for component, options in COMPONENT_KWARGS.items():
-        switched = any(top == component and value != cfg[component] for _, top, _, value in parsed)
-        if switched and not any(key == options for key, _, _, _ in parsed):
+        switched = any(top == component and value != cfg[component] for _, top, value in parsed)
+        if switched and not any(key == options for key, _, _ in parsed):
             cfg[options] = {}
-    for key, top, sub, value in parsed:
-        if sub:
-            if not isinstance(cfg[top], dict):
-                raise ConfigError(f"{top!r} is not a dict; cannot set {key!r}")
-            cfg[top] = dict(cfg[top], **{sub: value})
-        else:
-            cfg[top] = value
+    for key, _, value in parsed:
+        cfg = set_dotted(cfg, key, value)
     return cfg
 
 
@@ -147,10 +202,15 @@ def validate(cfg: Dict[str, Any]) -> None:
 
     require = checks.require
     require(isinstance(cfg, dict), f"a config is a dict, got {type(cfg).__name__}")
+    _refuse_moved(cfg)
     unknown = sorted(set(cfg) - set(DEFAULTS))
     require(not unknown, f"unknown key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
     missing = sorted(set(DEFAULTS) - set(cfg))
     require(not missing, f"missing key(s) {missing} (start from load_config() or DEFAULTS)")
+    try:  # the run's own components register themselves before any name is looked up
+        import_components(cfg["imports"])
+    except ComponentImportError as exc:
+        raise ConfigError(str(exc)) from exc
     require(cfg["algorithm"] in algorithms.available(),
             f"algorithm {cfg['algorithm']!r} unknown; available: {algorithms.available()}")
     checks.choice("task", cfg["task"], tuple(TASKS.available()))
@@ -175,7 +235,6 @@ def validate(cfg: Dict[str, Any]) -> None:
     checks.interval("dropout", cfg["dropout"], 0, 1, lo_open=False, hi_open=True)
     checks.interval("momentum", cfg["momentum"], 0, 1, lo_open=False, hi_open=True)
     checks.choice("input_scaling", cfg["input_scaling"], INPUT_SCALINGS)
-    checks.choice("head_pool", cfg["head_pool"], HEAD_POOLS)
     require(cfg["diagnostics"] == "auto" or checks.is_int(cfg["diagnostics"]) and cfg["diagnostics"] >= 0,
             f"diagnostics must be 'auto' or an integer >= 0 (0: off; N: round 1, every N-th and the last), "
             f"got {cfg['diagnostics']!r}")
@@ -183,11 +242,13 @@ def validate(cfg: Dict[str, Any]) -> None:
         checks.interval("validation_fraction", cfg["validation_fraction"], 0, 1, lo_open=True, hi_open=True)
     require(checks.is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"),
             f"lr must be a finite number > 0, got {cfg['lr']!r}")
-    require(cfg["scale"] in (2, 4, 8) and checks.is_int(cfg["scale"]), f"scale must be 2, 4 or 8, got {cfg['scale']!r}")
     require(cfg["client_chunk"] in ("auto", None) or (checks.is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),
             f"client_chunk must be 'auto', None or an integer >= 1, got {cfg['client_chunk']!r}")
     require(all(isinstance(cfg[k], dict) for k in COMPONENT_KWARGS.values()),
             "dataset_kwargs, backbone_kwargs, algorithm_kwargs and task_kwargs must be dicts")
+    from omnifm_jax import tasks
+
+    tasks.check_options(tasks.declaration(cfg["task"]), cfg["task_kwargs"])  # the task's own options
     m = int(cfg["num_clients"] * cfg["participation"])
     require(m >= 1, f"participation={cfg['participation']} of num_clients={cfg['num_clients']} selects "
                     f"int({cfg['num_clients']} * {cfg['participation']}) = 0 clients per round (PFLlib's rule); "

@@ -2,38 +2,98 @@
 evaluation, checkpoints, and the output directory (config.json, metrics.jsonl,
 timings.jsonl, summary.json, curves.png, checkpoints/).
 
-Everything is validated before any work: the config (:func:`omnifm_jax.config.validate`),
-the backbone, the data (:func:`validate_data`) and, on resume, the checkpoint against
-the config and the data (:func:`omnifm_jax.checkpoint.check_resumable`).
+ONE run path: :func:`setup` turns a config into a :class:`Setup` (validated config,
+federation, task, backbone, algorithm), checking everything before any work: the config
+(:func:`omnifm_jax.config.validate`), the backbone, the data (:func:`validate_data`, which
+asks the task whether it takes them) and, on resume, the checkpoint against the config and
+the data (:func:`omnifm_jax.checkpoint.check_resumable`). :func:`run` (the CLI's ``train``),
+:func:`omnifm_jax.sweep.run_sweep`, :func:`omnifm_jax.reproduce.check_data` and the
+scripts under ``experiments/`` all start from it; :func:`run_summary` is the one summary of
+a run.
 
 ``metrics.jsonl`` holds only what the run computes (no wall time), so a resumed run
 writes the same lines as an uninterrupted one; wall times go to ``timings.jsonl``.
 
-Kept apart from ``cli.py`` so notebooks call :func:`run` directly.
+Kept apart from ``cli.py`` so notebooks call :func:`setup` and :func:`run` directly.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import jax
 import numpy as np
 import optax
 
-from omnifm_jax import algorithms, checkpoint as ckpt_lib, config as config_lib, federated, rundir
-from omnifm_jax.data.federation import Federation, validate_federation
+from omnifm_jax import algorithms, federated, rundir, tasks
+from omnifm_jax import checkpoint as ckpt_lib
+from omnifm_jax import config as config_lib
+from omnifm_jax.data.federation import Federation, ServerData, validate_federation
 from omnifm_jax.data.registry import load_federation
-from omnifm_jax.registry import BACKBONES, TASKS
+from omnifm_jax.registry import BACKBONES
+
+__all__ = ["NO_LEARNING", "Setup", "setup", "run", "run_summary", "best_line", "new_totals", "count_round",
+           "build_backbone", "build_task", "build_algorithm", "load_data", "validate_data", "check_devices",
+           "make_evaluation", "result_table", "plot_curves"]
 
 
 NO_LEARNING = ("the run learned nothing: no client update was accepted in any round (every participant was "
                "excluded as faulty, e.g. a diverging lr, or ran no local step); its model is the untrained one")
 
 
+class Setup(NamedTuple):
+    """Everything a run needs before its first round, checked (:func:`setup`).
+
+    Attributes:
+      cfg: the validated config.
+      fed: the federation (``fed.server``: the server's split, if the data set has one).
+      task: the task, built for the federation.
+      backbone: the backbone module.
+      algorithm: the federated algorithm (given ``fed.server`` if its factory takes ``server``).
+    """
+    cfg: Dict[str, Any]
+    fed: Federation
+    task: tasks.Task
+    backbone: Any
+    algorithm: algorithms.FederatedAlgorithm
+
+
+def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
+    """The one run path from a config to what the rounds need: validate the config, build
+    the backbone, load the data (or take ``fed``), validate it (the task must accept it,
+    :func:`validate_data`), build the task and the algorithm.
+
+    Args:
+      cfg: a full config (``config.load_config`` + overrides).
+      fed: a federation to use instead of loading the config's (validated all the same).
+
+    Raises:
+      ConfigError: invalid config, or data that do not fit it or its task.
+      ValueError: invalid data.
+    """
+    config_lib.validate(cfg)
+    check_devices(cfg)
+    backbone = build_backbone(cfg)
+    fed = load_data(cfg) if fed is None else fed
+    validate_data(cfg, fed)
+    task = build_task(cfg, fed)
+    algorithm = build_algorithm(cfg, task, backbone=backbone, server=fed.server)
+    return Setup(cfg, fed, task, backbone, algorithm)
+
+
+def check_devices(cfg: Dict[str, Any]) -> None:
+    """``shard_clients`` needs ``num_clients`` divisible by the devices (ConfigError)."""
+    if cfg["shard_clients"] and cfg["num_clients"] % jax.device_count():
+        raise config_lib.ConfigError(f"shard_clients needs num_clients divisible by the {jax.device_count()} "
+                                     f"devices, got num_clients={cfg['num_clients']}")
+
+
 def build_backbone(cfg: Dict[str, Any]):
+    """The config's backbone module (ConfigError when ``backbone_kwargs`` do not fit it)."""
     kw = dict(cfg["backbone_kwargs"])
     try:
         return BACKBONES.get(cfg["backbone"])(**kw)
@@ -42,20 +102,35 @@ def build_backbone(cfg: Dict[str, Any]):
 
 
 def build_task(cfg: Dict[str, Any], fed):
-    """The registered task's ``from_config(cfg, fed)``."""
-    return TASKS.get(cfg["task"])(cfg, fed)
+    """The registered task's ``from_config(cfg, fed)``, which first checks that the task
+    takes the federation (:func:`omnifm_jax.tasks.check_data`)."""
+    return tasks.build(cfg, fed)
 
 
-def build_algorithm(cfg: Dict[str, Any], task, *, checked: bool = True):
-    """The config's algorithm. ``checked=False`` skips the hyper-parameter check, for values
-    checked before and now traced (see omnifm_jax.sweep)."""
-    factory = algorithms.get(cfg["algorithm"]) if checked else algorithms.unchecked(cfg["algorithm"])
+def _takes_server(name: str) -> bool:
+    return "server" in inspect.signature(algorithms.unchecked(name)).parameters
+
+
+def build_algorithm(cfg: Dict[str, Any], task, *, checked: bool = True, server: Optional[ServerData] = None,
+                    backbone=None):
+    """The config's algorithm. Its factory gets the engine's arguments, the run values it
+    takes (``config.algorithm_kwargs``), ``algorithm_kwargs`` and, if its signature has
+    ``server``, the federation's server split ``server``. ``checked=False`` skips the
+    hyper-parameter check, for values checked before and now traced (see omnifm_jax.sweep);
+    ``backbone``: a module built before (default: :func:`build_backbone`)."""
+    name = cfg["algorithm"]
+    kw = config_lib.algorithm_kwargs(cfg)
+    if checked:  # as the registered factory checks itself (the factory below is the raw one)
+        algorithms.check(name, cfg["algorithm_kwargs"], {"num_clients": kw.get("num_clients")})
+    if _takes_server(name):
+        kw["server"] = server
     if cfg["optimizer"] == "adam":
         tx = optax.adam(cfg["lr"])
     else:
         tx = optax.sgd(cfg["lr"], momentum=cfg["momentum"] or None)
-    return factory(task=task, backbone=build_backbone(cfg), optimizer=tx, local_epochs=cfg["local_epochs"],
-                   batch_size=cfg["batch_size"], **config_lib.algorithm_kwargs(cfg))
+    return algorithms.unchecked(name)(task=task, backbone=build_backbone(cfg) if backbone is None else backbone,
+                                      optimizer=tx, local_epochs=cfg["local_epochs"], batch_size=cfg["batch_size"],
+                                      **kw)
 
 
 def load_data(cfg: Dict[str, Any]):
@@ -73,13 +148,16 @@ def load_data(cfg: Dict[str, Any]):
 
 
 def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
-    """Check a federation before any work; raises ``ValueError`` naming the problem.
+    """Check a federation before any work; raises ``ValueError`` (or ``ConfigError``) naming
+    the problem.
 
     Images must be ``uint8`` (float images, with or without NaN, are refused: the engine
     normalises ``uint8`` itself), labels in range, no client without training samples or
     without a test sample,
     train/test consistent (:func:`~omnifm_jax.data.federation.validate_federation`),
-    the number of clients the config asks for, and images the backbone can take.
+    the number of clients the config asks for, data the task takes (its kind of targets
+    and its own checks, :func:`omnifm_jax.tasks.check_data`), and images the backbone can
+    take.
     """
     if not isinstance(fed, Federation):
         raise ValueError(f"data: expected a Federation, got {type(fed).__name__}")
@@ -104,11 +182,7 @@ def validate_data(cfg: Dict[str, Any], fed: Federation) -> None:
         # of the per-client means silently.
         raise ValueError(f"data: client(s) {no_test.tolist()} have no test sample; every evaluated client needs "
                          "one (use fewer clients, a larger min_size, or test_fraction > 0)")
-    if cfg["task"] == "classification" and fed.num_classes >= 2:
-        present = np.unique(np.asarray(fed.train.y)[np.asarray(fed.train.y) >= 0])
-        if present.size < 2:
-            raise ValueError(f"data: the training labels hold only class(es) {present.tolist()}; "
-                             "classification needs at least two")
+    tasks.check_data(cfg, fed)
     _check_backbone_input(cfg, tuple(fed.train.x.shape[1:]))
     _check_local_work(cfg, np.asarray(fed.train.n))
 
@@ -218,10 +292,14 @@ def make_evaluation(cfg: Dict[str, Any], algorithm, task, fed: Federation, train
     return evaluation_line, baseline
 
 
-def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: bool = True,
+def run(cfg: Union[Dict[str, Any], Setup], out_dir: Optional[str | Path] = None, *, progress: bool = True,
         log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
-    """Train and evaluate one configuration; returns the summary dict (plus ``state``, the
-    final :class:`~omnifm_jax.federated.FederatedState`, and ``history``, the metrics lines).
+    """Train and evaluate one configuration; returns the summary dict (:func:`run_summary`,
+    plus ``state``, the final :class:`~omnifm_jax.federated.FederatedState`, and
+    ``history``, the metrics lines).
+
+    ``cfg``: a config, or the :class:`Setup` of one (from :func:`setup`, e.g. to look at
+    the federation first; it is not built again).
 
     With ``out_dir``, writes ``config.json``, ``metrics.jsonl`` (one line per eval round),
     ``timings.jsonl``, ``summary.json`` and ``curves.png`` there, and (``checkpoint_every
@@ -244,29 +322,43 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str | Path] = None, *, progress: 
       CheckpointError: ``resume`` without a usable checkpoint.
       RunDirError: ``out_dir`` cannot be this run's (see :mod:`omnifm_jax.rundir`).
     """
+    prepared = cfg if isinstance(cfg, Setup) else None
+    cfg = prepared.cfg if prepared is not None else cfg
     config_lib.validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise config_lib.ConfigError("resume needs the output directory of the run to continue")
     if out is not None:
         rundir.check(out, resume=resume, overwrite=overwrite)
-    if cfg["shard_clients"] and cfg["num_clients"] % jax.device_count():
-        raise config_lib.ConfigError(f"shard_clients needs num_clients divisible by the {jax.device_count()} "
-                                     f"devices, got num_clients={cfg['num_clients']}")
-    build_backbone(cfg)
-    fed = load_data(cfg)
-    validate_data(cfg, fed)
-    task = build_task(cfg, fed)
-    algorithm = build_algorithm(cfg, task)
+    if prepared is None:
+        prepared = setup(cfg)
     if out is None:
-        return _run(cfg, None, fed, task, algorithm, progress=progress, log=log, resume=resume)
+        return _run(prepared, None, progress=progress, log=log, resume=resume)
     with rundir.RunDirectory(out, resume=resume, overwrite=overwrite):
-        return _run(cfg, out, fed, task, algorithm, progress=progress, log=log, resume=resume)
+        return _run(prepared, out, progress=progress, log=log, resume=resume)
 
 
-def _run(cfg, out: Optional[Path], fed, task, algorithm, *, progress, log, resume) -> Dict[str, Any]:
+def count_round(totals: Dict[str, Any], rm) -> None:
+    """Add a round's :class:`~omnifm_jax.federated.RoundMetrics` to a run's ``totals``."""
+    totals["faulty"] += int(rm.faulty)
+    totals["dropped"] += int(rm.dropped)
+    if totals["accepted_updates"] is not None and rm.useful_steps is not None:
+        totals["accepted_updates"] += int(np.count_nonzero(np.asarray(rm.weights) > 0))
+        totals["useful_steps"] += int(rm.useful_steps)
+    else:  # a round function that does not count steps: whether the run learned is unknown
+        totals["accepted_updates"] = totals["useful_steps"] = None
+
+
+def new_totals() -> Dict[str, Any]:
+    """A run's round totals before its first round (:func:`count_round` adds to them)."""
+    return {"faulty": 0, "dropped": 0, "accepted_updates": 0, "useful_steps": 0}
+
+
+def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict[str, Any]:
     """:func:`run` after every check, with ``out`` (if any) owned by this run."""
     from tqdm.auto import tqdm
+
+    cfg, fed, task, algorithm = prepared.cfg, prepared.fed, prepared.task, prepared.algorithm
 
     ckpt = None
     ckpt_dir = out / ckpt_lib.CHECKPOINT_SUBDIR if out is not None else None
@@ -282,7 +374,7 @@ def _run(cfg, out: Optional[Path], fed, task, algorithm, *, progress, log, resum
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
     history, resumed_from = [], None
-    totals = {"faulty": 0, "dropped": 0, "accepted_updates": 0, "useful_steps": 0}
+    totals = new_totals()
     # federated.init compiles itself, without backend optimisation on CPU (it runs once);
     # an outer jit would trace through it and compile it fully optimised, which takes longer.
     init_fn = lambda key: federated.init(algorithm, key, train, shared_init=cfg["shared_init"])  # noqa: E731
@@ -338,14 +430,8 @@ def _run(cfg, out: Optional[Path], fed, task, algorithm, *, progress, log, resum
         record(evaluation_line(state, 0, None))  # round 0: before any training, as PFLlib
     for r in bar:
         state, rm = round_fn(state, train)
-        faulty, dropped = int(rm.faulty), int(rm.dropped)
-        totals["faulty"] += faulty
-        totals["dropped"] += dropped
-        if totals["accepted_updates"] is not None and rm.useful_steps is not None:
-            totals["accepted_updates"] += int(np.count_nonzero(np.asarray(rm.weights) > 0))
-            totals["useful_steps"] += int(rm.useful_steps)
-        else:  # a round function that does not count steps: whether the run learned is unknown
-            totals["accepted_updates"] = totals["useful_steps"] = None
+        faulty = int(rm.faulty)
+        count_round(totals, rm)
         if faulty:
             log(f"round {r + 1}: {faulty} client(s) sent a non-finite update and were left out")
         last = r + 1 == cfg["rounds"]
@@ -362,28 +448,10 @@ def _run(cfg, out: Optional[Path], fed, task, algorithm, *, progress, log, resum
     if not history:
         raise ckpt_lib.CheckpointError(f"nothing to do: the checkpoint is at round {start_round} = rounds "
                                        "and holds no metric history")
-    key = task.primary_metric
-    best = max(history, key=lambda h: h[key])
-    # None when a pre-existing checkpoint did not count accepted updates (cannot tell).
-    learned = None if totals["accepted_updates"] is None else bool(
-        totals["accepted_updates"] > 0 and totals["useful_steps"] > 0)
-    if learned is False:
+    summary = run_summary(cfg, task, history, state, totals, wall_time_s=wall, baseline=baseline,
+                          resumed_from=resumed_from)
+    if summary["learned"] is False:
         warnings.warn(NO_LEARNING, stacklevel=2)
-    strip = lambda h: {k: v for k, v in h.items() if k not in ("clients",)}
-    summary = {
-        "algorithm": cfg["algorithm"], "task": cfg["task"], "dataset": cfg["dataset"],
-        "primary_metric": key, "best": strip(best), "last": strip(history[-1]),
-        "last_clients": history[-1]["clients"], "faulty_clients_total": totals["faulty"],
-        "dropped_clients_total": totals["dropped"], "resumed_from_round": resumed_from,
-        "wall_time_s": round(wall, 3), "rounds": cfg["rounds"],
-        "accepted_updates_total": totals["accepted_updates"], "useful_client_steps_total": totals["useful_steps"],
-        "learned": learned,
-        "params_sha256": federated.state_hash(state), "device": str(jax.devices()[0]),
-        "config": cfg,
-    }
-    if baseline is not None:
-        summary["baseline"] = {k: v for k, v in baseline.items() if k != "clients"}
-        summary["baseline_clients"] = baseline["clients"]
     if ckpt is not None:
         ckpt.close()
     if out is not None:
@@ -394,6 +462,47 @@ def _run(cfg, out: Optional[Path], fed, task, algorithm, *, progress, log, resum
     log(result_table(summary))
     summary["state"] = state
     summary["history"] = history  # every metrics line (as in metrics.jsonl); not in summary.json
+    return summary
+
+
+def best_line(history: List[Dict[str, Any]], task) -> Dict[str, Any]:
+    """PFLlib's best round: the metrics line with the best headline metric
+    (``task.primary_metric``; the highest, or the lowest where the task declares lower is
+    better)."""
+    key = task.primary_metric
+    sign = 1.0 if tasks.higher_is_better(task, key) else -1.0
+    return max(history, key=lambda h: sign * h[key])
+
+
+def run_summary(cfg: Dict[str, Any], task, history: List[Dict[str, Any]], state, totals: Dict[str, Any], /, *,
+                wall_time_s: float, baseline: Optional[Dict[str, Any]] = None,
+                resumed_from: Optional[int] = None, **extra: Any) -> Dict[str, Any]:
+    """The summary of a run (what ``summary.json`` holds), from its metrics lines, final
+    state and round totals (:func:`new_totals`, :func:`count_round`); ``extra`` keys are
+    added as they are (e.g. a sweep's ``runs_in_program``). The one place a summary is built (:func:`run`,
+    :func:`omnifm_jax.sweep.run_sweep`).
+
+    ``learned``: whether any client update was accepted (None when the totals cannot tell,
+    e.g. a checkpoint that did not count them)."""
+    strip = lambda h: {k: v for k, v in h.items() if k != "clients"}  # noqa: E731
+    learned = None if totals.get("accepted_updates") is None else bool(
+        totals["accepted_updates"] > 0 and totals["useful_steps"] > 0)
+    summary = {
+        "algorithm": cfg["algorithm"], "task": cfg["task"], "dataset": cfg["dataset"],
+        "primary_metric": task.primary_metric, "best": strip(best_line(history, task)), "last": strip(history[-1]),
+        "last_clients": history[-1]["clients"], "faulty_clients_total": totals["faulty"],
+        "dropped_clients_total": totals["dropped"], "resumed_from_round": resumed_from,
+        "wall_time_s": round(wall_time_s, 3), "rounds": cfg["rounds"],
+        "accepted_updates_total": totals.get("accepted_updates"),
+        "useful_client_steps_total": totals.get("useful_steps"), "learned": learned,
+        "params_sha256": federated.state_hash(state), "device": str(jax.devices()[0]),
+        "config": cfg,
+    }
+    if baseline is not None:
+        summary["baseline"] = strip(baseline)
+        summary["baseline_clients"] = baseline["clients"]
+        summary["baseline_name"] = task.baseline_name
+    summary.update(extra)
     return summary
 
 
@@ -411,7 +520,7 @@ def result_table(summary: Dict[str, Any]) -> str:
         rows.append(f"{label + ' (r' + str(summary[label]['round']) + ')':10s}"
                     + "".join(f"{_num(summary[label].get(n)):14.4f}" for n in names))
     if "baseline" in summary:
-        rows.append(f"{'bicubic':10s}" + "".join(
+        rows.append(f"{summary.get('baseline_name', 'baseline')[:10]:10s}" + "".join(
             f"{summary['baseline'].get(n, float('nan')):14.4f}" for n in names))
     rows.append(f"params_sha256 {summary['params_sha256'][:16]}...")
     return "\n".join(rows)

@@ -43,6 +43,12 @@ import numpy as np
 from omnifm_jax.algorithms.base import ClientData, FederatedAlgorithm
 from omnifm_jax.tasks.base import Task
 
+__all__ = ["FederatedState", "RoundMetrics", "DataLayout", "data_layout", "num_participants",
+           "sample_participants", "num_reporting", "dropout_mask", "executed_client_steps", "map_clients",
+           "default_chunk", "choose_client_chunk", "resolve_client_chunk", "init", "init_compiler_options",
+           "participants_finite", "round_body", "make_round", "make_rounds", "sequential_round", "EvalPlan",
+           "eval_plan", "make_evaluate", "summarize", "mean_loss", "state_hash"]
+
 Chunk = Union[int, str, None]
 
 

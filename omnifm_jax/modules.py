@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 from omnifm_jax import bank as bank_lib
 
+__all__ = ["EmbeddingCrossAttention", "PrefixSuffixPrompt", "FiLM", "TokenProjection", "spectral_alignment"]
+
 
 class EmbeddingCrossAttention(nn.Module):
     """Embedding-wise cross-attention (Eq. 4).

@@ -4,16 +4,28 @@ data sets. A component registers itself with a decorator in its own file
 package, so adding a component is one new file and no edit elsewhere.
 
 Discovery never imports a module that needs an optional extra: such a module either imports
-the extra inside the function that needs it (``nibabel`` in ``data/segmentation.py``), or is
+the extra inside the function that needs it (``nibabel`` in ``data/nifti.py``), or is
 not a component module and is named in its registry's ``skip`` (``data/tfds_builders.py``).
 A module whose import fails leaves the registry undiscovered and raises an error that names
 the module and, for a missing optional package, the extra that installs it; the next lookup
-tries again instead of answering from a partial registry."""
+tries again instead of answering from a partial registry.
+
+Components outside the package (a researcher's own algorithm, task, backbone or data set) live
+in any module that registers them with the same decorators; a run names it in its config's
+``imports`` (a module name or a ``.py`` path) and :func:`import_components` imports it before
+anything is looked up (CONTRIBUTING.md has the four recipes)."""
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import pkgutil
+import sys
+from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+__all__ = ["EXTRAS", "ComponentImportError", "Entry", "Registry", "ALGORITHMS", "TASKS", "BACKBONES",
+           "DATASETS", "import_components"]
 
 #: Optional packages and the ``pip install 'omnifm-jax[EXTRA]'`` extra that brings each.
 EXTRAS = {"tensorflow_datasets": "tfds", "tensorflow": "tf", "nibabel": "nifti",
@@ -97,3 +109,48 @@ TASKS = Registry("task", "omnifm_jax.tasks")
 BACKBONES = Registry("backbone", "omnifm_jax.models")
 # tfds_builders registers nothing and needs tensorflow-datasets: imported only by its users.
 DATASETS = Registry("dataset", "omnifm_jax.data", skip=("tfds_builders",))
+
+
+def import_components(modules: Sequence[str]) -> List[str]:
+    """Import the modules that register a run's own components (a config's ``imports``).
+
+    Args:
+      modules: dotted module names (importable from ``sys.path``) or paths to ``.py`` files.
+        A file is imported once per process under a name derived from its resolved path, so
+        naming it again (a resumed run, a sweep) does not register its components twice.
+
+    Returns:
+      The names the modules are imported under (keys of ``sys.modules``).
+
+    Raises:
+      ComponentImportError: a module that cannot be found or whose import fails, named.
+    """
+    if isinstance(modules, str) or not all(isinstance(m, str) and m for m in modules):
+        raise ComponentImportError(f"imports must be a list of module names or .py paths, got {modules!r}")
+    # The package's own components first: a run's module that reuses one of their names is then
+    # the import that fails, named, rather than a package module discovered later.
+    for registry in (ALGORITHMS, TASKS, BACKBONES, DATASETS) if modules else ():
+        registry._discover()
+    names = []
+    for module in modules:
+        try:
+            if module.endswith(".py"):
+                path = Path(module).expanduser().resolve()
+                if not path.is_file():
+                    raise FileNotFoundError(f"no file {path}")
+                name = f"omnifm_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                if name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(name, path)
+                    loaded = importlib.util.module_from_spec(spec)
+                    sys.modules[name] = loaded
+                    try:
+                        spec.loader.exec_module(loaded)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+            else:
+                name = importlib.import_module(module).__name__
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported as one
+            raise ComponentImportError(f"imports: cannot import {module!r}: {type(exc).__name__}: {exc}") from exc
+        names.append(name)
+    return names

@@ -65,9 +65,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from omnifm_jax import config as config_lib
 from omnifm_jax.checks import ConfigError
 
-__all__ = ["PAPER", "METRICS", "TABLES", "SETTINGS", "Cell", "Table", "Claim", "Setting", "build_plan",
-           "check_data", "execute", "records_from", "aggregate", "evaluate_claims", "verdict", "write_csv",
-           "write_markdown", "write_plot", "protocol_text", "render", "reproduce", "available_tables", "table_listing"]
+__all__ = ["PAPER", "METRICS", "Metric", "paper_metric", "TABLES", "SETTINGS", "Cell", "Table", "Claim", "Setting",
+           "build_plan", "check_data", "execute", "records_from", "aggregate", "evaluate_claims", "verdict",
+           "write_csv", "write_markdown", "write_plot", "protocol_text", "render", "reproduce", "available_tables",
+           "table_listing"]
 
 # --------------------------------------------------------------------------------------
 # The paper's numbers, as printed in /work/shared/papers/omnifm.txt (arXiv:2603.21660v1).
@@ -166,7 +167,8 @@ PAPER: Dict[str, Any] = {
 @dataclass(frozen=True)
 class Metric:
     """A reported metric: ``key`` in a run's metric line; ``factor`` turns it into the
-    paper's units (accuracy 0.97 -> 97 %); ``decimals`` as printed in the paper."""
+    paper's units (accuracy 0.97 -> 97 %); ``decimals`` as printed in the paper. The label
+    and the direction (``higher_is_better``) are the task's (:func:`paper_metric`)."""
     key: str
     label: str
     factor: float = 1.0
@@ -174,18 +176,34 @@ class Metric:
     higher_is_better: bool = True
 
 
+def paper_metric(task: str, key: str, factor: float = 1.0, decimals: int = 2, note: str = "") -> Metric:
+    """The task's metric ``key`` (its :class:`~omnifm_jax.tasks.MetricSpec`: label, higher
+    or lower is better) in the paper's units: times ``factor`` (100: "%" in the label), shown
+    with ``decimals``; ``note`` is appended to the label. A task that is not registered here
+    (see :func:`available_tables`) gives the bare key as label, higher is better."""
+    from omnifm_jax import tasks
+
+    try:
+        spec = tasks.metric_spec(task, key)
+    except ValueError:
+        spec = tasks.MetricSpec(key, key)
+    unit = " (%)" if factor == 100.0 else ""
+    return Metric(key, spec.label + unit + note, factor, decimals, spec.higher_is_better)
+
+
+#: The tables' metrics, by the names the tables use: the task's metric in the paper's units.
 METRICS: Dict[str, Metric] = {
-    "acc": Metric("accuracy", "Acc (%)", 100.0, 2),
-    "f1": Metric("macro_f1", "F1-Score", 1.0, 3),
-    "psnr": Metric("psnr", "PSNR (dB)", 1.0, 2),
-    "ssim": Metric("ssim", "SSIM", 1.0, 4),
-    "dice": Metric("dice", "Dice (%)", 100.0, 2),
-    "iou": Metric("iou", "IoU (%)", 100.0, 2),
+    "acc": paper_metric("classification", "accuracy", 100.0, 2),
+    "f1": paper_metric("classification", "macro_f1", 1.0, 3),
+    "psnr": paper_metric("super_resolution", "psnr", 1.0, 2),
+    "ssim": paper_metric("super_resolution", "ssim", 1.0, 4),
+    "dice": paper_metric("segmentation", "dice", 100.0, 2),
+    "iou": paper_metric("segmentation", "iou", 100.0, 2),
     # The fusion task reports VIF and SSIM summed over the two sources (CDDFuse's
     # convention); the paper's values are on the scale of one source, so halve them.
-    "vif": Metric("vif", "VIF (mean of 2 sources)", 0.5, 3),
-    "fssim": Metric("ssim", "SSIM (mean of 2 sources)", 0.5, 3),
-    "l1": Metric("l1", "L1", 1.0, 3, higher_is_better=False),
+    "vif": paper_metric("fusion", "vif", 0.5, 3, " (mean of 2 sources)"),
+    "fssim": paper_metric("fusion", "ssim", 0.5, 3, " (mean of 2 sources)"),
+    "l1": paper_metric("fusion", "l1", 1.0, 3),
 }
 
 
@@ -326,7 +344,7 @@ def _table2() -> Table:
                 cells.append(Cell(f"×{scale}", f"{slabel}: {label}", f"x{scale}", f"{skey}-{_METHOD[label][0]}",
                                   "sr_breakhis",
                                   _method_overrides(label) + sover
-                                  + (f"scale={scale}", f"dataset_kwargs.scale={scale}"),
+                                  + (f"task_kwargs.scale={scale}", f"dataset_kwargs.scale={scale}"),
                                   {"psnr": numbers[10 * si + mi], "ssim": numbers[10 * si + 5 + mi]}))
     claims = []
     for skey, slabel, _ in scenarios:
@@ -356,7 +374,7 @@ _ABLATIONS = (("OmniFM", "omnifm", ()),
 #: Table 8's / Fig. 5's task columns: (col_key, label, paper config, overrides, metric, Table-8 column index).
 _TASK_COLS = (("CLS", "CLS (Acc %)", "table1_resnet18",
                ("dataset_kwargs.partition=dirichlet", "dataset_kwargs.alpha=0.1", "participation=1.0"), "acc", 0),
-              ("SR", "SR (PSNR dB, ×4)", "sr_breakhis", ("scale=4", "dataset_kwargs.scale=4"), "psnr", 1),
+              ("SR", "SR (PSNR dB, ×4)", "sr_breakhis", ("task_kwargs.scale=4", "dataset_kwargs.scale=4"), "psnr", 1),
               ("SEG", "SEG (Dice %)", "seg_lgg_sites", (), "dice", 2))
 
 
@@ -391,7 +409,7 @@ _TOPKS = (1, 2, 3, 4)
 
 def _fig5() -> Table:
     cells = []
-    for ckey, clabel, cfg, cover, metric, _ in _TASK_COLS[:2]:
+    for ckey, clabel, cfg, cover, _metric, _ in _TASK_COLS[:2]:
         paper = {m: None for m in ("acc", "psnr")}
         for lam in _LAMBDAS:
             cells.append(Cell(f"λ = {lam:g}", clabel, f"lambda={lam:g}", ckey, cfg,
@@ -562,7 +580,8 @@ SETTINGS: Dict[str, Dict[str, Tuple[Setting, ...]]] = {
                                  "FeTS2022 is not available; the 8 bundled BraTS cases, a 4-level UNet at widths "
                                  "4..32"),),
         "fusion_harvard": (Setting("fusion_harvard", _SMOKE_FUSION, "harvard",
-                                   "the real Harvard pairs at 48x48 (a 4-scale VIF needs >= 41 px), U2Fusion with 8 features per dense layer"),
+                                   "the real Harvard pairs at 48x48 (a 4-scale VIF needs >= 41 px), "
+                                   "U2Fusion with 8 features per dense layer"),
                            Setting("fusion_harvard", _SMOKE_FUSION + ("dataset=synthetic_fusion",), None,
                                    "the Harvard pairs are not present; synthetic fusion pairs stand in")),
     },
@@ -585,7 +604,7 @@ def _data_present(needs: Optional[str], root: Path) -> bool:
 def resolve_setting(scale: str, paper_config: str, root: Optional[Path] = None) -> Setting:
     """The setting that runs ``paper_config`` at ``scale``: the first candidate whose data are
     present under ``root`` (default: :func:`omnifm_jax.data.registry.default_real_data_dir`)."""
-    from omnifm_jax.data.registry import default_real_data_dir
+    from omnifm_jax.data.paths import default_real_data_dir
 
     if scale not in SETTINGS:
         raise ConfigError(f"unknown scale {scale!r}; scales: {list(SETTINGS)}")
@@ -658,23 +677,16 @@ def _canonical(cfg: Dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=repr)
 
 
-def _set_dotted(cfg: Dict[str, Any], dotted: str, value: Any) -> None:
-    top, _, sub = dotted.partition(".")
-    if sub:
-        cfg[top] = dict(cfg[top], **{sub: value})
-    else:
-        cfg[top] = value
-
-
 def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, rounds: Optional[int] = None,
                 overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """The full, validated config of one cell at one seed.
 
     Order: the setting's config, its size overrides, the cell's overrides (an algorithm
     switch resets the options of the previous algorithm), the user's ``overrides``, then
-    ``rounds``, ``seed`` and ``data_seed`` (unless the user's overrides set it). Hyper-parameters left at their defaults are written
-    out, so that equal configs compare equal (Fig. 5's default point runs once) and configs
-    that differ only in a float hyper-parameter group into one program.
+    ``rounds``, ``seed`` and ``data_seed`` (unless the user's overrides set it).
+    Hyper-parameters left at their defaults are written out, so that equal configs compare
+    equal (Fig. 5's default point runs once) and configs that differ only in a float
+    hyper-parameter group into one program.
     """
     from omnifm_jax import algorithms
 
@@ -777,7 +789,7 @@ def _programs(planned: List[PlannedCell]) -> List[Program]:
             for run in runs:
                 cfg = copy.deepcopy(base)
                 for k, v in run.items():
-                    _set_dotted(cfg, k, v)
+                    cfg = config_lib.set_dotted(cfg, k, v)
                 members.append(where.get(_canonical(cfg)))
             programs.append(Program(base, list(runs), members))
         covered = sorted(m for p in programs for ms in p.members if ms is not None for m in ms)
@@ -795,10 +807,10 @@ def _programs(planned: List[PlannedCell]) -> List[Program]:
 # --------------------------------------------------------------------------------------
 
 def check_data(plan: Plan) -> List[Dict[str, Any]]:
-    """Load and validate every distinct federation of the plan, and build its task, before
-    any training (a missing file, a bad data option, a client without a test sample or a
-    task that does not fit the images stops here).
-    Returns one description per federation for ``protocol.md``."""
+    """Set up every distinct federation of the plan through the one run path
+    (:func:`omnifm_jax.experiment.setup`: data, task, model) before any training (a missing
+    file, a bad data option, a client without a test sample or a task that does not fit the
+    images stops here). Returns one description per federation for ``protocol.md``."""
     from omnifm_jax import experiment
     from omnifm_jax.data.describe import describe
 
@@ -811,10 +823,7 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
             seen[key]["cells"].append(f"{pc.cell.row} / {pc.cell.col}")
             continue
         try:
-            fed = experiment.load_data(cfg)
-            experiment.validate_data(cfg, fed)
-            task = experiment.build_task(cfg, fed)   # a task option that does not fit the data (e.g. image size)
-            experiment.build_algorithm(cfg, task)    # and the model the cell trains
+            fed = experiment.setup(cfg).fed
         except (ValueError, FileNotFoundError, ConfigError) as exc:
             raise ConfigError(f"{plan.table.name} cell ({pc.cell.row}, {pc.cell.col}): data: {exc}") from None
         try:
@@ -862,7 +871,7 @@ def execute(plan: Plan, *, progress: bool = False, log: Callable[[str], None] = 
             for run in prog.runs:
                 cfg = copy.deepcopy(prog.base)
                 for k, v in run.items():
-                    _set_dotted(cfg, k, v)
+                    cfg = config_lib.set_dotted(cfg, k, v)
                 s = experiment.run(cfg, None, progress=progress, log=run_log)
                 s.pop("state", None)
                 s["runs_in_program"] = 1

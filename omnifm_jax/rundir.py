@@ -33,6 +33,9 @@ from typing import List, Optional
 
 from omnifm_jax.checks import ConfigError
 
+__all__ = ["LOCK_NAME", "OUTPUTS", "RunDirError", "existing_outputs", "check", "RunDirectory",
+           "replace_lines"]
+
 try:  # POSIX (Linux, macOS); elsewhere no lock is taken and only the outputs check applies
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux or macOS

@@ -13,9 +13,12 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from omnifm_jax.federated import FederatedState
+
+__all__ = ["CLIENT_AXIS", "client_mesh", "shard_clients", "replicate", "shard_state"]
 
 CLIENT_AXIS = "clients"
 

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["magnitude_spectrum", "low_pass_size", "low_pass", "l2_normalize", "SpectralTokenizer",
+           "low_pass_ratio_statistic", "cross_modality_low_pass_ratio"]
+
 
 def magnitude_spectrum(x: jax.Array) -> jax.Array:
     """Centred magnitude of the 2-D FFT over H, W, per channel.
@@ -107,8 +110,8 @@ class SpectralTokenizer(nn.Module):
             spec = jnp.log1p(spec)
         if self.norm == "batch":
             bn_mask = None if mask is None else jnp.broadcast_to(mask.reshape((-1, 1, 1, 1)), spec.shape)
-            spec = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_scale=False, use_bias=False, axis=(-3, -2, -1),
-                                name="spectrum_norm")(spec, mask=bn_mask)
+            spec = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_scale=False, use_bias=False,
+                                axis=(-3, -2, -1), name="spectrum_norm")(spec, mask=bn_mask)
         elif self.norm != "none":
             raise ValueError(f"spectrum norm must be 'none' or 'batch', got {self.norm!r}")
         h, w, c = spec.shape[-3:]
@@ -152,7 +155,7 @@ def low_pass_ratio_statistic(a: np.ndarray, b: np.ndarray, *, ratio: float = 0.2
 
 
 def cross_modality_low_pass_ratio(groups: dict, *, num_pairs: int = 500, ratio: float = 0.25,
-                                                                    log_magnitude: bool = False, seed: int = 0) -> float:
+                                  log_magnitude: bool = False, seed: int = 0) -> float:
     """Median Sec. 3.1 ratio over random pairs of images from DIFFERENT modalities.
 
     Args:

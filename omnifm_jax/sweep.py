@@ -35,26 +35,14 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax import algorithms, config as config_lib, experiment, federated
+from omnifm_jax import algorithms, experiment, federated
+from omnifm_jax import config as config_lib
 from omnifm_jax.checks import ConfigError
 
 __all__ = ["SWEEPABLE_TOP_LEVEL", "sweepable_keys", "group_runs", "run_sweep"]
 
 #: Top-level keys that may differ between the runs of one program.
 SWEEPABLE_TOP_LEVEL = ("seed", "lr")
-
-
-def _set(cfg: Dict[str, Any], dotted: str, value: Any) -> None:
-    top, _, sub = dotted.partition(".")
-    if sub:
-        cfg[top] = dict(cfg[top], **{sub: value})
-    else:
-        cfg[top] = value
-
-
-def _get(cfg: Dict[str, Any], dotted: str) -> Any:
-    top, _, sub = dotted.partition(".")
-    return cfg[top].get(sub) if sub else cfg[top]
 
 
 def sweepable_keys(algorithm: str) -> Tuple[str, ...]:
@@ -124,10 +112,10 @@ def _run_configs(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]]) -> Tuple[L
                               "configs as separate programs (sweep.group_runs splits them)")
         c = copy.deepcopy(cfg)
         for k, v in run.items():
-            _set(c, k, v)
+            c = config_lib.set_dotted(c, k, v)
         config_lib.validate(c)
         cfgs.append(c)
-    varying = [k for k in allowed if len({repr(_get(c, k)) for c in cfgs}) > 1]
+    varying = [k for k in allowed if len({repr(config_lib.get_dotted(c, k)) for c in cfgs}) > 1]
     return cfgs, varying
 
 
@@ -159,21 +147,19 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
     cfgs, varying = _run_configs(cfg, runs)
     if cfg["shard_clients"]:
         raise ConfigError("shard_clients splits the client axis over devices; a sweep's run axis is not sharded")
-    experiment.build_backbone(cfg)
-    fed = experiment.load_data(cfg)
-    experiment.validate_data(cfg, fed)
-    task = experiment.build_task(cfg, fed)
-    template = experiment.build_algorithm(cfg, task)
+    prepared = experiment.setup(cfg)
+    fed, task, template = prepared.fed, prepared.task, prepared.algorithm
     floats = [k for k in varying if k != "seed"]
-    hp = {k: jnp.asarray([float(_get(c, k)) for c in cfgs], jnp.float32) for k in floats}
+    hp = {k: jnp.asarray([float(config_lib.get_dotted(c, k)) for c in cfgs], jnp.float32) for k in floats}
     keys = jax.vmap(jax.random.key)(jnp.asarray([c["seed"] for c in cfgs], jnp.uint32))
 
     def build(values: Dict[str, jax.Array]):
-        c = copy.deepcopy(cfg)
+        c = cfg
         for k, v in values.items():  # traced scalars: one program for every value
-            _set(c, k, v)
+            c = config_lib.set_dotted(c, k, v)
         # Every run's values were checked concretely in _run_configs; a check cannot decide on tracers.
-        return experiment.build_algorithm(c, task, checked=False) if values else template
+        return (experiment.build_algorithm(c, task, checked=False, server=fed.server, backbone=prepared.backbone)
+                if values else template)
 
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
@@ -196,37 +182,25 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
     # The baseline is model-free, so one evaluation serves every run.
     baselines = [baseline_of(run_state(0))] * num
     histories: List[List[Dict[str, Any]]] = [[evaluation_line(run_state(i), 0, None)] for i in range(num)]
-    totals = [{"faulty": 0, "dropped": 0} for _ in range(num)]
+    totals = [experiment.new_totals() for _ in range(num)]
     start = time.time()
     for r in tqdm(range(cfg["rounds"]), desc=f"{cfg['algorithm']} x{num} runs", disable=not progress):
         states, rms = round_fn(hp, states, train)
         last = r + 1 == cfg["rounds"]
         for i in range(num):
             rm = jax.tree_util.tree_map(lambda a: a[i], rms)
-            totals[i]["faulty"] += int(rm.faulty)
-            totals[i]["dropped"] += int(rm.dropped)
+            experiment.count_round(totals[i], rm)
             if (r + 1) % cfg["eval_every"] == 0 or last:
                 histories[i].append(evaluation_line(run_state(i), r + 1, rm))
     jax.block_until_ready(states)
     wall = time.time() - start
     out = []
-    metric = task.primary_metric
-    strip = lambda h: {k: v for k, v in h.items() if k != "clients"}  # noqa: E731
     for i, c in enumerate(cfgs):
-        history = histories[i]
-        summary = {
-            "algorithm": c["algorithm"], "task": c["task"], "dataset": c["dataset"], "primary_metric": metric,
-            "best": strip(max(history, key=lambda h: h[metric])), "last": strip(history[-1]),
-            "last_clients": history[-1]["clients"], "faulty_clients_total": totals[i]["faulty"],
-            "dropped_clients_total": totals[i]["dropped"], "resumed_from_round": None,
-            "wall_time_s": round(wall, 3), "rounds": c["rounds"],
-            "params_sha256": federated.state_hash(run_state(i)), "device": str(jax.devices()[0]),
-            "config": c, "history": history, "runs_in_program": num, "state": run_state(i),
-        }
-        if baselines[i] is not None:
-            summary["baseline"] = {k: v for k, v in baselines[i].items() if k != "clients"}
-            summary["baseline_clients"] = baselines[i]["clients"]
-        log(f"run {i + 1}/{num} ({', '.join(f'{k}={_get(c, k)}' for k in varying) or 'as configured'}):\n"
+        summary = experiment.run_summary(c, task, histories[i], run_state(i), totals[i], wall_time_s=wall,
+                                         baseline=baselines[i], history=histories[i], runs_in_program=num,
+                                         state=run_state(i))
+        values = ", ".join(f"{k}={config_lib.get_dotted(c, k)}" for k in varying) or "as configured"
+        log(f"run {i + 1}/{num} ({values}):\n"
             + experiment.result_table(summary))
         out.append(summary)
     return out

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 
 from _helpers import real_data_dir
 
+from omnifm_jax.data import breakhis_sr, superres
 from omnifm_jax.data import describe as D
 from omnifm_jax.data import federation as F
 from omnifm_jax.data import registry as R
@@ -28,7 +27,7 @@ def real() -> Path:
 
 @pytest.fixture(scope="module")
 def real4_pool(real):
-    from omnifm_jax.data.medmnist import load_real4
+    from omnifm_jax.data.real4 import load_real4
 
     return load_real4(real)
 
@@ -237,10 +236,8 @@ def test_registry_synthetic_and_unknown():
 
 def test_registry_superres_is_forwarded(monkeypatch):
     calls = []
-    fake = types.ModuleType("omnifm_jax.data.superres")
-    fake.synthetic_sr_federation = lambda **kw: calls.append(("synthetic", kw)) or "SYN"
-    fake.breakhis_sr_federation = lambda **kw: calls.append(("breakhis", kw)) or "BRK"
-    monkeypatch.setitem(sys.modules, "omnifm_jax.data.superres", fake)
+    monkeypatch.setattr(superres, "synthetic_sr_federation", lambda **kw: calls.append(("synthetic", kw)) or "SYN")
+    monkeypatch.setattr(breakhis_sr, "breakhis_sr_federation", lambda **kw: calls.append(("breakhis", kw)) or "BRK")
     assert R.load_federation("synthetic_sr", num_clients=3, seed=2, scale=2) == "SYN"
     assert R.load_federation("breakhis_sr", num_clients=4) == "BRK"
     assert calls == [("synthetic", {"num_clients": 3, "seed": 2, "scale": 2}), ("breakhis", {"num_clients": 4, "seed": 0})]

@@ -12,6 +12,8 @@ import pytest
 from _helpers import real_data_dir
 
 from omnifm_jax.data import medmnist as mm
+from omnifm_jax.data.medmnist_facts import BLOODMNIST_CLASSES, MEDMNIST_SIZES, MEDMNIST_SUBSETS
+from omnifm_jax.data.real4 import load_real4
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +38,10 @@ VERIFIED_MD5 = {
 
 
 def test_fact_table_is_complete_and_consistent():
-    assert len(mm.MEDMNIST_SUBSETS) == 12
-    for subset in mm.MEDMNIST_SUBSETS:
+    assert len(MEDMNIST_SUBSETS) == 12
+    for subset in MEDMNIST_SUBSETS:
         info = mm.medmnist_info(subset)
-        assert set(info["md5"]) == set(mm.MEDMNIST_SIZES)
+        assert set(info["md5"]) == set(MEDMNIST_SIZES)
         assert all(len(h) == 32 and int(h, 16) >= 0 for h in info["md5"].values())
         assert info["channels"] in (1, 3)
         assert len(info["labels"]) >= 2
@@ -93,7 +95,7 @@ def test_env_var_root(real, monkeypatch):
 @pytest.mark.real_data
 def test_blood_pbc_style_file(real):
     data = mm.load_npz_images(
-        real / "blood_pbc" / "pbc_bloodmnist_style_28.npz", class_names=mm.BLOODMNIST_CLASSES, modality_name="blood"
+        real / "blood_pbc" / "pbc_bloodmnist_style_28.npz", class_names=BLOODMNIST_CLASSES, modality_name="blood"
     )
     assert tuple(data[s].images.shape[0] for s in mm.SPLITS) == (5983, 855, 1708)
     train = data["train"]
@@ -232,10 +234,10 @@ def test_cross_modality_defaults_to_official_train_split(real):
 
 @pytest.mark.real_data
 def test_real4_pool(real):
-    d = mm.load_real4(real)
+    d = load_real4(real)
     assert d.modality_names == ("blood microscopy", "fundus", "chest X-ray", "breast ultrasound")
     assert np.bincount(d.modality).tolist() == [5983 + 855 + 1708, 1600, 4708 + 524 + 624, 780]
     assert len(d.class_names) == 8 + 5 + 2 + 2 and d.labels.max() == 16
     assert d.images.shape[1:] == (28, 28, 3)
     with pytest.raises(mm.DatasetNotFoundError, match="retinamnist.npz"):
-        mm.load_real4(real / "blood_pbc")
+        load_real4(real / "blood_pbc")

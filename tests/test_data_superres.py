@@ -12,14 +12,12 @@ from _helpers import real_data_dir
 from PIL import Image
 
 from omnifm_jax.data.breakhis import load_breakhis_images, scan_breakhis
+from omnifm_jax.data.breakhis_sr import GROUP_SPLITS, SPLIT_BY, breakhis_sr_federation
 from omnifm_jax.data.federation import Federation, client_ids, client_slice, validate_federation
+from omnifm_jax.data.image import bicubic_resize
 from omnifm_jax.data.superres import (
-    GROUP_SPLITS,
-    SPLIT_BY,
     bicubic_downscale,
-    bicubic_resize,
     bicubic_upsample,
-    breakhis_sr_federation,
     extract_patch_grid,
     make_sr_pairs,
     psnr,

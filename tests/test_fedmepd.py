@@ -1,6 +1,7 @@
 """FedMEPD: per-modality encoder upload weights, the discrepancy rule of the decoder's
 partial personalisation, exact identity of the calibration without missing modalities,
-FedAvg equivalence of the degenerate configuration, bad input, one end-to-end run."""
+FedAvg equivalence of the degenerate configuration, bad input, one end-to-end run, and its
+server set: the federation's server split, as the loader produced it."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,7 @@ from omnifm_jax import algorithms, config as config_lib, experiment, federated
 from omnifm_jax.algorithms import fedmepd as fm
 from omnifm_jax.algorithms.sgd import Upload, personalized_sgd
 from omnifm_jax.checks import ConfigError
-from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.data.federation import ClientArrays, ServerData
 from omnifm_jax.data import multimodal
 from omnifm_jax.data.registry import load_federation
 from omnifm_jax.tasks.segmentation import segmentation
@@ -44,11 +45,13 @@ def _clients(subsets, n=4, seed=0):
                         offsets=(np.arange(k) * n).astype(np.int32), modality=np.zeros(k * n, np.int32))
 
 
-def _algo(**kw):
-    kw = {"server_data": _images(4, 99), "channels": CH, "attn_dim": 4, "num_anchors": 2, "server_steps": 1,
-          "server_batch_size": 2, **kw}
-    return algorithms.build("fedmepd", task=segmentation(2), backbone=None, optimizer=optax.sgd(0.1),
-                            local_epochs=1, batch_size=4, **kw)
+def _algo(server=ServerData(*_images(4, 99)), **kw):
+    """FedMEPD as a run builds it: hyper-parameters checked, ``server`` (the federation's
+    server split, a run argument) passed to the factory."""
+    kw = {"channels": CH, "attn_dim": 4, "num_anchors": 2, "server_steps": 1, "server_batch_size": 2, **kw}
+    algorithms.check("fedmepd", kw)
+    return algorithms.unchecked("fedmepd")(task=segmentation(2), backbone=None, optimizer=optax.sgd(0.1),
+                                           local_epochs=1, batch_size=4, server=server, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +185,7 @@ def test_patience_makes_filters_personal_after_consecutive_rounds_for_good():
                                           personalize=True, threshold=1.0, after=1)
     assert int(count) == 1
     with pytest.raises(ConfigError, match="personalize_patience"):
-        algorithms.check("fedmepd", {"server_data": _images(2, 0), "personalize_patience": -1})
+        algorithms.check("fedmepd", {"personalize_patience": -1})
 
 
 def fm_download(client_update, server, client, data):
@@ -271,13 +274,15 @@ def test_degenerate_fedmepd_is_fedavg():
 
 
 def test_bad_input_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="full-modal"):
-        _algo(server_data=None)
+    with pytest.raises(ConfigError, match="full-modal data: its federation carries no server split"):
+        _algo(server=None)
     x, y = _images(2, 0, absent=(2,))
     with pytest.raises(ConfigError, match="not full-modal"):
-        _algo(server_data=(x, y))
-    with pytest.raises(ConfigError, match="server_data is None"):
-        algorithms.check("fedmepd", {})
+        _algo(server=(x, y))
+    # the server set is a run argument, not a hyper-parameter: no config can name data
+    hp = algorithms.hyperparameters("fedmepd")
+    assert "server" not in hp and "server_data" not in hp
+    algorithms.check("fedmepd", {})
     # loader: a client declaring a modality its data lacks; no full-modal patient for the server
     _write_lgg(tmp_path / "a", absent_site="BB", absent_channel=2)
     with pytest.raises(ValueError, match=r"client 1 \(BB\) declares modality 2"):
@@ -330,12 +335,16 @@ def test_end_to_end_run(tmp_path):
         "num_clients=2", "rounds=1", "batch_size=2", "eval_batch_size=8", "eval_train_loss=False",
         f"dataset_kwargs.root={root}", "dataset_kwargs.modality_subsets=[[0, 1, 2], [1]]",
         "dataset_kwargs.server_fraction=0.2",
-        f"algorithm_kwargs.server_data={{'root': '{root}', 'server_fraction': 0.2}}",
         "algorithm_kwargs.channels=(4, 6)", "algorithm_kwargs.attn_dim=4", "algorithm_kwargs.num_anchors=2",
         "algorithm_kwargs.server_steps=2", "algorithm_kwargs.server_batch_size=2",
         "algorithm_kwargs.personalize_patience=1", "backbone_kwargs.channels=(4, 8)", "backbone_kwargs.strides=(2,)", "backbone_kwargs.num_res_units=0"])
-    config_lib.validate(cfg)
-    summary = experiment.run(cfg, tmp_path / "out", progress=False, log=lambda s: None)
+    prepared = experiment.setup(cfg)
+    # the server set: what the loader held out of every client, handed to FedMEPD by the run
+    x, y = multimodal.server_set(dataset="lgg", root=root, server_fraction=0.2)
+    np.testing.assert_array_equal(prepared.fed.server.x, x)
+    np.testing.assert_array_equal(prepared.fed.server.y, y)
+    summary = experiment.run(prepared, tmp_path / "out", progress=False, log=lambda s: None)
+    _assert_server_data_is_the_loaders(summary["state"], prepared.fed)
     lines = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [l["round"] for l in lines] == [0, 1] and summary["primary_metric"] == "dice"
     for l in lines:
@@ -376,7 +385,7 @@ def _write_brats(root, *, slices=3, size=SIZE, seed=0):
 
 def _check_missing_modality_federation(fed, server_cases):
     """Server patients on no client; each client's absent channels zero, its declared ones not."""
-    from omnifm_jax.data.segmentation import brats_patient
+    from omnifm_jax.data.brats import brats_patient
 
     server_p = fed.info["server_patients"]
     assert server_p == sorted({brats_patient(c) for c in server_cases})
@@ -432,11 +441,19 @@ def test_brats_loader_server_patient_subsets_and_regions(tmp_path):
     assert et.info["label_values"] == [0, 1] and "regions" not in et.info
 
 
-def test_brats_end_to_end_reports_regions_and_refuses_a_mismatched_server_set(tmp_path):
+def _assert_server_data_is_the_loaders(state, fed):
+    """FedMEPD's server-side set (its server state's algorithm slot) is the federation's
+    server split, which no client holds."""
+    np.testing.assert_array_equal(np.asarray(state.server.extra["data_x"]), fed.server.x)
+    np.testing.assert_array_equal(np.asarray(state.server.extra["data_y"]), fed.server.y)
+    assert set(fed.info["server_patients"]).isdisjoint(sum(fed.info["train_patients"] + fed.info["test_patients"],
+                                                           []))
+
+
+def test_brats_end_to_end_reports_regions_with_the_loaders_server_set(tmp_path):
     root = str(tmp_path / "data")
     _write_brats(tmp_path / "data")
     sets = ["rounds=1", "batch_size=2", "eval_batch_size=8", "eval_train_loss=False", f"dataset_kwargs.root={root}",
-            f"algorithm_kwargs.server_data={{'dataset': 'brats', 'root': '{root}'}}",
             "algorithm_kwargs.channels=(4, 6)", "algorithm_kwargs.attn_dim=4", "algorithm_kwargs.num_anchors=2",
             "algorithm_kwargs.server_steps=1", "algorithm_kwargs.server_batch_size=2",
             "backbone_kwargs.channels=(4, 8)", "backbone_kwargs.strides=(2,)", "backbone_kwargs.num_res_units=0"]
@@ -447,16 +464,20 @@ def test_brats_end_to_end_reports_regions_and_refuses_a_mismatched_server_set(tm
     assert all(math.isfinite(last[k]) for k in ("dice", "dice_et", "dice_tc", "dice_wt"))
     np.testing.assert_allclose(last["dice"], np.mean([np.mean([c[f"dice_{g}"] for g in ("et", "tc", "wt")])
                                                       for c in summary["last_clients"]]), rtol=1e-12)
-    # a 4-class server set (target multiclass) for a binary task (dataset target ET) is refused
-    # before any work
-    bad = config_lib.apply_overrides(cfg, ["dataset_kwargs.target=et"])
-    with pytest.raises(ConfigError, match="class index 3"):
-        experiment.run(bad, tmp_path / "bad", progress=False, log=lambda s: None)
+    fed = experiment.load_data(cfg)
+    x, y = multimodal.server_set(dataset="brats", root=root, target="multiclass")
+    np.testing.assert_array_equal(fed.server.x, x)
+    np.testing.assert_array_equal(fed.server.y, y)
+    _assert_server_data_is_the_loaders(summary["state"], fed)
+    # the server set follows the data set's target (one place says it): ET gives binary server masks,
+    # where the algorithm once loaded a 4-class set of its own
+    et = experiment.setup(config_lib.apply_overrides(cfg, ["dataset_kwargs.target=et"]))
+    assert et.fed.server.x.shape == x.shape and int(et.fed.server.y.max()) == 1 and et.algorithm.name == "fedmepd"
 
 
 @pytest.mark.real_data
 def test_real_brats_missing_modality_federation():
-    from omnifm_jax.data.registry import default_real_data_dir
+    from omnifm_jax.data.paths import default_real_data_dir
 
     if not (default_real_data_dir() / "brats_slices" / "brats_tumour_slices_96.npz").is_file():
         pytest.skip("real BraTS slices not found")

@@ -18,8 +18,13 @@ import pytest
 from omnifm_jax import config as config_lib, experiment
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.data import segmentation as seg_data
+from omnifm_jax.data.brats import BRATS_FILE, BRATS_REGIONS
 from omnifm_jax.data.federation import ClientArrays, Federation, stack_clients
-from omnifm_jax.data.registry import default_real_data_dir, load_federation
+from omnifm_jax.data.image import resize_mask
+from omnifm_jax.data.lgg import LGG_FILE, lgg_patient
+from omnifm_jax.data.paths import default_real_data_dir
+from omnifm_jax.data.registry import load_federation
+from omnifm_jax.data.seg_cross_modality import DSB_FILE, PH2_FILE
 from omnifm_jax.models.common import TokenLayout
 from omnifm_jax.models.heads import ClassificationHead
 from omnifm_jax.models.omnifm import OmniFM, TokenModel, split_backbone_output
@@ -136,7 +141,7 @@ def test_region_dice_matches_numpy_on_random_label_maps(seed):
     true[0] = 0                                       # nothing: every region empty
     true[1] = np.where(true[1] == 3, 1, true[1])      # no enhancing tumour: ET empty
     logits[1, ..., 3] = -50.0                         # ... and none predicted: ET scores 1
-    names, member = seg_task.region_membership(seg_data.BRATS_REGIONS, values)
+    names, member = seg_task.region_membership(BRATS_REGIONS, values)
     assert names == ("et", "tc", "wt")
     np.testing.assert_array_equal(member, [[0, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 1]])
     task = segmentation(4, regions=(names, member))
@@ -144,7 +149,7 @@ def test_region_dice_matches_numpy_on_random_label_maps(seed):
     m = task.client_metrics(stats)
     pred_v, true_v = values[logits.argmax(-1)], values[true]
     dices = []
-    for name, labels in seg_data.BRATS_REGIONS.items():
+    for name, labels in BRATS_REGIONS.items():
         p, t = np.isin(pred_v, labels), np.isin(true_v, labels)
         inter, tot = (p & t).sum(axis=(1, 2)), p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
         d = np.where(tot == 0, 1.0, 2.0 * inter / np.maximum(tot, 1))
@@ -164,7 +169,7 @@ def test_regions_from_the_loader_and_bad_regions():
                           modality=np.zeros(2, np.int32))
     fed = types.SimpleNamespace(train=arrays, test=arrays, num_classes=0, info={
         "target": "mask", "label_values": [0, 1, 2, 4], "class_names": ["bg", "ncr", "ed", "et"],
-        "regions": dict(seg_data.BRATS_REGIONS)})
+        "regions": dict(BRATS_REGIONS)})
     cfg = config_lib.apply_overrides(config_lib.load_config("seg_brats_et"), [])
     names = lambda task: [k for k in task.client_metrics(_stats(task, np.zeros((1, 4, 4, 4), np.float32),
                                                                 np.zeros((1, 4, 4), np.int64))) if k.startswith("dice_")]
@@ -413,7 +418,7 @@ def test_resize_mask_is_box_majority_ties_up():
     m[0, 2:4] = 1                    # 2/4 of the top-right block -> tie -> 1
     m[2:4, 0:2] = [[2, 2], [1, 1]]   # tie between 1 and 2 -> 2
     m[2:4, 2:4] = [[1, 1], [1, 0]]   # 3/4 -> 1
-    np.testing.assert_array_equal(seg_data.resize_mask(m, (2, 2), 3), [[0, 1], [2, 1]])
+    np.testing.assert_array_equal(resize_mask(m, (2, 2), 3), [[0, 1], [2, 1]])
 
 
 # ----------------------------------------------------------------------------- synthetic files
@@ -542,13 +547,13 @@ def _real(rel):
 
 @pytest.mark.real_data
 def test_real_lgg_sites_as_clients_split_by_patient():
-    path = _real(seg_data.LGG_FILE)
+    path = _real(LGG_FILE)
     fed = load_federation("lgg_seg", num_clients=4, seed=0)
     assert fed.info["client_names"] == ["CS+EZ", "DU", "FG", "HT"]
     with np.load(path) as z:
         case, site = z["case"].astype(str), z["site"].astype(str)
         masks = z["masks"]
-    patient = np.array([seg_data.lgg_patient(c) for c in case])
+    patient = np.array([lgg_patient(c) for c in case])
     train_pat, test_pat = set(), set()
     for k, name in enumerate(fed.info["client_names"]):
         tr, te = fed.info["train_indices"][k], fed.info["test_indices"][k]
@@ -567,7 +572,7 @@ def test_real_lgg_sites_as_clients_split_by_patient():
 
 @pytest.mark.real_data
 def test_real_brats_et_target_and_same_patient_together():
-    path = _real(seg_data.BRATS_FILE)
+    path = _real(BRATS_FILE)
     with np.load(path) as z:
         labels, case = z["labels"], z["case"].astype(str)
     for seed in (0, 1, 2):
@@ -592,8 +597,8 @@ def test_real_brats_et_target_and_same_patient_together():
 
 @pytest.mark.real_data
 def test_real_cross_modality_shapes():
-    _real(seg_data.PH2_FILE)
-    dsb = _real(seg_data.DSB_FILE)
+    _real(PH2_FILE)
+    dsb = _real(DSB_FILE)
     fed = load_federation("seg_cross_modality", num_clients=2, seed=0)
     assert fed.train.x.shape[1:] == (64, 64, 3) and fed.train.y.shape[1:] == (64, 64, 1)
     assert fed.info["client_names"] == ["skin_dermoscopy", "nuclei_microscopy"]

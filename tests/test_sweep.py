@@ -38,6 +38,8 @@ def test_sweep_equals_runs_one_by_one():
         c = dict(tiny_cfg(data_seed=0, seed=run["seed"], lr=run["lr"]),
                  algorithm_kwargs={"mu": run["algorithm_kwargs.mu"]})
         single = experiment.run(c, progress=False, log=lambda s: None)
+        assert set(out[i]) - {"runs_in_program"} == set(single)   # one summary builder (experiment.run_summary)
+        assert out[i]["learned"] is True and out[i]["accepted_updates_total"] == single["accepted_updates_total"]
         assert out[i]["config"]["seed"] == run["seed"] and out[i]["config"]["data_seed"] == 0
         assert [h["round"] for h in out[i]["history"]] == [0, 1, 2]
         for which in ("best", "last"):

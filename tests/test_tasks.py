@@ -83,3 +83,45 @@ def test_sr_psnr_matches_numpy_per_client_mean():
     np.testing.assert_allclose(stats["psnr"], psnr, rtol=1e-4)
     out = task.summarize(stats, np.array([2, 0, 3]))
     np.testing.assert_allclose(out["psnr"], (psnr[:2].mean() + psnr[2:].mean()) / 2, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- which data a task takes
+
+def _federations():
+    """One small federation of every kind of targets: labels, images (SR), masks, fusion pairs."""
+    from omnifm_jax.data.federation import Federation, stack_clients
+    from omnifm_jax.data.fusion import synthetic_fusion_federation
+    from omnifm_jax.data.registry import load_federation
+    from omnifm_jax.data.superres import synthetic_sr_federation
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8)
+    y = (x > 128).astype(np.uint8)
+    idx = [np.arange(0, 2), np.arange(4, 6)]
+    test = [np.arange(2, 4), np.arange(6, 8)]
+    mod = np.zeros(8, np.int32)
+    masks = Federation(stack_clients(x, y, mod, idx), stack_clients(x, y, mod, test), 0, (), ("m",),
+                       {"target": "mask", "label_values": [0, 1]})
+    return {"labels": load_federation("synthetic", num_clients=2, samples_per_class_per_modality=2, image_size=16),
+            "images": synthetic_sr_federation(num_clients=2, images_per_client=4, patch=16),
+            "mask": masks,
+            "fusion": synthetic_fusion_federation(num_clients=2, image_size=24, pairs_per_client=4)}
+
+
+def test_each_task_accepts_its_kind_of_targets_and_names_the_task_for_the_others():
+    from omnifm_jax import tasks
+
+    feds = _federations()
+    taker = {kind: next(n for n in tasks.available() if kind in tasks.declaration(n).targets) for kind in feds}
+    assert taker == {"labels": "classification", "images": "super_resolution", "mask": "segmentation",
+                     "fusion": "fusion"}
+    for kind, fed in feds.items():
+        assert tasks.target_kind(fed) == kind
+        for name in tasks.available():
+            why_not = tasks.accepts(name, fed, dataset="d")
+            if name == taker[kind]:
+                assert why_not is None
+            else:
+                assert why_not.startswith(f"dataset 'd' is not a {name} set: its targets are {kind} (the data of "
+                                          f"task={taker[kind]}); task={name} needs ")
+                assert why_not.endswith(f"; use task={taker[kind]}")

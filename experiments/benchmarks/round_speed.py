@@ -311,8 +311,10 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
     # Compile the three programs concurrently (XLA compiles without the GIL); time them
     # one after another below, never overlapping.
     with concurrent.futures.ThreadPoolExecutor(min(3, os.cpu_count() or 1)) as pool:
-        shared_job = (pool.submit(shared_model_round, make_backbone(row, smoke), classification(NUM_CLASSES),
-                                  optax.sgd(0.01), fed, row.local_steps, row.batch, smoke=smoke) if shared_key not in cache.shared else None)
+        shared_job = None
+        if shared_key not in cache.shared:
+            shared_job = pool.submit(shared_model_round, make_backbone(row, smoke), classification(NUM_CLASSES),
+                                     optax.sgd(0.01), fed, row.local_steps, row.batch, smoke=smoke)
         state = federated.init(alg, jax.random.key(0), train)
         round_job = pool.submit(compile_round, state)
         seq_job = pool.submit(compile_client_update, alg, state, train, smoke) if need_seq else None
@@ -401,7 +403,7 @@ class HeteroRow(NamedTuple):
 
 
 def hetero_plan(smoke: bool) -> List[HeteroRow]:
-    from omnifm_jax.data.registry import default_real_data_dir
+    from omnifm_jax.data.paths import default_real_data_dir
 
     base = "real4" if (default_real_data_dir() / "blood_pbc").is_dir() else "dirichlet0.1"
     if smoke:
@@ -565,7 +567,8 @@ def hetero_markdown(records: List[Dict[str, Any]]) -> str:
         chunked = next((v for key, v in uf.items() if key.startswith("sorted")), None)
         sz = r["client_sizes"]
         lines.append(
-            f"| {r['federation']} | {r['clients']} | {r['participation']} | {sz['min']}/{sz['median']:.0f}/{sz['max']} | "
+            f"| {r['federation']} | {r['clients']} | {r['participation']} | "
+            f"{sz['min']}/{sz['median']:.0f}/{sz['max']} | "
             f"{r['client_chunk']} | {r['engine_s']:.3f} | {r['plain_loop_s']:.3f} | {r['engine_over_plain']:.2f} | "
             f"{r['useful_client_steps'] / max(r['executed_client_steps'], 1):.2f}; {uf['one by one']:.2f}; "
             f"{_fmt(chunked, '.2f')} (chunk {r['accelerator_chunk']}); {uf['all at once']:.2f} | "

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import jax
 
-from omnifm_jax import config as config_lib, experiment, sweep
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment, sweep
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,16 @@ hyper-parameters as keyword arguments: ``build("fedavg", task=..., backbone=...,
 :func:`hyperparameters` lists an algorithm's own keyword arguments and their defaults.
 """
 from omnifm_jax.algorithms.base import ClientData, ClientResult, FederatedAlgorithm
-from omnifm_jax.algorithms.registry import available, check, get, hyperparameters, register, run_args, supports, unchecked
+from omnifm_jax.algorithms.registry import (
+    available,
+    check,
+    get,
+    hyperparameters,
+    register,
+    run_args,
+    supports,
+    unchecked,
+)
 
 
 def build(name: str, **kwargs) -> FederatedAlgorithm:
@@ -13,5 +22,5 @@ def build(name: str, **kwargs) -> FederatedAlgorithm:
     return get(name)(**kwargs)
 
 
-__all__ = ["ClientData", "ClientResult", "FederatedAlgorithm", "available", "build", "check", "get", "supports", "unchecked",
-           "hyperparameters", "register", "run_args"]
+__all__ = ["ClientData", "ClientResult", "FederatedAlgorithm", "available", "build", "check", "get", "supports",
+           "unchecked", "hyperparameters", "register", "run_args"]

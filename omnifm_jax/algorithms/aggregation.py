@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+__all__ = ["weighted_mean", "uniform_weights", "any_accepted", "server_optimizer_step", "where_accepted"]
+
 
 def weighted_mean(stacked: Any, weights: jax.Array, fallback: Any) -> Any:
     """``sum_k w_k x_k / sum_k w_k`` over the leading axis; ``fallback`` if all weights are 0.

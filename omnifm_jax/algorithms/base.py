@@ -15,10 +15,16 @@ The pieces most algorithms are built from live in modules named for what they do
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Protocol, Tuple
 
 import jax
 import jax.numpy as jnp
+
+__all__ = ["ClientData", "ClientResult", "FederatedAlgorithm", "InitServerFn", "InitClientFn",
+           "ClientUpdateFn", "ServerUpdateFn", "PredictFn", "LocalStepsFn", "InspectFn"]
+
+#: A pytree of arrays (parameters, optimizer states, algorithm slots, uploads).
+PyTree = Any
 
 
 @jax.tree_util.register_dataclass
@@ -53,6 +59,44 @@ class ClientResult(NamedTuple):
     metrics: Any
 
 
+class InitServerFn(Protocol):
+    def __call__(self, key: jax.Array, x_example: jax.Array) -> PyTree:
+        """The server state (shared parameters, server optimizer state, bank, ...)."""
+
+
+class InitClientFn(Protocol):
+    def __call__(self, key: jax.Array, server_state: PyTree, x_example: jax.Array) -> PyTree:
+        """ONE client's personal state."""
+
+
+class ClientUpdateFn(Protocol):
+    def __call__(self, server_state: PyTree, client_state: PyTree, data: ClientData,
+                 key: jax.Array) -> ClientResult:
+        """ONE client's round: local training from the broadcast state."""
+
+
+class ServerUpdateFn(Protocol):
+    def __call__(self, server_state: PyTree, uploads: PyTree, weights: jax.Array) -> PyTree:
+        """The new server state from the uploads stacked over participants (weight 0: ignore)."""
+
+
+class PredictFn(Protocol):
+    def __call__(self, server_state: PyTree, client_state: PyTree, x: jax.Array,
+                 mask: jax.Array) -> jax.Array:
+        """The client's personalised prediction on ``x`` (``mask`` marks real samples)."""
+
+
+class LocalStepsFn(Protocol):
+    def __call__(self, n: jax.Array) -> jax.Array:
+        """Local steps a client with ``n`` samples runs in a round."""
+
+
+class InspectFn(Protocol):
+    def __call__(self, server_state: PyTree, client_state: PyTree, x: jax.Array, mask: jax.Array, *,
+                 probe: Any = None, context: Any = None) -> Tuple[Any, Any, PyTree]:
+        """``(model_output, aux, intermediates)`` of the client's model in evaluation mode."""
+
+
 def _no_steps(n):
     return jnp.zeros_like(n)
 
@@ -79,10 +123,10 @@ class FederatedAlgorithm(NamedTuple):
         bank); used by :mod:`omnifm_jax.diagnostics`.
     """
     name: str
-    init_server: Callable[..., Any]
-    init_client: Callable[..., Any]
-    client_update: Callable[..., ClientResult]
-    server_update: Callable[..., Any]
-    predict: Callable[..., Any]
-    local_steps: Callable[[Any], Any] = _no_steps
-    inspect: Optional[Callable[..., Any]] = None
+    init_server: InitServerFn
+    init_client: InitClientFn
+    client_update: ClientUpdateFn
+    server_update: ServerUpdateFn
+    predict: PredictFn
+    local_steps: LocalStepsFn = _no_steps
+    inspect: Optional[InspectFn] = None

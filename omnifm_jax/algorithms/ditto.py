@@ -21,6 +21,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import make_task_loss, personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["validate", "ditto"]
+
 _GLOBAL_COPY = 0x676C  # key stream of the global copy's training; the personal model uses the client's key
 
 

@@ -32,6 +32,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd, trainable_mask
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["validate", "adaptive_local_aggregation", "fedala"]
+
 
 def validate(hp, context):
     del context
@@ -119,7 +121,8 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
 
         def ala(_):
             params, w = adaptive_local_aggregation(
-                loss_on_batch, g, state["local"], state["weights"], trainable_mask(g, layers), state["started"], data, key,
+                loss_on_batch, g, state["local"], state["weights"], trainable_mask(g, layers), state["started"],
+                data, key,
                 batch_size=batch_size, eta=eta, rand_percent=rand_percent, threshold=threshold,
                 num_pre_loss=num_pre_loss, max_start_passes=max_start_passes)
             return params, w, jnp.ones((), bool)

@@ -3,6 +3,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["fedavg"]
+
 
 @register("fedavg")
 def fedavg(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False):

@@ -4,6 +4,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["fedbn"]
+
 
 @register("fedbn")
 def fedbn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True):

@@ -21,6 +21,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import ServerState, personalized_sgd, with_zero_server_slot, zeros_like_params
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["safe_norm", "validate", "feddyn"]
+
 tu = optax.tree_utils
 
 

@@ -25,8 +25,9 @@ they are, so no task head is used):
   modalities (``jnp.where``: an absent modality's encoder gets exactly zero gradient);
 * calibration (``calibrate_missing=True``) at the bottleneck: scaled dot-product
   cross-attention from each pixel's fused feature (query: a bias-free linear map
-  ``calib_q`` to ``attn_dim``) to the server's anchors (key: ``calib_k`` of the anchors, value the anchors themselves, so the result lies in the
-  span of the full-modal anchors): ``a = softmax(q k^T / sqrt(attn_dim)) anchors``; with
+  ``calib_q`` to ``attn_dim``) to the server's anchors (key: ``calib_k`` of the anchors,
+  value the anchors themselves, so the result lies in the span of the full-modal anchors):
+  ``a = softmax(q k^T / sqrt(attn_dim)) anchors``; with
   ``r`` the fraction of missing modalities of the sample, ``fused' = (1 - r) fused + r a``
   (the missing share of the representation is replaced by its full-modal estimate), and
   ``fused' = fused`` EXACTLY (``jnp.where``) when nothing is missing;
@@ -67,11 +68,12 @@ SGD steps of the task loss inside the jitted round (minibatches of a per-round p
 uploads, so the server's set lives in the server state's algorithm slot
 (``ServerState.extra["data_x"]``/``["data_y"]``, uint8; it is part of the server state,
 never in an upload or a download: a client's update reads only ``anchors`` and
-``delta_global`` from it). ``server_data``: ``(x uint8[Ns, H, W, M], y uint8[Ns, H, W, 1])``
-or a dict of :func:`omnifm_jax.data.multimodal.server_set` arguments (``dataset`` ``"lgg"`` or
-``"brats"``, ``target``, ``root``, ``server_fraction``, ``server_seed``: the ``fedmepd_lgg`` /
-``fedmepd_brats`` loaders hold the same patients out of the clients). None: refused (FedMEPD needs a server
-with full-modal data), as is a server set with an all-zero channel.
+``delta_global`` from it). ``server``: the federation's server split
+(:class:`~omnifm_jax.data.federation.ServerData` ``(x uint8[Ns, H, W, M], y uint8[Ns, H, W, 1])``,
+or such a pair), which a run passes from ``Federation.server``: the ``fedmepd_lgg`` /
+``fedmepd_brats`` loaders hold the server's full-modal patients out of every client and
+return them there, so the algorithm loads no data itself. None: refused (FedMEPD needs a
+server with full-modal data), as is a server set with an all-zero channel.
 
 Anchors (``num_anchors``): after the server's training, the fused full-modal bottleneck
 features of ALL server images are averaged per spatial band: the ``h*w`` bottleneck
@@ -119,6 +121,10 @@ from omnifm_jax.algorithms import aggregation
 from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import ServerState, personalized_sgd
 from omnifm_jax.models.common import Conv
+
+__all__ = ["fedmepd", "validate", "FedMEPDModel", "ModalityEncoder", "modality_presence", "masked_fusion", "calibrate",
+           "extract_anchors", "filter_discrepancy", "personal_filters", "mix_filters", "patience_step",
+           "personalized_decoder", "decoder_keys", "decoder_of"]
 
 
 # ----------------------------------------------------------------------------- model
@@ -284,38 +290,31 @@ def decoder_of(params: dict) -> dict:
 
 # ----------------------------------------------------------------------------- the algorithm
 
-def _server_arrays(server_data, num_classes: int):
-    if server_data is None:
-        raise checks.ConfigError("fedmepd needs a server with full-modal data: pass server_data=(x, y) or a dict "
-                                 "of omnifm_jax.data.multimodal.server_set arguments (e.g. {'dataset': 'lgg', "
-                                 "'server_fraction': 0.2})")
-    if isinstance(server_data, dict):
-        from omnifm_jax.data import multimodal
-
-        x, y = multimodal.server_set(**server_data)
-    else:
-        x, y = server_data
+def _server_arrays(server, num_classes: int):
+    if server is None:
+        raise checks.ConfigError("fedmepd needs a server with full-modal data: its federation carries no server "
+                                 "split (Federation.server); use a data set that holds one out, e.g. "
+                                 "dataset=fedmepd_lgg or fedmepd_brats")
+    x, y = server
     x, y = np.asarray(x), np.asarray(y)
     if x.dtype != np.uint8 or x.ndim != 4 or len(x) == 0:
-        raise checks.ConfigError(f"fedmepd server_data: x must be a non-empty uint8[Ns, H, W, M], got "
+        raise checks.ConfigError(f"fedmepd server data: x must be a non-empty uint8[Ns, H, W, M], got "
                                  f"{x.dtype}{list(x.shape)}")
     if y.shape != x.shape[:3] + (1,):
-        raise checks.ConfigError(f"fedmepd server_data: y must be uint8[Ns, H, W, 1] matching x, got {list(y.shape)}")
+        raise checks.ConfigError(f"fedmepd server data: y must be uint8[Ns, H, W, 1] matching x, got {list(y.shape)}")
     const = x.reshape(len(x), -1, x.shape[-1])
     if (const.max(axis=1) == const.min(axis=1)).any():
         bad = sorted(set(np.argwhere(const.max(axis=1) == const.min(axis=1))[:, 1].tolist()))
-        raise checks.ConfigError(f"fedmepd server_data is not full-modal: channel(s) {bad} are constant (absent) "
+        raise checks.ConfigError(f"fedmepd server data is not full-modal: channel(s) {bad} are constant (absent) "
                                  "in some server images")
     if y.size and int(y.max()) >= num_classes:
-        raise checks.ConfigError(f"fedmepd server_data: masks hold class index {int(y.max())}, but the task has "
+        raise checks.ConfigError(f"fedmepd server data: masks hold class index {int(y.max())}, but the task has "
                                  f"{num_classes} classes (is the server set's target the dataset's target?)")
     return x, y.astype(np.uint8)
 
 
 def validate(hp, context):
     del context
-    if hp["server_data"] is None:
-        raise checks.ConfigError("server_data is None: fedmepd needs a server with full-modal data")
     for k in ("num_anchors", "attn_dim", "server_batch_size"):
         if not isinstance(hp[k], (int, np.integer)) or hp[k] < 1:
             raise checks.ConfigError(f"{k} must be an integer >= 1, got {hp[k]!r}")
@@ -330,18 +329,20 @@ def validate(hp, context):
 
 @register("fedmepd", validate=validate, tasks=("segmentation",))
 def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
-            server_data: Any = None, channels: Sequence[int] = (8, 16, 32), attn_dim: int = 16,
+            server: Any, channels: Sequence[int] = (8, 16, 32), attn_dim: int = 16,
             num_anchors: int = 4, calibrate_missing: bool = True, personalize: bool = True,
             personalize_threshold: float = 1.0, personalize_patience: int = 0, personalize_after: int = 0,
             server_steps: int = 5, server_lr: float = 0.01,
             server_batch_size: int = 8, server_seed: int = 0):
     """FedMEPD (module docstring). ``backbone`` is not used: the model is FedMEPD's own
-    per-modality encoders and fusion decoder."""
+    per-modality encoders and fusion decoder. ``server``: the federation's server split (a
+    run argument, not a hyper-parameter: ``experiment.build_algorithm`` passes
+    ``Federation.server``)."""
     del backbone
     if task.name != "segmentation":
         raise checks.ConfigError("fedmepd is a segmentation method: it needs task=segmentation")
     num_classes = int(task.make_head().num_classes)
-    sx, sy = _server_arrays(server_data, num_classes)
+    sx, sy = _server_arrays(server, num_classes)
     num_m = int(sx.shape[-1])
     channels = tuple(int(c) for c in channels)
     total = 2 ** (len(channels) - 1)

@@ -17,6 +17,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["validate_momentum", "validate_adaptive", "fedavgm", "fedadam", "fedyogi"]
+
 
 def _fedavg_with(name, server_optimizer, *, task, backbone, optimizer, local_epochs, batch_size, drop_last,
                  aggregate_bn_stats):

@@ -15,6 +15,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["proximal_term", "validate", "fedprox"]
+
 
 def proximal_term(params, global_params, mu):
     """``(mu / 2) ||params - global_params||^2`` over every leaf."""

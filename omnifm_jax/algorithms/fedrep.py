@@ -11,6 +11,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import Phase, personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["HEAD", "BODY", "validate", "fedrep"]
+
 HEAD = r"^params/head/"
 BODY = r"^params/(?!head/)"
 

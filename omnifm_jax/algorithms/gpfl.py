@@ -35,6 +35,9 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.common import TokenLayout
 
+__all__ = ["SHARED_EXTRAS", "ConditionalValve", "GPFLModel", "gce_loss", "conditional_inputs", "validate",
+           "gpfl"]
+
 SHARED_EXTRAS = r"^params/(gce|cov)/"
 
 

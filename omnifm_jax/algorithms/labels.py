@@ -14,6 +14,8 @@ from typing import Any, Sequence, Tuple
 
 import jax
 
+__all__ = ["path_name", "personal_mask", "partition", "combine"]
+
 def path_name(path) -> str:
     """``(DictKey('params'), DictKey('head'), ...) -> "params/head/..."``."""
     parts = []

@@ -15,6 +15,9 @@ import optax
 
 from omnifm_jax.algorithms.base import ClientData
 
+__all__ = ["steps_per_epoch", "num_local_steps", "epoch_permutations", "LocalTrainOutput", "local_train",
+           "zero_stats", "masked_mean", "MUTABLE"]
+
 
 def steps_per_epoch(n, batch_size: int, drop_last: bool = True):
     """Batches per epoch for ``n`` samples: ``n // B`` (drop_last) or ``ceil(n / B)``."""

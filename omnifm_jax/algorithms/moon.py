@@ -20,6 +20,8 @@ from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import TokenModel
 
+__all__ = ["cosine_similarity", "contrastive_loss", "moon_loss_terms", "validate", "moon"]
+
 
 def cosine_similarity(a, b, eps: float = 1e-8):
     """Row-wise cosine similarity, each norm clamped at ``eps`` (``torch.nn.functional``'s)."""

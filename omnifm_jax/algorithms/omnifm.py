@@ -47,13 +47,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax import bank as bank_lib, checks
+from omnifm_jax import bank as bank_lib
+from omnifm_jax import checks
 from omnifm_jax.algorithms.local_training import masked_mean
 from omnifm_jax.algorithms.registry import register
 from omnifm_jax.algorithms.sgd import personalized_sgd
 from omnifm_jax.models.omnifm import OmniFM
 from omnifm_jax.modules import spectral_alignment
 from omnifm_jax.spectral import l2_normalize
+
+__all__ = ["SPECTRUM_NORMS", "UPLOADS", "ECA_KEYS", "ECA_TEMPERATURES", "SHARING", "uniformity", "validate",
+           "omnifm"]
 
 SPECTRUM_NORMS = ("none", "batch")
 UPLOADS = ("mean", "class_means")
@@ -132,7 +136,8 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
                        f"upload='class_means': {num_clients} clients x {slots} classes can upload "
                        f"{num_clients * slots} embeddings in a round, more than bank_capacity={bank_capacity}; "
                        f"raise bank_capacity to >= {num_clients * slots}")
-    model = OmniFM(backbone=backbone, head=head, spectral_dim=spectral_dim, spectrum_norm=spectrum_norm, eca_keys=eca_keys,
+    model = OmniFM(backbone=backbone, head=head, spectral_dim=spectral_dim, spectrum_norm=spectrum_norm,
+                   eca_keys=eca_keys,
                    eca_temperature=eca_temperature,
                    low_pass_ratio=low_pass_ratio, log_magnitude=log_magnitude, attn_dim=attn_dim,
                    num_heads=num_heads, num_suffix=num_suffix, top_k=top_k, use_gskr=use_gskr,

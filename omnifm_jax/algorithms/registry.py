@@ -4,9 +4,10 @@ A new algorithm is one new file in this package whose factory is decorated with
 :func:`register`; the package imports every module in it. A factory takes the engine's
 arguments (``task, backbone, optimizer, local_epochs, batch_size``), the run's protocol
 and context values it wants (any of ``drop_last, aggregate_bn_stats, lr, num_clients``,
-filled from the run config), and its own hyper-parameters as keyword arguments with
-defaults: those defaults are the algorithm's defaults, and ``validate(hparams, context)``
-in the same file checks them (``algorithm_kwargs`` in a config reaches them; an unknown
+filled from the run config; ``server``, the federation's server-side split), and its own
+hyper-parameters as keyword arguments with defaults: those defaults are the algorithm's
+defaults, and ``validate(hparams, context)`` in the same file checks them (``algorithm_kwargs``
+in a config reaches them; an unknown
 key stops a run before any work).
 """
 from __future__ import annotations
@@ -18,10 +19,15 @@ from typing import Any, Callable, Dict, Optional
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.registry import ALGORITHMS
 
+__all__ = ["ENGINE_ARGS", "RUN_ARGS", "DATA_ARGS", "register", "available", "supports", "get", "unchecked",
+           "hyperparameters", "run_args", "check"]
+
 #: Arguments every factory gets from the engine / experiment, not hyper-parameters.
 ENGINE_ARGS = ("task", "backbone", "optimizer", "local_epochs", "batch_size")
 #: Run-config values a factory receives when its signature names them (not set in algorithm_kwargs).
 RUN_ARGS = ("drop_last", "aggregate_bn_stats", "lr", "num_clients")
+#: Arguments filled from the federation, not the config (``server``: its server-side split).
+DATA_ARGS = ("server",)
 
 
 def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None,
@@ -34,7 +40,7 @@ def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str
     def deco(factory):
         @functools.wraps(factory)
         def checked(**kwargs):
-            check(name, {k: v for k, v in kwargs.items() if k not in ENGINE_ARGS + RUN_ARGS},
+            check(name, {k: v for k, v in kwargs.items() if k not in ENGINE_ARGS + RUN_ARGS + DATA_ARGS},
                   {"num_clients": kwargs.get("num_clients")})
             return factory(**kwargs)
 
@@ -70,7 +76,7 @@ def hyperparameters(name: str) -> Dict[str, Any]:
     """The algorithm's own keyword arguments and their defaults."""
     params = inspect.signature(ALGORITHMS.entry(name).meta["factory"]).parameters
     return {k: p.default for k, p in params.items()
-            if k not in ENGINE_ARGS + RUN_ARGS and p.default is not inspect.Parameter.empty}
+            if k not in ENGINE_ARGS + RUN_ARGS + DATA_ARGS and p.default is not inspect.Parameter.empty}
 
 
 def run_args(name: str) -> tuple:

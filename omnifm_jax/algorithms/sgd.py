@@ -39,6 +39,9 @@ from omnifm_jax.algorithms import local_training as lt
 from omnifm_jax.algorithms.base import ClientResult, FederatedAlgorithm
 from omnifm_jax.tasks.base import Task
 
+__all__ = ["ServerState", "ClientState", "Upload", "LossInputs", "FinishInputs", "Phase", "make_task_loss",
+           "trainable_mask", "zeros_like_params", "with_zero_server_slot", "personalized_sgd"]
+
 
 class ServerState(NamedTuple):
     params: Any            # shared variables (None where personal)

@@ -3,9 +3,10 @@ sequences, ET/TC/WT) on the 8 BraTS cases shipped in the real data folder (see
 omnifm_jax/algorithms/fedmepd.py and omnifm_jax/data/multimodal.py).
 
 The one patient with all four sequences in every slice (``Brats18_TCIA05_396_1``, 76
-slices) is the server's full-modal set; the other 6 patients (``Brats18_2013_2_1`` and
-``brats_2013_pat0002_1`` are one patient) are dealt to 3 clients of 2 patients, split train/test
-by patient (one each). Client subsets of (T1, T1ce, T2, FLAIR): ``[[1, 3], [3], [1]]``
+slices) is the server's full-modal set (the loader's server split, ``Federation.server``,
+which the run hands to FedMEPD); the other 6 patients (``Brats18_2013_2_1`` and
+``brats_2013_pat0002_1`` are one patient) are dealt to 3 clients of 2 patients, split
+train/test by patient (one each). Client subsets of (T1, T1ce, T2, FLAIR): ``[[1, 3], [3], [1]]``
 (T1ce + FLAIR, FLAIR only, T1ce only; the clients' cases have no T1/T2, so those encoders
 learn from the server only); absent channels are zeroed. Target: the BraTS label map
 {0, 1, 2, 4} as 4 classes (Dice + CE over classes); reported per region: ET (4), TC (1, 4),
@@ -23,10 +24,7 @@ def get_config():
         "task_kwargs": {"dice_weight": 1.0, "ce_weight": 1.0},
         "dataset": "fedmepd_brats",
         "dataset_kwargs": dict(DATA),
-        "algorithm_kwargs": {"server_data": {"dataset": "brats", "target": DATA["target"],
-                                             "server_fraction": DATA["server_fraction"],
-                                             "server_seed": DATA["server_seed"]},
-                             "channels": (8, 16, 32, 64), "attn_dim": 16, "num_anchors": 4,
+        "algorithm_kwargs": {"channels": (8, 16, 32, 64), "attn_dim": 16, "num_anchors": 4,
                              "personalize_threshold": 1.0, "server_steps": 5, "server_lr": 0.01,
                              "server_batch_size": 8},
         "backbone": "unet",

@@ -7,12 +7,12 @@ def get_config():
     return {
         "algorithm": "omnifm",
         "task": "super_resolution",
+        "task_kwargs": {"scale": 2},    # the task's factor; dataset_kwargs.scale makes the pairs
         "dataset": "breakhis_sr",
         "dataset_kwargs": {"scale": 2, "patch": 64, "split_by": "magnification", "group_split": "patient",
                            "max_patches_per_image": 8},
         "backbone": "edsr",
         "backbone_kwargs": {"features": 32, "num_blocks": 4},
-        "scale": 2,
         "num_clients": 3,
         "rounds": 50,
         "local_epochs": 1,

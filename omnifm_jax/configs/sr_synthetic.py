@@ -6,11 +6,11 @@ def get_config():
     return {
         "algorithm": "omnifm",
         "task": "super_resolution",
+        "task_kwargs": {"scale": 2},    # the task's factor; dataset_kwargs.scale makes the pairs
         "dataset": "synthetic_sr",
         "dataset_kwargs": {"scale": 2, "patch": 16, "images_per_client": 24},
         "backbone": "edsr",
         "backbone_kwargs": {"features": 16, "num_blocks": 2},
-        "scale": 2,
         "num_clients": 3,
         "rounds": 10,
         "local_epochs": 1,

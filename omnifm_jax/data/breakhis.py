@@ -17,7 +17,8 @@ Two folder layouts are understood, both found by :func:`scan_breakhis`:
   (the folder names are cross-checked against the file name; a mismatch is an error);
 * a flat folder of PNGs with their original names.
 
-Everything here runs on the host with NumPy and Pillow.
+Everything here runs on the host with NumPy and Pillow. The ``breakhis_sr`` federation built
+from these images is in :mod:`omnifm_jax.data.breakhis_sr`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
+from .image import bicubic_resize
 from .io import open_image
 
 __all__ = [
@@ -220,13 +221,6 @@ def scan_breakhis(root: str | Path) -> list[BreakHisRecord]:
     return records
 
 
-def _resize_uint8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic (antialiased) Pillow resize of a uint8 HxWxC image to ``size=(height, width)``."""
-    from omnifm_jax.data.superres import bicubic_resize  # local import: avoid a cycle
-
-    return bicubic_resize(img, size)
-
-
 def load_breakhis_image(path: str | Path, *, downscale: int = 1) -> np.ndarray:
     """Load one image as ``uint8[H, W, 3]`` RGB.
 
@@ -243,7 +237,7 @@ def load_breakhis_image(path: str | Path, *, downscale: int = 1) -> np.ndarray:
         h, w = arr.shape[0] // downscale, arr.shape[1] // downscale
         if h < 1 or w < 1:
             raise ValueError(f"{Path(path).name}: downscale {downscale} leaves no pixels")
-        arr = _resize_uint8(arr, (h, w))
+        arr = bicubic_resize(arr, (h, w))
     return arr
 
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .federation import Federation, client_slice
+from .registry import dataset_names, load_federation
 
 __all__ = ["describe", "describe_masks", "add_data_parser", "main", "parse_set_options"]
 
@@ -176,9 +177,16 @@ def parse_set_options(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _dataset_help() -> str:
+    """``--dataset``'s help: the registered data sets."""
+    try:
+        return "one of: " + ", ".join(dataset_names())
+    except ImportError:  # a data module failed to import; loading the data set reports why
+        return "a registered data set"
+
+
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--dataset", default="synthetic", help="synthetic, medmnist:<a>+<b>, real4, synthetic_sr, breakhis_sr, "
-                   "lgg_seg, brats_seg, seg_cross_modality, nifti_seg")
+    p.add_argument("--dataset", default="synthetic", help=_dataset_help())
     p.add_argument("--clients", type=int, default=10, help="number of clients")
     p.add_argument("--partition", default=None, help="dirichlet, pathological, modality or iid")
     p.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration (0.1 hard, 0.5 medium)")
@@ -190,8 +198,6 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_describe(args: argparse.Namespace) -> int:
     """Build the requested federation and print :func:`describe`."""
-    from .registry import load_federation
-
     kwargs = parse_set_options(args.set)
     if args.partition is not None:
         kwargs["partition"] = args.partition

@@ -12,15 +12,16 @@ Everything here is plain numpy, built once on the host.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .medmnist import LabeledImages
+    from .pool import LabeledImages
 
 __all__ = [
     "ClientArrays",
+    "ServerData",
     "Federation",
     "stack_clients",
     "client_slice",
@@ -59,6 +60,19 @@ class ClientArrays(NamedTuple):
         return tuple(np.shape(self.x)[1:])
 
 
+class ServerData(NamedTuple):
+    """Samples held by the server and by no client (e.g. FedMEPD's full-modal set).
+
+    Attributes:
+        x: ``uint8[Ns, H, W, C]`` inputs, the clients' image shape.
+        y: targets of the same kind as the clients' (``int32[Ns]`` labels or
+            ``uint8[Ns, H2, W2, C]`` image targets / masks).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+
 @dataclasses.dataclass(frozen=True)
 class Federation:
     """A federated data set: train/test arrays for every client plus metadata.
@@ -70,6 +84,9 @@ class Federation:
         class_names: one name per class (empty for super-resolution).
         modality_names: one name per modality id.
         info: JSON-serialisable description (partition name, alpha, seed, ...).
+        server: the server's own split (:class:`ServerData`), produced by loaders whose
+            protocol holds samples out of every client for the server; None otherwise.
+            A run hands it to an algorithm whose factory takes ``server``.
     """
 
     train: ClientArrays
@@ -78,6 +95,7 @@ class Federation:
     class_names: tuple[str, ...]
     modality_names: tuple[str, ...]
     info: dict
+    server: Optional[ServerData] = None
 
     @property
     def num_clients(self) -> int:
@@ -399,6 +417,18 @@ def _validate_arrays(a: ClientArrays, *, what: str, num_classes: int, num_modali
             )
 
 
+def _validate_server(server: ServerData, train: ClientArrays) -> None:
+    if not isinstance(server, ServerData):
+        raise ValueError(f"server: expected ServerData(x, y), got {type(server).__name__}")
+    x, y, ty = np.asarray(server.x), np.asarray(server.y), np.asarray(train.y)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != tuple(np.shape(train.x)[1:]):
+        raise ValueError(f"server.x must be uint8[Ns, {', '.join(map(str, np.shape(train.x)[1:]))}] like the clients' "
+                         f"images, got {x.dtype}{list(x.shape)}")
+    if y.dtype != ty.dtype or y.shape[:1] != x.shape[:1] or y.shape[1:] != ty.shape[1:]:
+        raise ValueError(f"server.y must be {ty.dtype}[{x.shape[0]}{''.join(f', {d}' for d in ty.shape[1:])}] like "
+                         f"the clients' targets, got {y.dtype}{list(y.shape)}")
+
+
 def validate_federation(fed: Federation) -> None:
     """Check dtypes, shapes, label ranges and the ragged layout of a :class:`Federation`.
 
@@ -427,3 +457,5 @@ def validate_federation(fed: Federation) -> None:
         raise ValueError(f"client(s) {empty.tolist()} have no training samples (n == 0)")
     if fed.train.x.shape[1:] != fed.test.x.shape[1:]:
         raise ValueError(f"train and test image shapes differ: {fed.train.x.shape[1:]} vs {fed.test.x.shape[1:]}")
+    if fed.server is not None:
+        _validate_server(fed.server, fed.train)

@@ -20,8 +20,9 @@ CDDFuse, ...: fuse the luminance, keep the chroma aside), an RGB source is conve
 OpenCV's ``COLOR_RGB2YCrCb``), in float64. Grey sources are used as they are.
 
 Resizing (``image_size`` < the native 256): Pillow's BOX filter (area averaging) on the
-float image, so a factor-2 reduction is the mean of each 2x2 block; the float result is
-rounded to uint8 once, after colour conversion and resizing. ``image_size`` = 256 (the
+float image (:func:`~omnifm_jax.data.image.box_resize`), so a factor-2 reduction is the mean
+of each 2x2 block; the float result is rounded to uint8 once, after colour conversion and
+resizing. ``image_size`` = 256 (the
 paper's resolution) reads the files unchanged.
 
 Splits: per client, its pairs are shuffled with ``numpy.random.default_rng([seed, k])``
@@ -42,13 +43,14 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
 
-from omnifm_jax.data.federation import Federation, stack_clients, validate_federation
 from omnifm_jax.registry import DATASETS
 
+from .federation import Federation, stack_clients, validate_federation
+from .image import box_resize, to_uint8
 from .io import open_image
 from .options import dataset_options
+from .paths import real_data_root
 
 __all__ = [
     "PAIR_TYPES",
@@ -77,13 +79,6 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
 
 def _other_name(pair: str) -> str:
     return pair.split("-")[0]
-
-
-def default_fusion_root() -> Path:
-    """``default_real_data_dir() / "fusion_harvard"``."""
-    from omnifm_jax.data.registry import default_real_data_dir
-
-    return default_real_data_dir() / "fusion_harvard"
 
 
 class Pair(NamedTuple):
@@ -145,18 +140,6 @@ def _read_grey(path: Path) -> np.ndarray:
         raise ValueError(f"fusion data: {path} has unsupported image mode {mode!r} (expected 8-bit grey or RGB)")
 
 
-def _box_resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Pillow BOX (area) resize of a float image to ``size x size``; float32 out, unrounded."""
-    if img.shape == (size, size):
-        return img.astype(np.float32)
-    im = Image.fromarray(np.ascontiguousarray(img, np.float32), mode="F")
-    return np.asarray(im.resize((size, size), Image.Resampling.BOX), np.float32)
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
 def _check_sizes(pairs: Sequence[Pair], image_size: int) -> None:
     for p in pairs:
         if p.size < image_size:
@@ -173,7 +156,7 @@ def load_pair_images(pairs: Sequence[Pair], image_size: int) -> np.ndarray:
     out = np.zeros((len(pairs), image_size, image_size, 2), np.uint8)
     for i, p in enumerate(pairs):
         for c, path in enumerate((p.mri, p.other)):
-            out[i, :, :, c] = _to_uint8(_box_resize(_read_grey(path), image_size))
+            out[i, :, :, c] = to_uint8(box_resize(_read_grey(path), (image_size, image_size)))
     return out
 
 
@@ -273,7 +256,7 @@ def fusion_harvard_federation(
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     if max_pairs_per_client is not None:
         max_pairs_per_client = _check_int("max_pairs_per_client", max_pairs_per_client, 2)
-    folder = Path(root).expanduser() if root is not None else default_fusion_root()
+    folder = real_data_root(root, "fusion_harvard")
     if not folder.is_dir():
         raise FileNotFoundError(
             f"fusion data folder not found at {folder}. Put the Harvard atlas pairs there as "
@@ -342,14 +325,12 @@ def synthetic_fusion_federation(*, num_clients: int = 3, seed: int = 0, image_si
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     kinds = ("CT", "PET", "SPECT")
-    images = [np.stack([_to_uint8(_synthetic_pair(np.random.default_rng([int(seed), k, i]), image_size, k))
+    images = [np.stack([to_uint8(_synthetic_pair(np.random.default_rng([int(seed), k, i]), image_size, k))
                         for i in range(pairs_per_client)]) for k in range(num_clients)]
     names = tuple(f"synthetic-{kinds[k % 3]}-MRI-{k}" for k in range(num_clients))
     info = {"dataset": "synthetic_fusion", "image_size": image_size, "pairs_per_client": pairs_per_client}
     return _federation(images, [[f"{i:03d}" for i in range(pairs_per_client)] for _ in range(num_clients)],
                        names, seed=seed, test_fraction=float(test_fraction), info=info)
-
-
 
 
 @DATASETS.register("fusion_harvard")

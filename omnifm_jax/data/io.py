@@ -1,6 +1,7 @@
 """Reading data files with errors that name the file and the data set: a truncated or
 corrupt ``.npz`` or an image file Pillow cannot read stops the run with one clear line
-instead of a ``zipfile.BadZipFile`` or ``PIL.UnidentifiedImageError`` traceback."""
+instead of a ``zipfile.BadZipFile`` or ``PIL.UnidentifiedImageError`` traceback; an absent
+file that a loader cannot fetch is a :class:`DatasetNotFoundError` saying where to put it."""
 from __future__ import annotations
 
 import zipfile
@@ -8,6 +9,12 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+
+__all__ = ["DataFileError", "DatasetNotFoundError", "read_npz", "open_image"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data file is absent and could not be downloaded."""
 
 
 class DataFileError(ValueError):

@@ -31,6 +31,8 @@ Common rules:
   ``seed`` or ``num_clients``, so :func:`server_set` gives the algorithm the same arrays the
   loader held out (the federation's ``info["server_patients"]`` lists them).
 * Clients are split train/test by patient (:func:`~omnifm_jax.data.segmentation.split_by_patient`).
+* The sources are read and labelled as their own loaders read them (:mod:`omnifm_jax.data.lgg`,
+  :mod:`omnifm_jax.data.brats`), through their public functions.
 * A source file fills a missing sequence with a copy (LGG: FLAIR) or zeros (BraTS);
   wherever ``modality_present`` is 0 the channel is zeroed here first.
 
@@ -43,14 +45,28 @@ cases lack T1Gd, 6 lack pre-contrast T1), and a server without full-modal data.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from omnifm_jax.registry import DATASETS
 
-from . import segmentation as seg
+from .brats import BRATS_CHANNELS, BRATS_FILE, BRATS_LABELS, BRATS_REGIONS, brats_patient, encode_brats_target
+from .federation import ServerData
+from .lgg import LGG_ALIASES, LGG_CHANNELS, LGG_FILE, lgg_patient
+from .options import dataset_options
+from .paths import real_data_root
+from .segmentation import (
+    channel_indices,
+    check_masks,
+    deal_patients,
+    groups_to_clients,
+    load_arrays,
+    mask_federation,
+    split_by_patient,
+)
 
 __all__ = ["DEFAULT_SUBSETS", "SHORT_NAMES", "fedmepd_brats_federation", "fedmepd_lgg_federation",
            "missing_modality_federation", "server_set"]
@@ -89,27 +105,27 @@ def _load_lgg(root, target: str) -> _Source:
     if target != "mask":
         raise ValueError(f"fedmepd_lgg has one target (the FLAIR abnormality mask): target must be 'mask', got "
                          f"{target!r}")
-    path = seg._root(root) / seg.LGG_FILE
-    z = seg._load_npz(path, ("images", "masks", "case", "site"), optional=("modality_present",))
+    path = real_data_root(root) / LGG_FILE
+    z = load_arrays(path, ("images", "masks", "case", "site"), optional=("modality_present",))
     images, masks = z["images"], z["masks"]
-    seg.check_masks(images, masks, (0, 1), str(path))
+    check_masks(images, masks, (0, 1), str(path))
     present = _present(z, path, len(images), images.shape[-1])
-    patient = np.array([seg.lgg_patient(c) for c in z["case"].astype(str)])
-    return _Source(str(path), images, masks, patient, z["site"].astype(str), present, seg.LGG_CHANNELS,
-                   dict(seg._LGG_ALIASES), (0, 1), ("background", "flair_abnormality"), None, True)
+    patient = np.array([lgg_patient(c) for c in z["case"].astype(str)])
+    return _Source(str(path), images, masks, patient, z["site"].astype(str), present, LGG_CHANNELS,
+                   dict(LGG_ALIASES), (0, 1), ("background", "flair_abnormality"), None, True)
 
 
 def _load_brats(root, target: str) -> _Source:
-    path = seg._root(root) / seg.BRATS_FILE
-    z = seg._load_npz(path, ("images", "labels", "case", "modality_present"))
+    path = real_data_root(root) / BRATS_FILE
+    z = load_arrays(path, ("images", "labels", "case", "modality_present"))
     images, labels, case = z["images"], z["labels"], z["case"].astype(str)
-    seg.check_masks(images, labels, seg.BRATS_LABELS, str(path))
+    check_masks(images, labels, BRATS_LABELS, str(path))
     present = _present(z, path, len(images), images.shape[-1])
-    masks, label_values, class_names = seg.encode_brats_target(labels, target)
+    masks, label_values, class_names = encode_brats_target(labels, target)
     source = np.array(["brats2018" if c.startswith("Brats18") else "brats2015" for c in case])
-    regions = dict(seg.BRATS_REGIONS) if target == "multiclass" else None
-    return _Source(str(path), images, masks, np.array([seg.brats_patient(c) for c in case]), source, present,
-                   seg.BRATS_CHANNELS, {}, tuple(label_values), tuple(class_names), regions, False)
+    regions = dict(BRATS_REGIONS) if target == "multiclass" else None
+    return _Source(str(path), images, masks, np.array([brats_patient(c) for c in case]), source, present,
+                   BRATS_CHANNELS, {}, tuple(label_values), tuple(class_names), regions, False)
 
 
 _LOADERS = {"lgg": _load_lgg, "brats": _load_brats}
@@ -189,7 +205,7 @@ def _subsets(dataset: str, src: _Source, modality_subsets, num_clients: int) -> 
                                      f"of {list(src.channels)}")
                 idx.append(int(c))
             else:
-                idx += seg._channel_indices([c], src.channels, src.aliases, f"{name} client {k}")
+                idx += channel_indices([c], src.channels, src.aliases, f"{name} client {k}")
         if not idx:
             raise ValueError(f"{name}: client {k}'s modality subset is empty; a client needs one sequence")
         out.append(sorted(set(idx)))
@@ -218,9 +234,9 @@ def missing_modality_federation(dataset: str, *, num_clients: Optional[int] = No
     slices_of = {str(p): int(n) for p, n in zip(*np.unique(patient, return_counts=True))}
     if src.clients_by_site:
         groups = {s: sorted(set(patient[site == s].tolist())) for s in sorted(set(site.tolist()))}
-        clients, names = seg.groups_to_clients(groups, slices_of, num_clients, min_patients=min_patients, seed=seed)
+        clients, names = groups_to_clients(groups, slices_of, num_clients, min_patients=min_patients, seed=seed)
     else:
-        clients, names = seg.deal_patients(slices_of, num_clients, min_patients=min_patients, seed=seed, what=name)
+        clients, names = deal_patients(slices_of, num_clients, min_patients=min_patients, seed=seed, what=name)
     # Check every declared modality before any work (or, with incomplete="drop", leave out the
     # client's patients lacking one), then zero the absent ones.
     nonzero = images.reshape(len(images), -1, m_total).max(axis=1) > 0
@@ -240,7 +256,7 @@ def missing_modality_federation(dataset: str, *, num_clients: Optional[int] = No
             if len(clients[k]) < 2:
                 raise ValueError(f"{name}: client {k} ({names[k]}) keeps {len(clients[k])} patient(s) with all of "
                                  f"its modalities {subsets[k]}; a split by patient needs two")
-    train_p, test_p = seg.split_by_patient(clients, slices_of, test_fraction=test_fraction, seed=seed)
+    train_p, test_p = split_by_patient(clients, slices_of, test_fraction=test_fraction, seed=seed)
     images = images.copy()
     for k, pats in enumerate(clients):
         rows = np.flatnonzero(np.isin(patient, pats))
@@ -259,9 +275,13 @@ def missing_modality_federation(dataset: str, *, num_clients: Optional[int] = No
             "split_note": ("clients are institutions" if src.clients_by_site else "clients are groups of patients")
             + "; each holds a modality subset (absent channels zeroed); a full-modal server set of patients is "
               "held out from every client; split by patient"}
-    return seg._federation(images, masks, modality, patient, train_p, test_p, label_values=src.label_values,
-                           class_names=src.class_names, modality_names=site_names, client_names=names, info=info,
-                           source_rows=source_rows)
+    fed = mask_federation(images, masks, modality, patient, train_p, test_p, label_values=src.label_values,
+                          class_names=src.class_names, modality_names=site_names, client_names=names, info=info,
+                          source_rows=source_rows)
+    # The held-out patients travel with the federation as its server split (FedMEPD's full-modal set).
+    server = server_set(dataset=dataset, root=root, target=target, server_fraction=server_fraction,
+                        server_seed=server_seed)
+    return dataclasses.replace(fed, server=ServerData(*server))
 
 
 def fedmepd_lgg_federation(**kw):
@@ -281,12 +301,12 @@ _OPTIONS = ("root", "modality_subsets", "server_fraction", "server_seed", "test_
 @DATASETS.register("fedmepd_lgg")
 def _fedmepd_lgg(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = seg._options(kw, _OPTIONS, "fedmepd_lgg", missing_modality_federation)
+    kw = dataset_options("fedmepd_lgg", kw, missing_modality_federation, allowed=_OPTIONS)
     return fedmepd_lgg_federation(num_clients=num_clients, seed=seed, **kw)
 
 
 @DATASETS.register("fedmepd_brats")
 def _fedmepd_brats(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = seg._options(kw, _OPTIONS + ("target",), "fedmepd_brats", missing_modality_federation)
+    kw = dataset_options("fedmepd_brats", kw, missing_modality_federation, allowed=_OPTIONS + ("target",))
     return fedmepd_brats_federation(num_clients=num_clients, seed=seed, **kw)

@@ -1,16 +1,28 @@
 """Checking a data set's options (``dataset_kwargs``) before any file is read: unknown names
 and values of the wrong type are refused with a message naming the data set, the option, the
 expected type and the value (a list where a number belongs would otherwise surface as a
-``TypeError`` deep inside a partition)."""
+``TypeError`` deep inside a partition).
+
+Every registered loader checks its options here: :func:`dataset_options`, or, for a pooled
+data set made into clients by :func:`~omnifm_jax.data.federation.federate`,
+:func:`split_federate_options` (its own options and the partition's, checked together)."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from omnifm_jax.checks import ConfigError, is_int, is_number
 
+from .federation import federate
+
+__all__ = ["RUN_PARAMETERS", "FEDERATE_OPTIONS", "defaults_of", "dataset_options", "split_federate_options"]
+
 #: Parameters of a loader that the run sets itself, never ``dataset_kwargs``.
 RUN_PARAMETERS = ("num_clients", "seed", "data")
+
+#: Options of :func:`~omnifm_jax.data.federation.federate` (partition and train/test split)
+#: that a pooled data set accepts besides its own.
+FEDERATE_OPTIONS = ("partition", "alpha", "classes_per_client", "balance", "min_size", "test_fraction", "dedup")
 
 
 def defaults_of(*functions: Callable) -> Dict[str, Any]:
@@ -61,3 +73,13 @@ def dataset_options(name: str, kw: Dict[str, Any], *functions: Callable,
             raise ConfigError(f"dataset {name!r}: dataset_kwargs.{key} must be {kind[0]} "
                               f"(default {defaults[key]!r}), got {value!r} ({type(value).__name__})")
     return dict(kw)
+
+
+def split_federate_options(name: str, kw: Dict[str, Any], loader: Callable,
+                           allowed: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(federate options, loader options)`` of a pooled data set: ``kw`` checked (names and
+    types) against ``loader``'s parameters ``allowed`` and :data:`FEDERATE_OPTIONS` of
+    :func:`~omnifm_jax.data.federation.federate`, then split between the two."""
+    kw = dataset_options(name, kw, loader, federate, allowed=tuple(allowed) + FEDERATE_OPTIONS)
+    fed_kw = {k: kw.pop(k) for k in FEDERATE_OPTIONS if k in kw}
+    return fed_kw, kw

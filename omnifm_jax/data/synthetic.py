@@ -7,14 +7,19 @@ sits on top: high-frequency texture (oriented gratings of modality-specific
 frequency), noise level, and the contrast/colour mapping.  This mirrors the
 observation that medical imaging modalities differ mainly in their high
 frequencies while sharing anatomy.  The label is the shape, shared by all
-modalities.
+modalities.  Registered as the data set ``synthetic`` (the pool made into clients by
+:func:`~omnifm_jax.data.federation.federate`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .medmnist import LabeledImages
+from omnifm_jax.registry import DATASETS
+
+from .federation import Federation, federate
+from .options import split_federate_options
+from .pool import LabeledImages
 
 __all__ = ["SHAPES", "make_cross_modality", "modality_params"]
 
@@ -161,3 +166,14 @@ def make_cross_modality(
         class_names=SHAPES[:num_classes],
         modality_names=tuple(f"modality {m}" for m in range(num_modalities)),
     )
+
+
+@DATASETS.register("synthetic")
+def _synthetic(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+    del spec
+    allowed = ("num_modalities", "num_classes", "samples_per_class_per_modality", "image_size", "channels")
+    fed_kw, data_kw = split_federate_options("synthetic", kw, make_cross_modality, allowed)
+    data = make_cross_modality(seed, **data_kw)
+    fed = federate(data, num_clients=num_clients, seed=seed, **fed_kw)
+    fed.info.update(dataset="synthetic", **data_kw)
+    return fed

@@ -39,6 +39,7 @@ import numpy as np
 
 from omnifm_jax.data import breakhis as _bh
 from omnifm_jax.data import medmnist as _mm
+from omnifm_jax.data import medmnist_facts as _facts
 
 __all__ = ["MedMNISTBuilder", "MedMNISTConfig", "BreakHisBuilder"]
 
@@ -49,7 +50,7 @@ class MedMNISTConfig(tfds.core.BuilderConfig):
     """One MedMNIST v2 2D subset at one image size (config name ``<subset>_<size>``)."""
 
     def __init__(self, *, subset: str, size: int, **kwargs):
-        info = _mm.medmnist_info(subset)
+        info = _facts.medmnist_info(subset)
         super().__init__(
             name=f"{subset}_{size}",
             description=f"MedMNIST v2 {subset} ({info['modality']}), {size}x{size}, {info['task']}.",
@@ -82,12 +83,12 @@ class OmnifmMedmnist(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "MedMNIST v2 2D subsets at 28/64/128/224 px."}
     BUILDER_CONFIGS = [
         MedMNISTConfig(subset=s, size=z, version=tfds.core.Version("1.0.0"))
-        for s in _mm.MEDMNIST_SUBSETS
-        for z in _mm.MEDMNIST_SIZES
+        for s in _facts.MEDMNIST_SUBSETS
+        for z in _facts.MEDMNIST_SIZES
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download the official MedMNIST v2 file <subset>.npz (28 px) or <subset>_<size>.npz from "
-        f"{_mm.ZENODO_RECORD} and put it in the manual_dir."
+        f"{_facts.ZENODO_RECORD} and put it in the manual_dir."
     )
 
     def __init__(self, *, file_format: str | None = None, **kwargs):
@@ -113,16 +114,17 @@ class OmnifmMedmnist(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=("image", "label"),
             homepage="https://medmnist.com/",
-            license=_mm.medmnist_info(cfg.subset).get("license"),
+            license=_facts.medmnist_info(cfg.subset).get("license"),
         )
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
-        path = _manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS) / _mm.medmnist_filename(cfg.subset, cfg.size)
+        path = (_manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+                / _facts.medmnist_filename(cfg.subset, cfg.size))
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found. {self.MANUAL_DOWNLOAD_INSTRUCTIONS} "
-                f"(direct link: {_mm.medmnist_url(cfg.subset, cfg.size)})"
+                f"(direct link: {_facts.medmnist_url(cfg.subset, cfg.size)})"
             )
         return {tfds_split: self._generate_examples(path, split) for split, tfds_split in _TFDS_SPLITS.items()}
 

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from omnifm_jax.models.common import Conv, feature_map_to_tokens
 from omnifm_jax.registry import BACKBONES
 
+__all__ = ["FedAvgCNN"]
+
 
 @BACKBONES.register("cnn")
 class FedAvgCNN(nn.Module):

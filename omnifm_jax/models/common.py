@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+__all__ = ["NORMS", "TokenLayout", "conv_general_dilated", "BatchNorm", "make_norm", "feature_map_to_tokens",
+           "masked_batch_mean", "prompted_body"]
+
 NORMS = ("batch", "group", "none")
 
 

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens, prompted_body
 from omnifm_jax.registry import BACKBONES
 
+__all__ = ["U2FusionBackbone", "FusionHead"]
+
 
 def _lrelu(x):
     return nn.leaky_relu(x, negative_slope=0.2)

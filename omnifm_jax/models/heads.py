@@ -7,6 +7,8 @@ import jax.numpy as jnp
 
 from omnifm_jax.models.common import TokenLayout
 
+__all__ = ["POOLS", "segment_means", "TokenMixer", "ClassificationHead"]
+
 POOLS = ("mean", "attention")
 
 

@@ -43,6 +43,8 @@ from omnifm_jax.models.common import TokenLayout, masked_batch_mean
 from omnifm_jax.modules import EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection
 from omnifm_jax.spectral import SpectralTokenizer, l2_normalize
 
+__all__ = ["split_backbone_output", "OmniFMAux", "Probe", "OmniFM", "TokenModel"]
+
 
 def split_backbone_output(out: Any, head: nn.Module) -> Tuple[jax.Array, Dict[str, Any]]:
     """``(tokens, head keyword arguments)`` from a backbone's output.

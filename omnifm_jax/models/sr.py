@@ -17,6 +17,8 @@ import jax
 from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens, prompted_body
 from omnifm_jax.registry import BACKBONES
 
+__all__ = ["ResBlock", "EDSRBackbone", "pixel_shuffle", "PixelShuffleHead"]
+
 
 class ResBlock(nn.Module):
     features: int

@@ -61,6 +61,10 @@ import jax.numpy as jnp
 from omnifm_jax.models.common import Conv, TokenLayout, feature_map_to_tokens, prompted_body
 from omnifm_jax.registry import BACKBONES
 
+__all__ = ["TORCH_KERNEL_INIT", "MONAI_TUTORIAL", "InstanceNorm", "zero_insert", "ConvTranspose",
+           "conv_transpose", "ConvNormAct", "ResidualUnit", "UpLayer", "UNetBackbone", "check_unet_config",
+           "SegmentationHead"]
+
 #: PyTorch's default convolution kernel init (``kaiming_uniform_(a=sqrt(5))``).
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 

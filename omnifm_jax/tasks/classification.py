@@ -21,10 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.heads import ClassificationHead
-from omnifm_jax.registry import TASKS
-from omnifm_jax.tasks.base import Task, scale_uint8, task_options
+from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, register_task, scale_uint8
+
+__all__ = ["classification", "macro_f1", "roc_auc", "micro_auc", "INFO", "METRIC_SPECS", "HEAD_POOLS",
+           "INPUT_RANGES"]
+
+#: The metrics the task reports (``accuracy`` is the headline).
+METRIC_SPECS = (MetricSpec("accuracy", "Acc"), MetricSpec("macro_f1", "F1-Score"), MetricSpec("auc", "AUC"),
+                MetricSpec("acc_std", "Acc std", higher_is_better=False),
+                MetricSpec("test_loss", "Test loss", higher_is_better=False))
+#: ``task_kwargs.head_pool``: how the head pools its token sequence (see ClassificationHead).
+HEAD_POOLS = ("mean", "attention")
 
 
 def macro_f1(confusion: np.ndarray) -> float:
@@ -140,20 +150,38 @@ def classification(num_classes: int, *, input_range: Tuple[float, float] = (-1.0
 
     return Task("classification", lambda: ClassificationHead(num_classes, pool=head_pool), prepare_targets,
                 predict, loss, eval_stats, client_metrics, summarize, "accuracy",
-                scale_inputs=lambda x: scale_uint8(x, tuple(input_range)))
+                scale_inputs=lambda x: scale_uint8(x, tuple(input_range)), metrics=METRIC_SPECS)
 
 
 #: ``input_scaling`` -> the range uint8 images are scaled to (``auto``: PFLlib's [-1, 1]).
 INPUT_RANGES = {"auto": (-1.0, 1.0), "pflib": (-1.0, 1.0), "unit": (0.0, 1.0)}
 
 
-@TASKS.register("classification")
-def from_config(cfg, fed) -> Task:
-    """The task of a run: classes from the data, ``input_scaling`` and ``head_pool`` from the config."""
-    task_options(cfg, {})
-    if (getattr(fed, "info", None) or {}).get("target") == "mask" or np.ndim(fed.train.y) != 1:
-        raise ConfigError(f"dataset {cfg['dataset']!r} has per-pixel targets, not one class label per image; "
-                          "use task=segmentation (masks), task=fusion (image pairs) or task=super_resolution (images)")
+def _check_options(opts) -> None:
+    checks.choice("task_kwargs.head_pool", opts["head_pool"], HEAD_POOLS)
+
+
+def _check_data(cfg, fed, opts) -> None:
+    del opts
     if fed.num_classes < 2:
-        raise ConfigError(f"dataset {cfg['dataset']!r} has no class labels; use task=super_resolution")
-    return classification(fed.num_classes, input_range=INPUT_RANGES[cfg["input_scaling"]], head_pool=cfg["head_pool"])
+        raise ConfigError(f"dataset {cfg['dataset']!r} has {fed.num_classes} class(es); classification needs "
+                          "at least two")
+    y = np.asarray(fed.train.y)
+    present = np.unique(y[y >= 0])
+    if present.size < 2:
+        # A data problem (ValueError, as the other data checks), not a config one.
+        raise ValueError(f"data: the training labels hold only class(es) {present.tolist()}; "
+                         "classification needs at least two")
+
+
+INFO = TaskInfo("classification", targets=("labels",), needs="one class label per image (>= 2 classes)",
+                metrics=METRIC_SPECS, primary_metric="accuracy", options={"head_pool": "mean"},
+                check=_check_options, check_data=_check_data)
+
+
+@register_task(INFO)
+def from_config(cfg, fed, opts) -> Task:
+    """The task of a run: classes from the data, ``input_scaling`` from the config,
+    ``task_kwargs.head_pool`` (``mean`` or ``attention``)."""
+    return classification(fed.num_classes, input_range=INPUT_RANGES[cfg["input_scaling"]],
+                          head_pool=opts["head_pool"])

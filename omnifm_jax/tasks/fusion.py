@@ -66,8 +66,7 @@ from jax import lax
 from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.fusion import FusionHead
-from omnifm_jax.registry import TASKS
-from omnifm_jax.tasks.base import Task, task_options
+from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, register_task
 
 #: Task options (``task_kwargs``) and their defaults.
 DEFAULTS = {
@@ -284,6 +283,10 @@ def _client_means(stats) -> Dict[str, float]:
 
 #: Per-client and federation metrics, in report order.
 METRICS = ("vif", "vif_mri", "vif_other", "ssim", "ssim_mri", "ssim_other", "l1", "l1_mri", "l1_other")
+#: Their declarations (``vif`` is the headline; L1 is lower-is-better).
+METRIC_SPECS = tuple(MetricSpec(k, k.upper().replace("_MRI", " (MRI)").replace("_OTHER", " (other)"),
+                                higher_is_better=not k.startswith("l1")) for k in METRICS) + (
+    MetricSpec("test_loss", "Test loss", higher_is_better=False),)
 
 
 def average_fusion(x: jax.Array) -> jax.Array:
@@ -325,7 +328,7 @@ def fusion(*, ssim_weight: float = DEFAULTS["ssim_weight"], intensity_weight: fl
         return out
 
     return Task("fusion", lambda: FusionHead(widths=head_widths), prepare_targets, predict, loss, eval_stats,
-                client_metrics, summarize, "vif")
+                client_metrics, summarize, "vif", metrics=METRIC_SPECS)
 
 
 def _check_options(opts) -> None:
@@ -341,16 +344,7 @@ def _check_options(opts) -> None:
                    f"task_kwargs.head_widths must be a list of positive integers, got {widths!r}")
 
 
-@TASKS.register("fusion")
-def from_config(cfg, fed) -> Task:
-    """The fusion task of a run; the data must be a fusion federation (``info["target"] ==
-    "fusion"``, two source channels, targets = the sources) large enough for the VIF's scales,
-    with inputs in [0, 1]."""
-    opts = task_options(cfg, DEFAULTS)
-    _check_options(opts)
-    if fed.info.get("target") != "fusion":
-        raise ConfigError(f"dataset {cfg['dataset']!r} is not a fusion set (its info has no target='fusion'); "
-                          "task=fusion needs paired sources, e.g. dataset=fusion_harvard")
+def _check_data(cfg, fed, opts) -> None:
     if cfg["input_scaling"] not in ("auto", "unit"):
         raise ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=fusion: the sources and "
                           "the fused image are in [0, 1] (use 'auto' or 'unit')")
@@ -362,8 +356,23 @@ def from_config(cfg, fed) -> Task:
     if min(x_shape[:2]) < need:
         raise ConfigError(f"images of {x_shape[0]}x{x_shape[1]} are too small for a {opts['vif_scales']}-scale VIF "
                           f"(needs >= {need}x{need}); lower task_kwargs.vif_scales or use larger images")
+
+
+INFO = TaskInfo("fusion", targets=("fusion",),
+                needs="paired registered sources (info['target'] = 'fusion', e.g. dataset=fusion_harvard)",
+                metrics=METRIC_SPECS, primary_metric="vif", options=dict(DEFAULTS), check=_check_options,
+                check_data=_check_data)
+
+
+@register_task(INFO)
+def from_config(cfg, fed, opts) -> Task:
+    """The fusion task of a run; the data must be a fusion federation (``info["target"] ==
+    "fusion"``, two source channels, targets = the sources) large enough for the VIF's scales,
+    with inputs in [0, 1] (checked before: ``INFO.check_data``)."""
+    del cfg, fed
     return fusion(**opts)
 
 
 __all__ = ["fusion", "vifp", "vif_min_size", "vif_sizes", "vif_window_1d", "information", "info_weights",
-           "sobel_magnitude", "loss_terms", "fusion_metrics", "average_fusion", "quantize", "METRICS", "DEFAULTS"]
+           "sobel_magnitude", "loss_terms", "fusion_metrics", "average_fusion", "quantize", "METRICS", "METRIC_SPECS",
+           "DEFAULTS", "INFO"]

@@ -63,16 +63,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.unet import SegmentationHead, UNetBackbone
-from omnifm_jax.registry import TASKS
-from omnifm_jax.tasks.base import Task, scale_uint8, task_options
+from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, register_task, scale_uint8
+
+__all__ = ["segmentation", "dice_ce_loss", "overlap_counts", "region_membership", "dice_iou", "head_options",
+           "INFO", "METRIC_SPECS", "DEFAULTS", "INPUT_RANGES"]
 
 #: ``input_scaling`` -> input range (``auto``: [0, 1], MONAI's ``ScaleIntensity``).
 INPUT_RANGES = {"auto": (0.0, 1.0), "unit": (0.0, 1.0), "pflib": (-1.0, 1.0)}
 
 #: ``task_kwargs`` of the segmentation task and their defaults (MONAI ``DiceCELoss``).
 DEFAULTS = {"dice_weight": 1.0, "ce_weight": 1.0, "smooth": 1e-5, "regions": "auto"}
+
+#: The federation-level metrics the task always reports (``dice`` is the headline); with more
+#: than one foreground class or region also ``dice_<name>`` / ``iou_<name>``.
+METRIC_SPECS = (MetricSpec("dice", "Dice"), MetricSpec("iou", "IoU"), MetricSpec("dice_pooled", "Dice (pooled)"),
+                MetricSpec("iou_pooled", "IoU (pooled)"), MetricSpec("test_loss", "Test loss", higher_is_better=False))
 
 
 def dice_ce_loss(logits: jax.Array, target: jax.Array, *, dice_weight: float = 1.0, ce_weight: float = 1.0,
@@ -214,7 +222,7 @@ def segmentation(num_classes: int, *, class_names: Sequence[str] = (), dice_weig
 
     return Task("segmentation", lambda: SegmentationHead(num_classes, **head_kwargs), prepare_targets, predict,
                 loss, eval_stats, client_metrics, summarize, "dice",
-                scale_inputs=lambda x: scale_uint8(x, tuple(input_range)))
+                scale_inputs=lambda x: scale_uint8(x, tuple(input_range)), metrics=METRIC_SPECS)
 
 
 def head_options(cfg) -> dict:
@@ -228,18 +236,19 @@ def head_options(cfg) -> dict:
             "norm_affine": bool(kw.get("norm_affine", UNetBackbone.norm_affine))}
 
 
-@TASKS.register("segmentation")
-def from_config(cfg, fed) -> Task:
-    """The task of a run: classes from the data's ``label_values``, loss weights from
-    ``task_kwargs``, the decoder from the UNet's ``backbone_kwargs``. Refuses data that is
-    not a segmentation set (``fed.info["target"] != "mask"``) and masks out of range."""
-    opts = task_options(cfg, DEFAULTS)
-    info = getattr(fed, "info", {}) or {}
-    if info.get("target") != "mask":
-        kind = "a classification set (image labels)" if fed.num_classes >= 2 else "not a segmentation set"
-        raise ConfigError(f"dataset {cfg['dataset']!r} is {kind}: task=segmentation needs masks "
-                          "(a loader that sets info['target'] = 'mask', e.g. lgg_seg, brats_seg)")
-    label_values = list(info.get("label_values") or ())
+def _check_options(opts) -> None:
+    for key in ("dice_weight", "ce_weight", "smooth"):
+        checks.finite(f"task_kwargs.{key}", opts[key], positive=False)
+    checks.require(opts["dice_weight"] > 0 or opts["ce_weight"] > 0,
+                   "task_kwargs: dice_weight and ce_weight are both 0: nothing to train")
+    regions = opts["regions"]
+    checks.require(regions is None or regions == "auto" or isinstance(regions, dict),
+                   f"task_kwargs.regions must be 'auto', None or a dict name -> label values, got {regions!r}")
+
+
+def _check_data(cfg, fed, opts) -> None:
+    del opts
+    label_values = list(fed.info.get("label_values") or ())
     c = len(label_values)
     if c < 2:
         raise ConfigError(f"dataset {cfg['dataset']!r}: info['label_values'] must list >= 2 mask values "
@@ -254,16 +263,28 @@ def from_config(cfg, fed) -> Task:
                               f"label_values {label_values} give only {c} classes")
     if cfg["input_scaling"] not in INPUT_RANGES:
         raise ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=segmentation")
+
+
+INFO = TaskInfo("segmentation", targets=("mask",),
+                needs="per-pixel class masks (a loader that sets info['target'] = 'mask', e.g. lgg_seg, brats_seg)",
+                metrics=METRIC_SPECS, primary_metric="dice", options=dict(DEFAULTS), check=_check_options,
+                check_data=_check_data)
+
+
+@register_task(INFO)
+def from_config(cfg, fed, opts) -> Task:
+    """The task of a run: classes from the data's ``label_values``, loss weights from
+    ``task_kwargs``, the decoder from the UNet's ``backbone_kwargs``. Data that are not a
+    segmentation set and masks out of range are refused before (``INFO.check_data``)."""
+    info = fed.info
+    label_values = list(info["label_values"])
     regions = opts["regions"]
     if isinstance(regions, str):
-        if regions != "auto":
-            raise ConfigError(f"task_kwargs.regions must be 'auto', None or a dict name -> label values, got "
-                              f"{regions!r}")
         regions = info.get("regions")
     try:
         membership = None if regions is None else region_membership(regions, label_values)
-        return segmentation(c, class_names=tuple(info.get("class_names") or ()), dice_weight=opts["dice_weight"],
-                            ce_weight=opts["ce_weight"], smooth=opts["smooth"],
+        return segmentation(len(label_values), class_names=tuple(info.get("class_names") or ()),
+                            dice_weight=opts["dice_weight"], ce_weight=opts["ce_weight"], smooth=opts["smooth"],
                             input_range=INPUT_RANGES[cfg["input_scaling"]], head_kwargs=head_options(cfg),
                             regions=membership)
     except ValueError as e:

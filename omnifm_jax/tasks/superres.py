@@ -11,10 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.sr import PixelShuffleHead
-from omnifm_jax.registry import TASKS
-from omnifm_jax.tasks.base import Task, task_options
+from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, register_task
+
+__all__ = ["super_resolution", "bicubic_upsample", "INFO", "METRIC_SPECS", "SCALES"]
+
+#: The metrics the task reports (``psnr`` is the headline).
+METRIC_SPECS = (MetricSpec("psnr", "PSNR (dB)"), MetricSpec("ssim", "SSIM"),
+                MetricSpec("test_loss", "Test loss", higher_is_better=False))
+#: Super-resolution factors (``task_kwargs.scale``).
+SCALES = (2, 4, 8)
 
 
 def bicubic_upsample(lr: jax.Array, scale: int) -> jax.Array:
@@ -29,7 +37,7 @@ def bicubic_upsample(lr: jax.Array, scale: int) -> jax.Array:
 
 def super_resolution(scale: int, channels: int = 3) -> Task:
     """The super-resolution task at ``scale`` (2, 4 or 8)."""
-    if scale not in (2, 4, 8):
+    if scale not in SCALES:
         raise ValueError(f"scale must be 2, 4 or 8, got {scale}")
 
     def prepare_targets(y):
@@ -69,25 +77,31 @@ def super_resolution(scale: int, channels: int = 3) -> Task:
 
     return Task("super_resolution", lambda: PixelShuffleHead(scale, channels), prepare_targets, predict,
                 loss, eval_stats, client_metrics, summarize, "psnr",
-                baseline=lambda x: bicubic_upsample(x, scale))
+                baseline=lambda x: bicubic_upsample(x, scale), metrics=METRIC_SPECS, baseline_name="bicubic")
 
 
-@TASKS.register("super_resolution")
-def from_config(cfg, fed) -> Task:
-    """The task of a run: ``scale`` from the config, checked against the data's HR/LR sizes;
-    inputs stay in [0, 1] (its bicubic skip and its targets are)."""
-    task_options(cfg, {})
-    target = (getattr(fed, "info", None) or {}).get("target")
-    if target in ("mask", "fusion"):
-        other = "segmentation" if target == "mask" else "fusion"
-        raise ConfigError(f"dataset {cfg['dataset']!r} is a {other} set (its targets are "
-                          f"{'masks' if target == 'mask' else 'the source images'}); use task={other}")
-    if fed.num_classes != 0:
-        raise ConfigError(f"dataset {cfg['dataset']!r} is a classification set; use task=classification")
+def _check_options(opts) -> None:
+    scale = opts["scale"]
+    checks.require(checks.is_int(scale) and scale in SCALES, f"task_kwargs.scale must be 2, 4 or 8, got {scale!r}")
+
+
+def _check_data(cfg, fed, opts) -> None:
     if cfg["input_scaling"] not in ("auto", "unit"):
         raise ConfigError(f"input_scaling={cfg['input_scaling']!r} does not fit task=super_resolution: "
                           "its bicubic skip and its targets are in [0, 1] (use 'auto' or 'unit')")
     hr, lr = fed.train.y.shape[1], fed.train.x.shape[1]
-    if hr != lr * cfg["scale"]:
-        raise ConfigError(f"scale={cfg['scale']} but the data's HR/LR ratio is {hr}/{lr}")
-    return super_resolution(cfg["scale"], channels=fed.train.y.shape[-1])
+    if hr != lr * opts["scale"]:
+        raise ConfigError(f"task_kwargs.scale={opts['scale']} but the data's HR/LR ratio is {hr}/{lr}")
+
+
+INFO = TaskInfo("super_resolution", targets=("images",),
+                needs="a high-resolution target image per low-resolution input (e.g. synthetic_sr, breakhis_sr)",
+                metrics=METRIC_SPECS, primary_metric="psnr", options={"scale": 2}, check=_check_options,
+                check_data=_check_data)
+
+
+@register_task(INFO)
+def from_config(cfg, fed, opts) -> Task:
+    """The task of a run: ``task_kwargs.scale``, checked against the data's HR/LR sizes;
+    inputs stay in [0, 1] (its bicubic skip and its targets are)."""
+    return super_resolution(opts["scale"], channels=fed.train.y.shape[-1])
