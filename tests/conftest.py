@@ -18,3 +18,27 @@ def real_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data directory {path} not found (set OMNIFM_REAL_DATA)")
     return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep each expensive shared setup on ONE xdist worker.
+
+    The suite runs with ``-n 2 --dist loadgroup`` (pyproject's addopts): tests marked
+    ``xdist_group(name)`` run on one worker, the others are spread one by one. A module- or
+    session-scoped fixture of a test module (a trained run, a traced round) is built once per
+    worker that needs it, so every test of a module that uses such a fixture is put in that
+    module's group (a test already in a group keeps it; tests/test_conformance.py groups its
+    checks by algorithm). Without xdist the marks do nothing.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        for defs in info.name2fixturedefs.values():
+            fixture = defs[-1]
+            if fixture.scope != "function" and fixture.baseid.endswith(".py"):
+                item.add_marker(pytest.mark.xdist_group(fixture.baseid))
+                break

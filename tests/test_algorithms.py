@@ -1,24 +1,23 @@
-"""Algorithms: FedAvg aggregation vs a float64 NumPy weighted mean, personal parameters
-(FedPer, OmniFM) that never leave the client, Local that never communicates, and OmniFM's
-knowledge bank growing by the participants' uploads.
+"""Algorithms: FedAvg aggregation vs a float64 NumPy weighted mean, partition/combine, and
+OmniFM's knowledge bank growing by the participants' uploads. Personal parameters (FedPer,
+OmniFM) that never leave the client, Local that never communicates and OmniFM's unit-norm
+uploads are checked in tests/test_conformance.py, on its shared per-algorithm setups.
 
 Tiny federations (8x8 images, <= 10 samples per client) and a one-convolution backbone.
 """
 from __future__ import annotations
-
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import NUM_CLASSES, TinyBackbone, make_clients  # noqa: E402
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms import aggregation, base, labels
 from omnifm_jax.tasks import classification
 
-from _helpers import NUM_CLASSES, TinyBackbone, make_clients  # noqa: E402
 OMNIFM_KW = dict(spectral_dim=8, attn_dim=8, bank_capacity=8, num_suffix=2, top_k=2)
 
 
@@ -43,10 +42,6 @@ def named_leaves(tree):
     """{path: leaf} of the non-None leaves."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {labels.path_name(p): np.asarray(v) for p, v in flat}
-
-
-def array_leaves(tree):
-    return [x for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "shape")]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -111,67 +106,8 @@ def test_weighted_mean_ignores_nan_with_zero_weight():
 
 # ----------------------------------------------------------------------------- personal parameters
 
-def personal_paths(alg_state):
-    return set(named_leaves(client(alg_state.clients.personal, 0)))
-
-
-@pytest.fixture(scope="module", params=["fedper", "omnifm"])
-def personalised_round(request):
-    name = request.param
-    alg = build(name, **(OMNIFM_KW if name == "omnifm" else {}))
-    train = jax.device_put(TRAIN)
-    state0 = federated.init(alg, jax.random.key(7), train)
-    state1, m = federated.make_round(alg, TRAIN, participation=0.5, donate=False)(state0, train)
-    return name, alg, state0, state1, m
-
-
-def test_personal_paths_are_the_documented_ones(personalised_round):
-    name, _, state0, _, _ = personalised_round
-    paths = personal_paths(state0)
-    pattern = {"fedper": r"^params/head/", "omnifm": r"^params/(head|prompt)/"}[name]
-    assert paths and all(re.match(pattern, p) for p in paths), paths
-    if name == "omnifm":
-        assert "params/prompt/suffix" in paths
-    # the server holds exactly the complement
-    server_paths = set(named_leaves(state0.server.params))
-    assert not paths & server_paths
-    assert any(p.startswith("params/backbone/") for p in server_paths)
-    if name == "omnifm":
-        assert any(p.startswith("params/tokenizer/") for p in server_paths)
-        assert any(p.startswith("params/eca/") for p in server_paths)
-
-
-def test_non_participants_personal_state_unchanged(personalised_round):
-    _, _, state0, state1, m = personalised_round
-    idx = set(np.asarray(m.participants).tolist())
-    assert len(idx) == 2
-    for k in range(4):
-        before, after = client(state0.clients, k), client(state1.clients, k)
-        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
-                                                        jax.tree_util.tree_leaves(after)))
-        assert same == (k not in idx), f"client {k}, participants {sorted(idx)}"
-
-
-def test_personal_params_are_not_averaged(personalised_round):
-    _, _, state0, state1, m = personalised_round
-    i, j = np.asarray(m.participants).tolist()
-    pi, pj = named_leaves(client(state1.clients.personal, i)), named_leaves(client(state1.clients.personal, j))
-    for path in pi:
-        mean = 0.5 * (pi[path] + pj[path])
-        assert not np.allclose(pi[path], pj[path]), path
-        assert not np.allclose(pi[path], mean) and not np.allclose(pj[path], mean), path
-
-
-def test_shared_params_identical_across_clients_after_round(personalised_round):
-    _, alg, _, state1, _ = personalised_round
-    server = named_leaves(state1.server.params)
-    for k in range(4):
-        full = labels.combine(state1.server.params, client(state1.clients.personal, k))
-        full = named_leaves(full)
-        assert set(full) == set(server) | personal_paths(state1)
-        for path, v in server.items():
-            np.testing.assert_array_equal(full[path], v)
-
+# Personal paths, non-participants untouched, personal parameters never averaged, shared ones
+# identical after a round (FedPer, OmniFM): tests/test_conformance.py, on its shared setups.
 
 def test_partition_combine_roundtrip():
     alg = build("fedper")
@@ -184,24 +120,7 @@ def test_partition_combine_roundtrip():
 
 
 # ----------------------------------------------------------------------------- Local
-
-def test_local_never_communicates():
-    alg = build("local")
-    train = jax.device_put(TRAIN)
-    state = federated.init(alg, jax.random.key(1), train)
-    assert array_leaves(state.server.params) == []
-    h0 = federated.state_hash(state.server)
-    round_fn = federated.make_round(alg, TRAIN, participation=0.5, donate=False)
-    s = state
-    for _ in range(2):
-        s, m = round_fn(s, train)
-        assert federated.state_hash(s.server) == h0
-    # clients did train
-    assert federated.state_hash(s.clients) != federated.state_hash(state.clients)
-    res = jax.jit(alg.client_update)(state.server, client(state.clients, 0), client_data(TRAIN, 0),
-                                     jax.random.key(0))
-    assert array_leaves(res.upload) == []
-    assert array_leaves(res.state.personal)
+# Local never communicates: tests/test_conformance.py.
 
 
 # ----------------------------------------------------------------------------- OmniFM bank
@@ -243,20 +162,6 @@ def test_omnifm_bank_grows_by_participants_until_capacity():
             np.testing.assert_allclose(np.sort(stored, axis=0), np.sort(rho * np.stack(embs), axis=0),
                                        rtol=1e-4, atol=1e-6)
     assert valid_counts == [2, 4, 6, 8, 8, 8], valid_counts
-
-
-def test_omnifm_uploads_unit_norm_after_bank_is_seeded():
-    alg = build("omnifm", **OMNIFM_KW)
-    train = jax.device_put(TRAIN)
-    state = federated.init(alg, jax.random.key(5), train)
-    state, _ = federated.make_round(alg, TRAIN, donate=False)(state, train)
-    assert int(np.sum(np.asarray(state.server.extra.valid))) == 4
-    res = jax.jit(alg.client_update)(state.server, client(state.clients, 1), client_data(TRAIN, 1),
-                                     jax.random.key(3))
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(res.upload.extra["embedding"])), 1.0, rtol=1e-5)
-    hits = np.asarray(res.upload.extra["hits"])
-    # every sample of the one full batch (n=7, batch 4, drop_last) retrieves top_k = 2 prototypes
-    assert hits.sum() == 2 * (int(TRAIN.n[1]) // 4) * 4
 
 
 def test_omnifm_client_without_a_step_inserts_nothing():

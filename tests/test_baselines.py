@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import NUM_CLASSES, FlatBackbone, TinyBackbone, make_clients  # noqa: E402
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms import labels
@@ -22,8 +23,6 @@ from omnifm_jax.algorithms.sgd import Upload
 from omnifm_jax.data.federation import ClientArrays
 from omnifm_jax.tasks import classification
 from omnifm_jax.tasks.base import Task
-
-from _helpers import NUM_CLASSES, FlatBackbone, TinyBackbone, make_clients  # noqa: E402
 
 DIM, N_PER_CLIENT = 3, 4
 RNG = np.random.default_rng(7)

@@ -2,7 +2,8 @@
 the knowledge bank, optimizer states), the last few kept, corrupt or incomplete steps
 detected with a warning and skipped, config checks on resume, and the kill test: a
 training process killed with SIGKILL after round r and resumed ends with the same
-``params_sha256`` and the same ``metrics.jsonl`` as an uninterrupted run.
+``params_sha256`` and the same ``metrics.jsonl`` as an uninterrupted run. That every
+algorithm's state resumes bit for bit is checked in tests/test_conformance.py.
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import numpy as np
 import optax
 import pytest
 
-from omnifm_jax import algorithms, bank as bank_lib, checkpoint as ck, config as config_lib, federated
+from omnifm_jax import bank as bank_lib
+from omnifm_jax import checkpoint as ck
+from omnifm_jax import config as config_lib
+from omnifm_jax import federated
 from omnifm_jax.algorithms.sgd import ClientState, ServerState
-
-from _helpers import TinyBackbone, build_algorithm, make_clients  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -333,27 +335,3 @@ def test_resume_with_another_config_is_refused_before_any_work(runs, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "['lr']" in err and "lr: checkpoint 0.05 vs now 0.5" in err
-
-
-# ----------------------------------------------------------------------------- every algorithm
-
-@pytest.mark.parametrize("name", algorithms.available(task="classification"))
-def test_every_algorithm_resumes_exactly(name, tmp_path):
-    """Round 1 saved and restored (orbax, into the structure of a fresh init), then round 2:
-    the same state, bit for bit, as two rounds without the interruption; the algorithm's own
-    slots (control variates, gradient memories, personal models, the bank, server optimizer
-    state) included."""
-    data = make_clients([6, 9, 5, 8], seed=3)
-    alg = build_algorithm(name, backbone=TinyBackbone(), num_clients=4)
-    dev = jax.device_put(data)
-    round_fn = federated.make_round(alg, data, participation=0.75, donate=False)
-    s0 = federated.init(alg, jax.random.key(4), dev)
-    s1, _ = round_fn(s0, dev)
-    straight, _ = round_fn(s1, dev)
-    c = ck.RunCheckpointer(tmp_path / "ck", keep=2)
-    _OPEN.append(c)
-    c.save(s1, {"algorithm": name})
-    restored, _ = c.restore(1, federated.init(alg, jax.random.key(99), dev))
-    assert federated.state_hash(restored) == federated.state_hash(s1)
-    resumed, _ = round_fn(restored, dev)
-    assert federated.state_hash(resumed) == federated.state_hash(straight)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _helpers import real_data_dir
 
 from omnifm_jax.data import breakhis_sr, superres

@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import FlatBackbone, build_algorithm, make_clients
 
-from omnifm_jax import bank as bank_lib, diagnostics as D, federated
+from omnifm_jax import bank as bank_lib
+from omnifm_jax import diagnostics as D
+from omnifm_jax import federated
 from omnifm_jax.algorithms.omnifm import uniformity
 from omnifm_jax.data.federation import Federation, validation_split
 from omnifm_jax.spectral import SpectralTokenizer
-
-from _helpers import FlatBackbone, build_algorithm, make_clients
-
 
 # ------------------------------------------------------------------------- the statistics
 
@@ -109,9 +109,11 @@ def test_spectrum_batch_norm_standardises_every_bin_over_the_real_samples():
 
 # ------------------------------------------------------------------------- on a model
 
-def _omnifm_state(**kw):
+@pytest.fixture(scope="module")
+def omnifm_state():
+    """OmniFM (flat backbone) after two rounds on 3 clients, shared by the checks below."""
     data = make_clients([6, 5, 7], size=8, seed=5)
-    alg = build_algorithm("omnifm", backbone=FlatBackbone(), num_clients=3, **kw)
+    alg = build_algorithm("omnifm", backbone=FlatBackbone(), num_clients=3)
     state = federated.init(alg, jax.random.key(0), data)
     round_fn = federated.make_round(alg, data)
     for _ in range(2):
@@ -119,10 +121,10 @@ def _omnifm_state(**kw):
     return alg, data, state
 
 
-def test_diagnostics_on_a_model_whose_z_is_zero():
+def test_diagnostics_on_a_model_whose_z_is_zero(omnifm_state):
     from omnifm_jax.tasks import classification
 
-    alg, data, state = _omnifm_state()
+    alg, data, state = omnifm_state
     task = classification(3)
     d = D.omnifm_diagnostics(alg, task, state, data)
     assert set(d) == set(D.NAMES)
@@ -136,14 +138,14 @@ def test_diagnostics_on_a_model_whose_z_is_zero():
     assert dz["diag/z_logit_share"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_identical_inputs_give_uniform_attention():
+def test_identical_inputs_give_uniform_attention(omnifm_state):
     from omnifm_jax.tasks import classification
 
-    alg, data, state = _omnifm_state()
+    alg, data, state = omnifm_state
     same = data._replace(x=np.broadcast_to(data.x[:1], data.x.shape).copy())
     # every bank slot holds exactly the token of that one image: all keys of ECA coincide
     client0 = jax.tree_util.tree_map(lambda a: a[0], state.clients)
-    _, aux, _ = alg.inspect(state.server, client0, jnp.asarray(same.x[:1], jnp.float32) / 127.5 - 1.0)
+    _, aux, _ = jax.jit(alg.inspect)(state.server, client0, jnp.asarray(same.x[:1], jnp.float32) / 127.5 - 1.0)
     bank = state.server.extra
     bank = bank._replace(embeddings=jnp.where(bank.valid[:, None], aux.s[0], 0.0))
     state = state._replace(server=state.server._replace(extra=bank))
@@ -159,11 +161,12 @@ def test_class_mean_uploads_equal_the_numpy_class_means():
     alg = build_algorithm("omnifm", backbone=FlatBackbone(), num_clients=3, lr=0.0, drop_last=False,
                           upload="class_means", bank_capacity=9)
     state = federated.init(alg, jax.random.key(0), data)
+    inspect = jax.jit(alg.inspect)  # the same function, compiled once per client size (not op by op)
     expected = []
     for k in range(3):
         client = jax.tree_util.tree_map(lambda a: a[k], state.clients)
         rows = slice(int(data.offsets[k]), int(data.offsets[k] + data.n[k]))
-        _, aux, _ = alg.inspect(state.server, client, jnp.asarray(data.x[rows], jnp.float32) / 127.5 - 1.0)
+        _, aux, _ = inspect(state.server, client, jnp.asarray(data.x[rows], jnp.float32) / 127.5 - 1.0)
         s, y = np.asarray(aux.s, np.float64), data.y[rows]
         for c in np.unique(y):
             m = s[y == c].mean(0)
@@ -208,20 +211,22 @@ def test_scaled_keys_equal_key_and_value_projections_scaled_by_sqrt_d():
     bank = bank_lib.insert(bank_lib.init(6, 8), jnp.asarray(rng.normal(size=(4, 8)), jnp.float32), rho=1.0)
     kw = dict(backbone=FlatBackbone(), head=ClassificationHead(num_classes=3), spectral_dim=8, attn_dim=8, num_suffix=2)
     plain, scaled = OmniFM(**kw), OmniFM(**kw, eca_keys="scaled")
-    variables = plain.init(jax.random.key(0), x, bank)
+    variables = jax.jit(plain.init)(jax.random.key(0), x, bank)
     lifted = jax.tree_util.tree_map_with_path(
         lambda p, a: a * np.sqrt(8.0) if any(getattr(k, "key", None) in ("w_k", "w_v") for k in p) else a, variables)
-    a, _ = scaled.apply(variables, x, bank)
-    b, _ = plain.apply(lifted, x, bank)
+    apply_plain = jax.jit(plain.apply)  # jitted: one program instead of op-by-op dispatch
+    a, _ = jax.jit(scaled.apply)(variables, x, bank)
+    b, _ = apply_plain(lifted, x, bank)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-    c, _ = plain.apply(variables, x, bank)
+    c, _ = apply_plain(variables, x, bank)
     assert not np.allclose(np.asarray(a), np.asarray(c), atol=1e-4)
 
 
 def test_a_run_records_the_diagnostics_for_omnifm_only(tmp_path):
     import json
 
-    from omnifm_jax import config as config_lib, experiment
+    from omnifm_jax import config as config_lib
+    from omnifm_jax import experiment
 
     base = ["rounds=2", "num_clients=3", "dataset_kwargs.samples_per_class_per_modality=4",
             "dataset_kwargs.image_size=16", "backbone_kwargs.hidden=8", "batch_size=4", "checkpoint_every=0",

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from omnifm_jax import algorithms, cli, config as config_lib, experiment, federated
+from omnifm_jax import algorithms, cli, experiment, federated
+from omnifm_jax import config as config_lib
 
 #: A tiny classification run: 3 clients, 16x16 images, small FedAvgCNN and OmniFM widths.
 TINY = ["rounds=2", "num_clients=3", "local_epochs=1", "batch_size=8",

@@ -13,14 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import NUM_CLASSES, FlatBackbone, TinyBackbone, TinyBNBackbone, make_clients  # noqa: E402
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.algorithms import base, local_training
 from omnifm_jax.models.omnifm import TokenModel
 from omnifm_jax.tasks import classification
-
-from _helpers import (NUM_CLASSES, FlatBackbone, TinyBackbone, TinyBNBackbone, build_algorithm,  # noqa: E402
-                      make_clients)
 
 OMNIFM_KW = dict(spectral_dim=8, attn_dim=8, bank_capacity=8, num_suffix=2, top_k=2)
 
@@ -106,71 +104,9 @@ def test_fedavg_round_equals_independent_numpy_fedavg():
     assert np.max(np.abs(w_ref - w0)) > 1e-3
 
 
-# ----------------------------------------------------------------------------- strategies == loop
-
-STRATEGIES = [None, 1, 2]  # all at once (vmap), one by one (lax.map: CPU), sorted chunks of 2
-
-
-@pytest.fixture(scope="module", params=algorithms.available(task="classification"))
-def strategies_vs_sequential(request):
-    """Two rounds at participation 3/4 through make_round (every strategy) and
-    sequential_round, for every registered algorithm."""
-    name = request.param
-    alg = build_algorithm(name, backbone=TinyBackbone(), num_clients=4)
-    train = jax.device_put(TRAIN4)
-    state0 = federated.init(alg, jax.random.key(3), train)
-    # every strategy for the engine's first two algorithms; one by one and sorted vmapped chunks
-    # (which cover vmap) for the rest, to keep the suite's compile time in bounds
-    strategies = STRATEGIES if name in ("fedavg", "omnifm") else [1, 2]
-    rounds = {c: federated.make_round(alg, TRAIN4, participation=0.75, donate=False, client_chunk=c)
-              for c in strategies}
-    update = jax.jit(alg.client_update)
-    states = {c: state0 for c in strategies}
-    ss = state0
-    out = []
-    for _ in range(2):
-        res = {}
-        for c in strategies:
-            states[c], res[c] = rounds[c](states[c], train)
-        ss, ms = federated.sequential_round(alg, ss, train, participation=0.75, client_update=update)
-        out.append((dict(states), res, ss, ms))
-    return name, state0, out
-
-
-def test_every_strategy_equals_sequential_round(strategies_vs_sequential):
-    """vmap over all, one-by-one (the CPU strategy) and sorted chunks (the accelerator
-    strategy, with a remainder chunk) give the sequential reference's round."""
-    name, state0, out = strategies_vs_sequential
-    for states, res, ss, ms in out:
-        for c in states:
-            sv, mv = states[c], res[c]
-            np.testing.assert_array_equal(np.asarray(mv.participants), np.asarray(ms.participants))
-            assert len(np.unique(np.asarray(mv.participants))) == 3
-            np.testing.assert_allclose(np.asarray(mv.weights), np.asarray(ms.weights))
-            assert int(mv.faulty) == int(ms.faulty) == 0
-            assert int(sv.round) == int(ss.round)
-            assert_trees_close(sv.server.params, ss.server.params)
-            assert_trees_close(sv.server.extra, ss.server.extra)
-            assert_trees_close(sv.clients, ss.clients)
-            assert_trees_close(mv.client_metrics, ms.client_metrics)
-    sv_last = out[-1][0][1]
-    if name != "local":  # Local's server never changes
-        assert max_change(sv_last.server.params, state0.server.params) > 1e-4
-    if name == "omnifm":
-        assert int(np.sum(np.asarray(sv_last.server.extra.valid))) > 0
-
-
-def test_executed_client_steps_per_strategy(strategies_vs_sequential):
-    """One by one runs exactly the needed steps; vmap runs the longest for everyone; sorted
-    chunks of 2 run each chunk's longest."""
-    _, _, out = strategies_vs_sequential
-    for _, res, _, _ in out:
-        steps = np.asarray(res[1].client_metrics["local_steps"])
-        assert int(res[1].useful_steps) == int(res[1].executed_steps) == steps.sum()
-        if None in res:
-            assert int(res[None].executed_steps) == len(steps) * steps.max()
-        ordered = np.sort(steps)[::-1]
-        assert int(res[2].executed_steps) == 2 * ordered[0] + 1 * ordered[2]
+# ----------------------------------------------------------------------------- strategies
+# Every strategy (vmap, one by one, sorted chunks) against the sequential round, for every
+# algorithm: tests/test_conformance.py.
 
 
 def test_executed_client_steps_counts():
@@ -187,13 +123,6 @@ def test_choose_client_chunk_keeps_useful_fraction():
     heavy = np.array([200] + [5] * 19)
     c = federated.choose_client_chunk(heavy, 4, 4)
     assert c == 1
-
-
-def test_round_weights_are_sample_counts(strategies_vs_sequential):
-    _, _, out = strategies_vs_sequential
-    for _, res, _, _ in out:
-        idx = np.asarray(res[1].participants)
-        np.testing.assert_array_equal(np.asarray(res[1].weights), TRAIN4.n[idx].astype(np.float32))
 
 
 @pytest.mark.parametrize("n, chunk", [(7, 2), (6, 3), (4, 4), (3, 5), (5, 1)])
@@ -406,45 +335,6 @@ def test_dropped_participant_keeps_what_it_trained(keep):
         assert changed == keep
 
 
-def test_nan_upload_gets_weight_zero_and_keeps_old_state():
-    """A participant whose upload is NaN is excluded from the mean and keeps its old state;
-    the server's params are the NumPy n_k-weighted mean of the OTHER uploads."""
-    alg = build("fedavg")
-    poisoned = 2  # client 2 (n = 5) sends NaN
-
-    def client_update(server, client, data, key):
-        res = alg.client_update(server, client, data, key)
-        bad = data.offset == TRAIN4.offsets[poisoned]
-        shared = jax.tree_util.tree_map(lambda a: jnp.where(bad, jnp.nan, a), res.upload.shared)
-        return res._replace(upload=res.upload._replace(shared=shared))
-
-    faulty_alg = alg._replace(client_update=client_update)
-    train = jax.device_put(TRAIN4)
-    state = federated.init(faulty_alg, jax.random.key(0), train)
-    new, metrics = federated.make_round(faulty_alg, TRAIN4, donate=False)(state, train)
-    assert int(metrics.faulty) == 1
-    np.testing.assert_array_equal(np.asarray(metrics.weights), [10, 7, 0, 9])
-
-    _, client_key = jax.random.split(jax.random.fold_in(state.key, state.round))
-    update = jax.jit(alg.client_update)
-    uploads, new_states = [], []
-    for k in range(4):
-        c = jax.tree_util.tree_map(lambda a: a[k], state.clients)
-        d = base.ClientData(train.x, train.y, train.offsets[k], train.n[k], capacity=10)
-        res = update(state.server, c, d, jax.random.fold_in(client_key, k))
-        uploads.append(leaves64(res.upload.shared))
-        new_states.append(res.state)
-    w = np.array([10, 7, 0, 9], np.float64)
-    for j, leaf in enumerate(jax.tree_util.tree_leaves(new.server.params)):
-        ref = sum(w[k] * uploads[k][j] for k in (0, 1, 3)) / w.sum()
-        np.testing.assert_allclose(np.asarray(leaf, np.float64), ref, rtol=1e-5, atol=1e-6)
-        assert np.all(np.isfinite(np.asarray(leaf)))
-    for k in range(4):
-        got = jax.tree_util.tree_map(lambda a: a[k], new.clients)
-        want = jax.tree_util.tree_map(lambda a: a[k], state.clients) if k == poisoned else new_states[k]
-        assert_trees_close(got, want)
-
-
 def test_participants_finite():
     ups = {"a": jnp.array([[1.0, 2.0], [jnp.nan, 0.0], [0.0, jnp.inf]]), "i": jnp.zeros((3, 2), jnp.int32)}
     np.testing.assert_array_equal(np.asarray(federated.participants_finite(ups, 3)), [True, False, False])
@@ -526,38 +416,3 @@ def test_state_hash_changes_with_any_leaf():
     assert h == federated.state_hash(federated.init(alg, jax.random.key(0), TRAIN4))
     assert federated.state_hash(state._replace(round=state.round + 1)) != h
     assert federated.state_hash(federated.init(alg, jax.random.key(1), TRAIN4)) != h
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-@pytest.mark.parametrize("name", ["fedper", "omnifm_wo_gskr"])
-def test_evaluation_equals_each_clients_model_on_its_own_samples(name):
-    """Ragged evaluation in batches of 3 (batches never mix clients; last batches padded)
-    gives, per sample, the logits of the client's own personalised model applied to all its
-    samples at once. OmniFM w/o GSKR uses a batch mean of s: padding must not reach it."""
-    alg = (build("fedper") if name == "fedper"
-           else build("omnifm", **dict(OMNIFM_KW, use_gskr=False)))
-    task = classification(NUM_CLASSES)
-    train = jax.device_put(TRAIN4)
-    state = federated.init(alg, jax.random.key(0), train)
-    state, _ = federated.make_round(alg, TRAIN4, donate=False)(state, train)
-    ev = federated.make_evaluate(alg, task, TRAIN4, batch_size=3)
-    got = ev(state, train)
-    assert got["logits"].shape == (int(TRAIN4.n.sum()), NUM_CLASSES)
-    if name == "omnifm_wo_gskr":
-        # batch means over whole clients differ from batch means over 3: compare per batch
-        plan = ev.plan
-        assert set(plan.width.tolist()) == {1, 2, 3}  # 10 = 3+3+3+1, 7 = 3+3+1, 5 = 3+2, 9 = 3+3+3
-        for c, s0, cnt in zip(plan.client, plan.start, plan.count):
-            x = task.scale_inputs(jnp.asarray(TRAIN4.x[s0:s0 + cnt]))
-            want = alg.predict(state.server, jax.tree_util.tree_map(lambda a: a[c], state.clients), x)
-            np.testing.assert_allclose(got["logits"][s0:s0 + cnt], np.asarray(want), rtol=1e-5, atol=1e-5)
-        return
-    for k in range(4):
-        n, off = int(TRAIN4.n[k]), int(TRAIN4.offsets[k])
-        x = task.scale_inputs(jnp.asarray(TRAIN4.x[off:off + n]))
-        want = alg.predict(state.server, jax.tree_util.tree_map(lambda a: a[k], state.clients), x)
-        np.testing.assert_allclose(got["logits"][off:off + n], np.asarray(want), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got["label"], TRAIN4.y)
-    summary = federated.summarize(task, got, TRAIN4.n)
-    assert [c["n"] for c in summary["clients"]] == TRAIN4.n.tolist()

@@ -14,12 +14,13 @@ import numpy as np
 import optax
 import pytest
 
-from omnifm_jax import algorithms, config as config_lib, experiment, federated
+from omnifm_jax import algorithms, experiment, federated
+from omnifm_jax import config as config_lib
 from omnifm_jax.algorithms import fedmepd as fm
 from omnifm_jax.algorithms.sgd import Upload, personalized_sgd
 from omnifm_jax.checks import ConfigError
-from omnifm_jax.data.federation import ClientArrays, ServerData
 from omnifm_jax.data import multimodal
+from omnifm_jax.data.federation import ClientArrays, ServerData
 from omnifm_jax.data.registry import load_federation
 from omnifm_jax.tasks.segmentation import segmentation
 
@@ -45,9 +46,14 @@ def _clients(subsets, n=4, seed=0):
                         offsets=(np.arange(k) * n).astype(np.int32), modality=np.zeros(k * n, np.int32))
 
 
-def _algo(server=ServerData(*_images(4, 99)), **kw):
+_DEFAULT_SERVER = object()
+
+
+def _algo(server=_DEFAULT_SERVER, **kw):
     """FedMEPD as a run builds it: hyper-parameters checked, ``server`` (the federation's
-    server split, a run argument) passed to the factory."""
+    server split, a run argument) passed to the factory; default: 4 random full-modal images."""
+    if server is _DEFAULT_SERVER:
+        server = ServerData(*_images(4, 99))
     kw = {"channels": CH, "attn_dim": 4, "num_anchors": 2, "server_steps": 1, "server_batch_size": 2, **kw}
     algorithms.check("fedmepd", kw)
     return algorithms.unchecked("fedmepd")(task=segmentation(2), backbone=None, optimizer=optax.sgd(0.1),

@@ -3,12 +3,11 @@ import jax
 import numpy as np
 import optax
 import pytest
+from _helpers import TinyBackbone
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.data import load_federation
 from omnifm_jax.tasks import classification
-
-from _helpers import TinyBackbone
 
 
 def test_fused_rounds_equal_one_by_one():

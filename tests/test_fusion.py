@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import real_data_dir
 from PIL import Image
 
-from _helpers import real_data_dir
-from omnifm_jax import config as config_lib, experiment, federated
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment, federated
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.data import fusion as fusion_data
 from omnifm_jax.data.federation import client_slice

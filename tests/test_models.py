@@ -402,7 +402,7 @@ def test_omnifm_gradients_finite_and_bank_receives_none():
         y, _ = old.apply({"params": params}, x, bank)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(y), labels[:, None], 1))
 
-    g_old = jax.grad(old_loss)(variables["params"])
+    g_old = jax.jit(jax.grad(old_loss))(variables["params"])
     assert all(np.all(np.asarray(t) == 0) for t in jax.tree_util.tree_leaves(g_old["tokenizer"]))
 
 
@@ -428,6 +428,7 @@ def test_canonical_conv_equals_lax_forward_and_gradients(xs, ws, strides, paddin
     """The CPU convolution with explicitly canonical gradients gives lax's values and
     gradients (strides, SAME/VALID/explicit and asymmetric padding) on fresh random inputs."""
     from jax import lax
+
     from omnifm_jax.models.common import conv_general_dilated
 
     rng = np.random.default_rng(sum(xs) + sum(ws))
@@ -508,17 +509,18 @@ def test_omnifm_wo_gskr_batch_mean_ignores_padded_samples():
     real = 3
     pads = {"random": images(np.random.default_rng(22), n=n)[: n - real], "zeros": np.zeros_like(x[: n - real]),
             "copies": np.repeat(x[:1], n - real, axis=0)}
-    (alone, aux_alone) = model.apply(variables, x[:real], bank, train=True, mask=jnp.ones((real,), bool))
+    apply = jax.jit(model.apply, static_argnames="train")  # one program per batch size and mode
+    (alone, aux_alone) = apply(variables, x[:real], bank, train=True, mask=jnp.ones((real,), bool))
     for name, pad in pads.items():
         xp = jnp.concatenate([x[:real], jnp.asarray(pad, x.dtype)])
         mask = jnp.arange(n) < real
         for train in (True, False):
-            out, aux = model.apply(variables, xp, bank, train=train, mask=mask)
+            out, aux = apply(variables, xp, bank, train=train, mask=mask)
             np.testing.assert_allclose(np.asarray(out)[:real], np.asarray(alone), rtol=1e-5, atol=1e-5,
                                        err_msg=f"{name} pads, train={train}")
             np.testing.assert_allclose(np.asarray(aux.prototypes)[:real], np.asarray(aux_alone.prototypes),
                                        rtol=1e-5, atol=1e-6)
     # and without the mask the pads would have changed them (the test can fail)
-    out, _ = model.apply(variables, jnp.concatenate([x[:real], jnp.asarray(pads["random"], x.dtype)]), bank,
-                         train=True)
+    out, _ = apply(variables, jnp.concatenate([x[:real], jnp.asarray(pads["random"], x.dtype)]), bank,
+                   train=True)
     assert not np.allclose(np.asarray(out)[:real], np.asarray(alone), rtol=1e-5, atol=1e-5)

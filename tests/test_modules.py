@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omnifm_jax.modules import (EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection,
-                                spectral_alignment)
+from omnifm_jax.modules import EmbeddingCrossAttention, FiLM, PrefixSuffixPrompt, TokenProjection, spectral_alignment
 
 SEEDS = (0, 1, 2)
 RTOL, ATOL = 1e-4, 1e-5

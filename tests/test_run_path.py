@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from omnifm_jax import cli, config as config_lib, experiment, reproduce, sweep, tasks
+from omnifm_jax import cli, experiment, reproduce, sweep, tasks
+from omnifm_jax import config as config_lib
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.data.federation import ServerData
 from omnifm_jax.registry import TASKS

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from omnifm_jax import config as config_lib, experiment
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.data import segmentation as seg_data
 from omnifm_jax.data.brats import BRATS_FILE, BRATS_REGIONS
@@ -28,13 +29,13 @@ from omnifm_jax.data.seg_cross_modality import DSB_FILE, PH2_FILE
 from omnifm_jax.models.common import TokenLayout
 from omnifm_jax.models.heads import ClassificationHead
 from omnifm_jax.models.omnifm import OmniFM, TokenModel, split_backbone_output
-from omnifm_jax.models.unet import (ConvTranspose, InstanceNorm, SegmentationHead, UNetBackbone, conv_transpose)
+from omnifm_jax.models.unet import ConvTranspose, InstanceNorm, SegmentationHead, UNetBackbone, conv_transpose
 from omnifm_jax.tasks import segmentation
 from omnifm_jax.tasks.segmentation import dice_ce_loss, dice_iou
 
 # the module (the package re-exports the function under the same name)
 seg_task = importlib.import_module("omnifm_jax.tasks.segmentation")
-from omnifm_jax import bank as bank_lib
+bank_lib = importlib.import_module("omnifm_jax.bank")
 
 #: The smallest MONAI-style UNet (one level, residual units): compiles in seconds.
 TINY_UNET = dict(channels=(4, 8), strides=(2,), num_res_units=1)

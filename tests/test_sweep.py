@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from omnifm_jax import config as config_lib, experiment, sweep
+from omnifm_jax import config as config_lib
+from omnifm_jax import experiment, sweep
 from omnifm_jax.checks import ConfigError
 
 TINY = dict(image_size=16, samples_per_class_per_modality=4, num_classes=3, num_modalities=2, channels=1, min_size=4)

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omnifm_jax import checkpoint as ck, cli, config as config_lib, experiment, federated
+from omnifm_jax import checkpoint as ck
+from omnifm_jax import cli, experiment, federated
+from omnifm_jax import config as config_lib
 from omnifm_jax.config import ConfigError
 from omnifm_jax.data.registry import load_federation
 
