@@ -1,86 +1,105 @@
-"""omnifm_jax.reproduce: table definitions, paper numbers, verdicts, writers, one tiny run."""
+"""omnifm_jax.reproduce and the table files: definitions, the paper's numbers against its text,
+discovery of table files, plans, verdicts, writers, resume, one tiny run."""
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 import types
 from pathlib import Path
 
 import pytest
 
-from omnifm_jax import cli
+from omnifm_jax import cli, sweep
 from omnifm_jax import reproduce as R
 from omnifm_jax.checks import ConfigError
+from omnifm_jax.reproduce import plan as plan_lib
+from omnifm_jax.reproduce import registry, writers
 
-PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "papers" / "omnifm.txt"
-FLOAT = re.compile(r"\d+\.\d+")
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS = ROOT.parent / "shared" / "papers"
 
 
 # ----------------------------------------------------------------------------- definitions
 
-def test_every_cell_has_a_paper_number_and_every_claim_names_cells():
+def test_every_table_is_consistent_and_its_numbers_come_from_its_printed_rows():
+    assert {"table1", "table2", "table6", "table7", "table8", "fig5"} <= set(R.TABLES)
     for name, table in R.TABLES.items():
-        keys = {(c.row_key, c.col_key) for c in table.cells}
-        assert len(keys) == len(table.cells), f"{name}: duplicate (row, col) keys"
+        table.check()   # unique cells, known metrics, claims on existing cells, a known default scale
+        assert Path(table.source).is_file() and table.source.startswith(str(ROOT / "experiments")), name
+        numbers = [v for c in table.cells if c.paper for v in c.paper.values() if v is not None]
+        assert all(math.isfinite(v) for v in numbers), name
+        if table.printed is None:
+            assert not numbers, f"{name}: paper numbers without the printed rows they come from"
+            continue
+        printed = {v for row in table.printed.rows for v in row.numbers}
+        assert numbers and set(numbers) <= printed, f"{name}: a cell's number is not in the printed rows"
         for cell in table.cells:
-            assert set(cell.paper) <= set(table.metrics), (name, cell)
-            numbers = [v for v in cell.paper.values() if v is not None]
-            if table.paper_has_numbers:
-                assert numbers and all(math.isfinite(v) for v in numbers), f"{name} {cell.row}/{cell.col}: no number"
-            else:
-                assert not numbers and R.PAPER[name] is None   # a figure: the text gives none
-        for claim in table.claims:
-            named = ([claim.winner] + list(claim.others) if claim.kind == "beats"
-                     else [(r, k) for _, r, k in claim.terms])
-            assert named and all(n in keys for n in named), (name, claim.text)
-            assert claim.metric in table.metrics
+            assert set(cell.paper or {}) <= set(table.metrics), (name, cell)
 
 
 def test_table_shapes_match_the_paper():
     t = R.TABLES
-    assert len(t["table1"].cells) == 10 * 9 and {c.row for c in t["table1"].cells} == set(R.PAPER["table1"])
+    assert len(t["table1"].cells) == 10 * 9 and [r for _, r in t["table1"].rows] == [
+        "FedAvg", "FedProx", "Ditto", "SCAFFOLD", "MOON", "GPFL", "FedDyn", "FedRep", "FedPer", "OmniFM"]
     assert len(t["table2"].cells) == 3 * 2 * 5
     assert [r for r, _ in t["table8"].rows] == ["omnifm", "no_gskr", "no_eca", "no_psp", "no_spalign"]
     cell = next(c for c in t["table1"].cells if c.row == "OmniFM" and c.col_key == "s1-20")
     assert cell.paper == {"acc": 96.85, "f1": 0.589} and "participation=0.2" in cell.overrides
     assert next(c for c in t["table8"].cells if c.row_key == "no_gskr" and c.col_key == "CLS").paper["acc"] == 95.82
+    t6 = {(c.row_key, c.col_key): c for c in t["table6"].cells}
+    assert t6[("omnifm", "lgg")].paper == {"dice": 77.41, "iou": 68.75, "dice_pooled": None}
+    assert t6[("omnifm", "lgg-DU")].client == 1 and t6[("omnifm", "lgg-DU")].paper is None
+    t7 = {(c.row_key, c.col_key): c for c in t["table7"].cells}
+    assert t7[("omnifm", "CT-MRI")].paper == {"vif": 0.217, "fssim": 0.739, "l1": 0.161}
+    assert t7[("omnifm", "avg")].paper["l1"] == 0.145 and t7[("omnifm", "avg")].client is None
+    assert t7[("fedper", "avg")].paper is None   # not in the paper's table
 
 
-def _section(text: str, start: str, end: str) -> list[str]:
-    lines = text[text.index(start):text.index(end, text.index(start))].splitlines()
-    return [" ".join(l.split()) for l in lines]   # the text has non-breaking spaces
-
-
-@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason=f"{PAPER_TEXT} not found")
+@pytest.mark.skipif(not (PAPERS / "omnifm.txt").is_file(), reason=f"{PAPERS / 'omnifm.txt'} not found")
 def test_paper_numbers_are_transcribed_from_the_text():
-    text = PAPER_TEXT.read_text()
-    lines = _section(text, "Table 1:", "Table 2:")
-    for method, groups in R.PAPER["table1"].items():
-        line = next(l for l in lines if l.startswith(method + " "))
-        assert [float(x) for x in FLOAT.findall(line)] == [v for g in groups for v in g], method
-    lines = _section(text, "Table 2:", "3.3 Global")
-    avg = [l for l in lines if l.startswith("Avg.")] + [l for l in lines if l.startswith("Average")]
-    for line, key in zip(avg, ("x2", "x4", "x8", "Average")):
-        assert tuple(float(x) for x in FLOAT.findall(line)) == R.PAPER["table2"][key], key
-    lines = _section(text, "Table 6:", "4.5 Multi-modal")
-    for method, numbers in R.PAPER["table6"].items():
-        line = next(l for l in lines if l.startswith(method + " "))
-        assert tuple(float(x) for x in FLOAT.findall(line)) == numbers, method
-    lines = [l for l in _section(text, "Table 7:", "4.6 Framework") if len(FLOAT.findall(l)) == 6]
-    expected = [v for metric in ("VIF", "SSIM", "L1") for client in ("CT-MRI", "PET-MRI", "SPECT-MRI", "Avg")
-                for v in R.PAPER["table7"][metric][client]]
-    assert [float(x) for l in lines for x in FLOAT.findall(l)] == expected
-    lines = [l.strip() for l in _section(text, "Table 8:", "5 Conclusion")]
-    for variant, numbers in R.PAPER["table8"].items():
-        line = next(l for l in lines if l.startswith(variant + " "))
-        assert tuple(float(x) for x in FLOAT.findall(line)) == numbers, variant
+    """Every table file's printed rows against the paper's text (../shared/papers/<paper>.txt)."""
+    rows = {}
+    for name, table in R.TABLES.items():
+        if table.printed is None:
+            continue
+        text = (PAPERS / f"{table.printed.paper}.txt").read_text()
+        assert R.transcription_errors(table.printed, text) == [], name
+        rows[name] = len(table.printed.rows)
+    assert rows == {"table1": 10, "table2": 4, "table6": 5, "table7": 12, "table8": 5}
+    # The check sees a wrong number, a missing row and a missing section.
+    t1 = R.TABLES["table1"].printed
+    text = (PAPERS / "omnifm.txt").read_text()
+    wrong = R.PaperText(t1.paper, t1.start, t1.end, (R.PrintedRow("FedAvg", (56.31,) + t1.rows[0].numbers[1:-1]
+                                                                    + (0.978,)),))
+    assert "printed (56.31" in R.transcription_errors(wrong, text)[0]
+    assert "no such line" in R.transcription_errors(
+        R.PaperText("omnifm", "Table 1:", "Table 2:", (R.PrintedRow("FedNone", (1.0,)),)), text)[0]
+    assert "not found" in R.transcription_errors(R.PaperText("omnifm", "Table 99:", "x", ()), text)[0]
+
+
+def test_the_paper_numbers_are_written_once():
+    """Each table's numbers live in its table file only (not in the package, not in a script)."""
+    sources = [p for p in list((ROOT / "omnifm_jax").rglob("*.py")) + list((ROOT / "experiments").rglob("*.py"))]
+    for needle in ("96.85, 97.71, 97.82", "79.84, 74.93", "0.221, 0.185, 0.196", "95.82, 34.88", "42.21, 35.95"):
+        holders = [p.relative_to(ROOT) for p in sources if needle in p.read_text()]
+        assert len(holders) == 1, (needle, holders)
 
 
 def test_every_cell_config_loads_and_validates():
-    """Every cell of every table at the smoke and paper scales: a config that loads and validates
-    (or, where its data are not on this machine, an error naming the missing files)."""
-    for scale in ("smoke", "paper"):
-        for name, table in R.TABLES.items():
+    """Every table at every scale: its default selection plans (or names the missing data
+    files); at smoke and paper every cell does."""
+    for name, table in R.TABLES.items():
+        for scale in table.scales:
+            try:
+                plan = R.build_plan(name, scale=scale, seeds=(0,))
+            except ConfigError as exc:
+                assert "needs data that are not here" in str(exc), (scale, name, str(exc))
+                continue
+            assert all(pc.configs[0]["checkpoint_every"] == 0 and pc.configs[0]["data_seed"] == 0
+                       for pc in plan.cells), (name, scale)
+            if scale not in ("smoke", "paper"):
+                continue
             try:
                 plan = R.build_plan(name, scale=scale, seeds=(0,), rows=[k for k, _ in table.rows],
                                     cols=[k for k, _ in table.cols])
@@ -88,17 +107,17 @@ def test_every_cell_config_loads_and_validates():
                 assert "needs data that are not here" in str(exc), (scale, name, str(exc))
                 continue
             assert len(plan.cells) == len(table.cells)
-            for pc in plan.cells:
-                assert pc.configs[0]["checkpoint_every"] == 0 and pc.configs[0]["data_seed"] == 0
 
 
 def test_smoke_defaults_are_a_subset_and_shrink_the_rounds():
     plan = R.build_plan("table1", scale="smoke", seeds=(0, 1, 2))
-    assert {pc.cell.row_key for pc in plan.cells} == set(R.TABLES["table1"].smoke_rows)
-    assert all(cfg["rounds"] == R.TABLES["table1"].smoke_rounds and cfg["num_clients"] == 5
-               for pc in plan.cells for cfg in pc.configs)
+    smoke = R.TABLES["table1"].scales["smoke"]
+    assert {pc.cell.row_key for pc in plan.cells} == set(smoke.rows)
+    assert all(cfg["rounds"] == smoke.rounds and cfg["num_clients"] == 5 for pc in plan.cells for cfg in pc.configs)
+    assert "smoke default rows: fedavg, fedper, omnifm (--only selects others)" in plan.notes
     assert R.build_plan("table1", scale="paper", seeds=(0,), rows=["omnifm"], cols=["s1-20"]).cells[0].configs[0][
         "rounds"] == 100
+    assert R.build_plan("table8", seeds=(0,)).scale == "smoke"   # the table's default scale
 
 
 def test_seeds_and_shape_free_values_share_one_program():
@@ -113,7 +132,7 @@ def test_seeds_and_shape_free_values_share_one_program():
 
 
 def test_without_sweep_module_every_config_is_its_own_program(monkeypatch):
-    monkeypatch.setattr(R, "_import_sweep", lambda: None)
+    monkeypatch.setattr(plan_lib, "_import_sweep", lambda: None)
     plan = R.build_plan("table8", scale="tiny", seeds=(0, 1), rows=["omnifm", "no_spalign"], cols=["CLS"])
     assert len(plan.programs) == 4 and all("cannot be imported" in p.mode for p in plan.programs)
 
@@ -133,7 +152,7 @@ def test_a_program_that_run_sweep_refuses_runs_as_separate_programs(monkeypatch)
         acc = 0.5 + 0.1 * cfg["seed"] - cfg["algorithm_kwargs"]["lambda_align"]
         return {"best": {"round": 1, "accuracy": acc}, "last": {"round": 1, "accuracy": acc}, "state": object()}
 
-    monkeypatch.setattr(R, "_import_sweep", lambda: types.SimpleNamespace(run_sweep=refuse))
+    monkeypatch.setattr(plan_lib, "_import_sweep", lambda: types.SimpleNamespace(run_sweep=refuse))
     monkeypatch.setattr(experiment, "run", fake_run)
     logs = []
     results = R.execute(plan, log=logs.append)
@@ -145,17 +164,43 @@ def test_a_program_that_run_sweep_refuses_runs_as_separate_programs(monkeypatch)
     assert all(r["runs_in_program"] == 1 and "state" not in results[k] for k in results for r in recs)
 
 
+def test_cells_read_a_client_or_a_round_of_the_run():
+    """Per-client columns read the client's line at the rule's round; round columns read that
+    evaluation round; ``minus_baseline`` metrics subtract the task's baseline."""
+    table = R.Table("t", "T", ("acc", "gain"), (
+        R.Cell("A", "all", "a", "all", "default", ()), R.Cell("A", "client 1", "a", "c1", "default", (), client=1),
+        R.Cell("A", "round 1", "a", "r1", "default", (), at_round=1),
+        R.Cell("A", "client 0, round 1", "a", "c0r1", "default", (), at_round=1, client=0)),
+        metric_defs={"gain": R.Metric("accuracy", "gain", 100.0, minus_baseline=True)})
+    history = [{"round": 0, "accuracy": 0.1, "clients": [{"accuracy": 0.1}, {"accuracy": 0.1}]},
+               {"round": 1, "accuracy": 0.6, "clients": [{"accuracy": 0.5}, {"accuracy": 0.7}]},
+               {"round": 2, "accuracy": 0.4, "clients": [{"accuracy": 0.2}, {"accuracy": 0.6}]}]
+    summary = {"best": {"round": 1, "accuracy": 0.6}, "last": {"round": 2, "accuracy": 0.4},
+               "last_clients": history[2]["clients"], "history": history,
+               "baseline": {"accuracy": 0.25}, "baseline_clients": [{"accuracy": 0.2}, {"accuracy": 0.3}]}
+    planned = [R.PlannedCell(c, R.Setting("default"), [{"dataset": "d", "algorithm": "a", "rounds": 2, "seed": 0}])
+               for c in table.cells]
+    plan = R.Plan(table, "tiny", (0,), planned, [])
+    recs = {r["col_key"]: r for r in R.records_from(plan, {(i, 0): summary for i in range(4)})}
+    got = {k: (round(r["acc_best"], 6), round(r["acc_last"], 6), round(r["gain_last"], 6)) for k, r in recs.items()}
+    assert got == {"all": (60.0, 40.0, 15.0), "c1": (70.0, 60.0, 30.0), "r1": (60.0, 60.0, 35.0),
+                   "c0r1": (50.0, 50.0, 30.0)}
+    assert recs["c1"]["acc_baseline"] == pytest.approx(30.0) and "gain_baseline" not in recs["c1"]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(table="table9"), "unknown table 'table9'"),
     (dict(table="table8", rows=["w/o nothing"]), "unknown row 'w/o nothing'"),
     (dict(table="table8", cols=["VQA-T1"]), "unknown column 'VQA-T1'"),
-    (dict(table="table8", scale="huge"), "unknown scale 'huge'"),
+    (dict(table="table8", scale="huge"), "unknown scale 'huge'; scales of table8: paper, smoke, tiny"),
     (dict(table="table8", seeds=(0, 0)), "seeds must be distinct"),
     (dict(table="table8", rule="median"), "evaluation rule"),
     (dict(table="table8", cols=["CLS"], overrides=["lr=0"]), "table8 cell (OmniFM, CLS (Acc %)): lr must be"),
     (dict(table="table1", cols=["s1-20"], overrides=["algorithm_kwargs.top_k=99"]), "table1 cell (FedAvg"),
+    (dict(table="table8", cols=["SEG"]), "scale 'tiny' has no setting for 'seg_lgg_sites'"),
+    (dict(table="table6"), "unknown scale 'tiny'; scales of table6: paper, smoke, cpu"),
 ])
 def test_bad_input_is_refused_before_any_work(kwargs, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -164,7 +209,7 @@ def test_bad_input_is_refused_before_any_work(kwargs, message):
 
 def test_cli_reports_errors_and_unavailable_tasks(capsys, monkeypatch):
     assert cli.main(["reproduce", "table9"]) == 2
-    assert "unknown table 'table9'; tables: table1, table2, table8, fig5, table6, table7" in capsys.readouterr().err
+    assert "unknown table 'table9'; tables: fig5, table1, table2, table6, table7, table8, " in capsys.readouterr().err
     assert cli.main(["reproduce", "table8", "--only", "nope", "--scale", "tiny"]) == 2
     assert "unknown row 'nope'; rows of this table: omnifm (OmniFM)" in capsys.readouterr().err
     from omnifm_jax.registry import TASKS
@@ -177,6 +222,32 @@ def test_cli_reports_errors_and_unavailable_tasks(capsys, monkeypatch):
     listing = capsys.readouterr().out
     assert "table6: Table 6: federated segmentation  [unavailable: table6 needs the task 'segmentation'" in listing
     assert "table8: Table 8: ablations of OmniFM\n" in listing
+    assert "    scales: paper, smoke (default), tiny\n    smoke default: rows ['all'], cols ['CLS', 'SR'], 6 rounds" \
+        in listing
+
+
+def test_without_a_checkout_list_says_where_it_looked(monkeypatch, tmp_path, capsys):
+    """An installed package without its checkout: no default folder; list and run say where they
+    looked and how to pass --tables."""
+    monkeypatch.setattr(registry, "default_dirs", lambda: [tmp_path / "site-packages" / "experiments" / "paper"])
+    assert cli.main(["reproduce", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "no table files found; looked in " + str(tmp_path / "site-packages") in out and "--tables DIR" in out
+    assert cli.main(["reproduce", "table1", "--dry-run"]) == 2
+    assert "--tables DIR" in capsys.readouterr().err
+    assert cli.main(["reproduce", "list", "--tables", str(tmp_path / "nowhere")]) == 2
+    assert "table folder" in capsys.readouterr().err
+
+
+def test_a_broken_or_duplicate_table_file_is_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bad.py").write_text("TABLE = 1 / 0\n")
+    with pytest.raises(ConfigError, match=r"table file .*bad\.py cannot be loaded: ZeroDivisionError"):
+        R.find_tables([tmp_path / "a"])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "copy.py").write_text((ROOT / "experiments" / "paper" / "table8.py").read_text())
+    with pytest.raises(ConfigError, match=r"table 'table8' is defined twice: .*table8\.py and .*copy\.py"):
+        R.find_tables([tmp_path / "b"])
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -209,7 +280,7 @@ def _records(table, values):
             for m, vs in metrics.items():
                 rec[f"{m}_best"] = vs[seed]
                 rec[f"{m}_last"] = vs[seed] - 1.0
-                rec[f"{m}_paper"] = c.paper.get(m)
+                rec[f"{m}_paper"] = c.paper_value(m)
             recs.append(rec)
     return recs
 
@@ -229,9 +300,9 @@ def test_claims_pair_seeds_pick_the_best_other_and_respect_lower_is_better():
     assert f1["verdict"] == "does not hold here" and f1["margin"] == pytest.approx(-0.1)
     assert not any("50%" in c for c in claims)         # cells not measured: claim not tested
     fusion = _records("table7", {("omnifm", "avg"): {"l1": [0.10, 0.11]}, ("fedavg", "avg"): {"l1": [0.20, 0.21]},
-                                 ("moon", "avg"): {"l1": [0.15, 0.16]}})
+                                 ("moon", "avg"): {"l1": [0.15, 0.16]}, ("local", "avg"): {"l1": [0.01, 0.01]}})
     l1 = next(c for c in R.evaluate_claims(R.TABLES["table7"], fusion) if c["metric"] == "l1")
-    assert l1["vs"] == "MOON" and l1["margin"] == pytest.approx(0.05) and l1["verdict"] == "holds"
+    assert l1["vs"] == "MOON" and l1["margin"] == pytest.approx(0.05) and l1["verdict"] == "holds"  # Local: no claim
     assert l1["paper_margin"] == pytest.approx(0.147 - 0.145)   # the paper's best of FedAvg / MOON is FedAvg
 
 
@@ -266,6 +337,152 @@ def test_markdown_and_csv_from_hand_made_results(tmp_path):
     assert "| OmniFM | 61.00 (1) |" in single
 
 
+def test_columns_without_paper_numbers_and_reference_rows():
+    recs = _records("table7", {("omnifm", "avg"): {"vif": [0.2, 0.3]}, ("fedper", "avg"): {"vif": [0.1, 0.1]},
+                               ("omnifm", "CT-MRI"): {"vif": [0.4, 0.4]}})
+    refs = {"average fusion (A + B) / 2": {"avg": {"vif": 0.25}, "CT-MRI": {"vif": 0.3}}}
+    md = R.markdown(R.TABLES["table7"], recs, references=refs)
+    assert ("| Method | CT-MRI: measured | paper | diff | Avg. over the 3 clients: measured | paper | diff |"
+            in md)
+    assert "| OmniFM | 0.400 ± 0.000 (2) | 0.217 | +0.183 | 0.250 ± 0.071 (2) | 0.269 | -0.019 |" in md
+    assert "| FedPer | — | — | — | 0.100 ± 0.000 (2) | — | — |" in md
+    assert "| *average fusion (A + B) / 2 (reference)* | 0.300 |  |  | 0.250 |  |  |" in md
+    t = R.get_table("sr_splits")
+    labels = dict(t.cols)
+    recs = [{"row_key": row, "col_key": split, "row": row, "col": labels[split], "seed": seed,
+             "psnr_last": base + 1.0, "psnr_baseline": base + seed, "psnr_gain_last": 1.0}
+            for row in ("omnifm", "fedavg") for split, base in (("patient", 30.0), ("image", 33.0)) for seed in (0, 1)]
+    sr = R.markdown(t, recs, rule="last")
+    assert f"| Method | {labels['patient']}: measured | {labels['image']}: measured |\n|---|---:|---:|" in sr
+    # each split has its own bicubic (the same for both methods at a seed): shown per column
+    assert f"test patches: {labels['patient']} 30.50, {labels['image']} 33.50\n" in sr
+
+
+def test_references_are_computed_on_each_columns_federation(tmp_path):
+    """Table 7's average fusion on the smoke stand-in (the synthetic pairs where the Harvard
+    files are absent): one value per client column and their mean, in the table's units."""
+    plan = R.build_plan("table7", scale="smoke", seeds=(0,), rows=["fedavg"], data_root=tmp_path)
+    data = R.check_data(plan)
+    assert data[0]["dataset"] == "synthetic_fusion" and len(data[0]["cell_indices"]) == 4
+    refs = R.references_from(plan, data)["average fusion (A + B) / 2"]
+    raw = data[0]["references"]["average fusion (A + B) / 2"]
+    assert refs["CT-MRI"]["vif"] == pytest.approx(raw["clients"][0]["vif"] / 2)   # the table's VIF is halved
+    assert refs["avg"]["l1"] == pytest.approx(sum(c["l1"] for c in raw["clients"]) / 3)
+
+
+@pytest.mark.real_data
+def test_fedmepd_reference_predicts_no_tumour(real_data_dir):
+    plan = R.build_plan("fedmepd_lgg", scale="smoke", seeds=(0,), rows=["fedavg"], cols=["DU", "avg"],
+                        data_root=real_data_dir)
+    refs = R.references_from(plan, R.check_data(plan))["no tumour predicted"]
+    assert 0.0 < refs["DU"]["dice"] < 100.0 and refs["avg"]["dice_pooled"] == 0.0
+
+
+def test_small_margins_keep_two_significant_digits():
+    recs = _records("table8", {("omnifm", "SR"): {"psnr": [26.650, 26.652, 26.655]},
+                               ("no_psp", "SR"): {"psnr": [26.648, 26.651, 26.650]}})
+    md = R.markdown(R.TABLES["table8"], recs)
+    assert "removing PSP lowers SR (PSNR dB, ×4): **holds weakly** (+0.0027 ± 0.0021 vs w/o PSP" in md
+    assert writers._fmt(-0.0001, 2, sign=True) == "+0.00"    # no "-0.00"
+
+
+# ----------------------------------------------------------------------------- a table file of one's own
+
+TOY = '''
+"""A toy table: FedAvg and Local on the tiny synthetic federation, all clients and client 0."""
+from omnifm_jax.reproduce import Cell, Claim, Reference, Scale, Setting, Table, method
+from omnifm_jax.reproduce.settings import TINY_CLS
+
+from ._toy_common import CHANCE
+
+COLUMNS = (("all", "all clients", None), ("c0", "client 0", 0))
+CELLS = tuple(Cell(method(n).label, label, method(n).key, key, "default", method(n).overrides, client=client)
+              for n in ("FedAvg", "Local") for key, label, client in COLUMNS)
+TABLE = Table(
+    "toy", "A toy table", ("acc",), CELLS, (Claim("FedAvg beats Local", "acc", "beats", ("fedavg", "all"),
+                                                  (("local", "all"),)),),
+    scales={"tiny": Scale({"default": (Setting("default", TINY_CLS + ("num_clients=2",), None, "tiny"),)},
+                          rounds=1)},
+    default_scale="tiny", kind="study",
+    references=(Reference("chance", lambda s: {"avg": {"accuracy": CHANCE},
+                                               "clients": [{"accuracy": CHANCE}] * s.fed.num_clients}),))
+'''
+
+
+@pytest.fixture
+def toy_dir(tmp_path):
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "toy.py").write_text(textwrap.dedent(TOY))
+    (folder / "_toy_common.py").write_text("CHANCE = 1 / 6\n")   # a helper file: imported, not a table
+    return folder
+
+
+def test_a_new_table_is_one_file_listed_planned_and_run(toy_dir, tmp_path, capsys):
+    assert cli.main(["reproduce", "list", "--tables", str(toy_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert f"toy: A toy table\n    file: {toy_dir / 'toy.py'}\n" in listing and "table1: " in listing
+    assert "_toy_common" not in listing
+    out = tmp_path / "toy-out"
+    assert cli.main(["reproduce", "toy", "--tables", str(toy_dir), "--only", "fedavg", "--seeds", "0",
+                     "--out", str(out), "--quiet"]) == 0
+    log = capsys.readouterr().out
+    assert "2 cells x 1 seeds at scale 'tiny', 1 compiled program(s)" in log and "[1/1] 1 run(s)" in log
+    recs = R.read_csv(out / "toy.csv")
+    assert [(r["col_key"], r["rounds"]) for r in recs] == [("all", "1"), ("c0", "1")]   # one run, two columns
+    md = (out / "toy.md").read_text()
+    assert "| FedAvg | " in md and "| *chance (reference)* | 16.67 | 16.67 |" in md   # no paper columns
+
+
+def _fake_sweep(calls, fail_on=None):
+    """run_sweep without training: accuracy from the seed and the algorithm; counts its calls."""
+    def run(cfg, runs, **kw):
+        calls.append((cfg["algorithm"], cfg["rounds"], len(runs)))
+        if fail_on is not None and len(calls) == fail_on:
+            raise KeyboardInterrupt
+        out = []
+        for run in runs:
+            acc = 0.5 + 0.1 * run.get("seed", cfg["seed"]) + (0.2 if cfg["algorithm"] == "fedavg" else 0.0)
+            line = {"round": cfg["rounds"], "accuracy": acc, "clients": [{"accuracy": acc + 0.05},
+                                                                         {"accuracy": acc - 0.05}]}
+            out.append({"best": dict(line), "last": dict(line), "last_clients": line["clients"], "history": [line],
+                        "runs_in_program": len(runs)})
+        return out
+    return run
+
+
+def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "toy-resume"
+    base = ["reproduce", "toy", "--tables", str(toy_dir), "--seeds", "0,1", "--out", str(out), "--quiet"]
+    calls = []
+    monkeypatch.setattr(sweep, "run_sweep", _fake_sweep(calls, fail_on=2))
+    with pytest.raises(KeyboardInterrupt):   # interrupted during the second program (Local)
+        cli.main(base)
+    cells = out / "toy_cells.jsonl"
+    assert [(r["row_key"], r["col_key"], r["seed"]) for r in R.read_jsonl(cells)] == [
+        ("fedavg", "all", 0), ("fedavg", "all", 1), ("fedavg", "c0", 0), ("fedavg", "c0", 1)]
+    assert not (out / "toy.csv").exists()
+    assert cli.main(base[:2] + ["--render-only", "--tables", str(toy_dir), "--out", str(out)]) == 0  # the partial table
+    assert "| FedAvg | 75.00 ± 7.07 (2) |" in (out / "toy.md").read_text()
+    calls.clear()
+    monkeypatch.setattr(sweep, "run_sweep", _fake_sweep(calls))
+    assert cli.main(base + ["--resume"]) == 0
+    assert calls == [("local", 1, 2)]                                   # only Local ran
+    assert "resuming: 4 of 8 (cell, seed) pair(s) finished" in capsys.readouterr().out
+    recs = R.read_csv(out / "toy.csv")
+    assert len(recs) == 8 and [r["row_key"] for r in recs] == ["fedavg"] * 4 + ["local"] * 4
+    assert "FedAvg beats Local: **holds** (+20.00 ± 0.00" in (out / "toy.md").read_text()
+    assert "resumed: 4 (cell, seed) pair(s)" in (out / "toy_protocol.md").read_text()
+    calls.clear()
+    assert cli.main(base + ["--resume"]) == 0 and calls == []            # nothing left to run
+    assert len(R.read_csv(out / "toy.csv")) == 8
+    assert cli.main(base + ["--resume", "--rounds", "2"]) == 0           # another config: every cell again
+    assert calls == [("fedavg", 2, 2), ("local", 2, 2)] and {r["rounds"] for r in R.read_csv(out / "toy.csv")} == {"2"}
+    calls.clear()
+    assert cli.main(base + ["--only", "local"]) == 0                      # without --resume: a fresh table
+    assert calls == [("local", 1, 2)] and len(R.read_csv(out / "toy.csv")) == 4
+
+
 # ----------------------------------------------------------------------------- end to end
 
 def test_tiny_table8_end_to_end(tmp_path, capsys):
@@ -275,16 +492,16 @@ def test_tiny_table8_end_to_end(tmp_path, capsys):
     assert rc == 0
     log = capsys.readouterr().out
     assert "1 compiled program(s)" in log and "[1/1] 4 run(s)" in log
-    for name in ("table8.md", "table8.csv", "table8.png", "table8.json", "table8_protocol.md"):
+    for name in ("table8.md", "table8.csv", "table8.png", "table8.json", "table8_protocol.md", "table8_cells.jsonl"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     recs = R.read_csv(out / "table8.csv")
-    assert len(recs) == 4 and {r["seed"] for r in recs} == {"0", "1"}
+    assert len(recs) == 4 and {r["seed"] for r in recs} == {"0", "1"} and len(R.read_jsonl(out / "table8_cells.jsonl")) == 4
     assert all(r["dataset"] == "synthetic" and r["program_mode"] == "sweep" and r["runs_in_program"] == "4"
                for r in recs)
     md = (out / "table8.md").read_text()
     for row, key in (("OmniFM", "omnifm"), ("w/o SPAlign", "no_spalign")):
         vals = [float(r["acc_best"]) for r in recs if r["row_key"] == key]
-        mean, std, n = R._mean_std(vals)
+        mean, std, n = R.mean_std(vals)
         line = next(l for l in md.splitlines() if l.startswith(f"| {row} |"))
         assert line.split(" | ")[1] == R.format_measured(mean, std, n, 2)
         assert re.search(rf"\| {re.escape(f'{mean:.2f}')} ± [0-9.]+ \(2\) \|", line)
@@ -296,9 +513,12 @@ def test_tiny_table8_end_to_end(tmp_path, capsys):
     assert "Evaluation: last round." in (out / "table8.md").read_text()
 
 
-def test_small_margins_keep_two_significant_digits():
-    recs = _records("table8", {("omnifm", "SR"): {"psnr": [26.650, 26.652, 26.655]},
-                               ("no_psp", "SR"): {"psnr": [26.648, 26.651, 26.650]}})
-    md = R.markdown(R.TABLES["table8"], recs)
-    assert "removing PSP lowers SR (PSNR dB, ×4): **holds weakly** (+0.0027 ± 0.0021 vs w/o PSP" in md
-    assert R._fmt(-0.0001, 2, sign=True) == "+0.00"    # no "-0.00"
+def test_committed_results_render_as_they_were_written(tmp_path):
+    """The results under experiments/results/reproduce/ re-render to the same markdown."""
+    import shutil
+
+    for folder in sorted((ROOT / "experiments" / "results" / "reproduce").iterdir()):
+        copy = tmp_path / folder.name
+        shutil.copytree(folder, copy)
+        R.render(folder.name, copy)
+        assert (copy / f"{folder.name}.md").read_text() == (folder / f"{folder.name}.md").read_text(), folder.name

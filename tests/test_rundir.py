@@ -1,6 +1,7 @@
 """Nothing lost, nothing unclear: a run directory belongs to one run, and every failure a user
 can cause gets the tool's own one-line message and exit code 2 before any output is written.
-Each case is a row of the README's "Bad input and the error it gives" table."""
+Each case is a row of docs/robustness.md's "Bad input and the error it gives" table (listed in
+tests/bad_inputs.py)."""
 from __future__ import annotations
 
 import errno

@@ -1,0 +1,135 @@
+"""Run a plan: set up every federation first (:func:`check_data`), then run its programs
+(:func:`execute`), handing each program's summaries on as soon as it finishes (so a long
+table is written cell by cell and can be resumed).
+
+A program runs through :func:`omnifm_jax.sweep.run_sweep`; if that refuses it
+(ConfigError), its runs run one by one through :func:`omnifm_jax.experiment.run`, and the
+log and ``protocol.md`` say so.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from omnifm_jax import config as config_lib
+from omnifm_jax.checks import ConfigError
+from omnifm_jax.reproduce import plan as plan_lib
+from omnifm_jax.reproduce.plan import Plan, Program
+
+__all__ = ["check_data", "execute", "run_program"]
+
+Results = Dict[Tuple[int, int], Dict[str, Any]]
+
+
+def _data_key(cfg: Dict[str, Any]) -> str:
+    return plan_lib.canonical({k: cfg[k] for k in ("dataset", "dataset_kwargs", "num_clients", "data_seed", "task",
+                                                   "backbone", "backbone_kwargs", "batch_size", "drop_last")})
+
+
+def _check_clients(plan: Plan, ci: int, fed) -> None:
+    cell = plan.cells[ci].cell
+    if cell.client is None:
+        return
+    where = f"{plan.table.name} cell ({cell.row}, {cell.col})"
+    if not 0 <= cell.client < fed.num_clients:
+        raise ConfigError(f"{where}: client {cell.client} of a federation of {fed.num_clients} clients")
+    names = fed.info.get("client_names")
+    if cell.client_name is not None and names is not None and names[cell.client] != cell.client_name:
+        raise ConfigError(f"{where}: client {cell.client} is {names[cell.client]!r} in the data, the table says "
+                          f"{cell.client_name!r}")
+
+
+def check_data(plan: Plan) -> List[Dict[str, Any]]:
+    """Set up every distinct federation of the plan through the one run path
+    (:func:`omnifm_jax.experiment.setup`: data, task, model) before any training (a missing
+    file, a bad data option, a client without a test sample, a task that does not fit the
+    images, or a per-client column that names another client stops here), and compute the
+    table's model-free references on it. Returns one description per federation for
+    ``protocol.md``: its data, the cells it serves (``cell_indices``) and ``references``
+    (``{name: {"avg": ..., "clients": [...]}}``)."""
+    from omnifm_jax import experiment
+    from omnifm_jax.data.describe import describe
+
+    seen: Dict[str, Dict[str, Any]] = {}
+    for ci, pc in enumerate(plan.cells):
+        cfg = pc.configs[0]
+        key = _data_key(cfg)
+        if key in seen:
+            seen[key]["cells"].append(f"{pc.cell.row} / {pc.cell.col}")
+            seen[key]["cell_indices"].append(ci)
+            _check_clients(plan, ci, seen[key]["_fed"])
+            continue
+        try:
+            prepared = experiment.setup(cfg)
+        except (ValueError, FileNotFoundError, ConfigError) as exc:
+            raise ConfigError(f"{plan.table.name} cell ({pc.cell.row}, {pc.cell.col}): data: {exc}") from None
+        fed = prepared.fed
+        _check_clients(plan, ci, fed)
+        try:
+            text = describe(fed)
+        except Exception as exc:  # a description is a nicety; never block the run on it
+            text = f"(no description: {type(exc).__name__}: {exc})"
+        seen[key] = {"dataset": cfg["dataset"], "dataset_kwargs": cfg["dataset_kwargs"],
+                     "num_clients": cfg["num_clients"], "data_seed": cfg["data_seed"],
+                     "train": int(sum(int(n) for n in fed.train.n)), "test": int(sum(int(n) for n in fed.test.n)),
+                     "describe": text, "cells": [f"{pc.cell.row} / {pc.cell.col}"], "cell_indices": [ci],
+                     "references": {ref.name: ref.compute(prepared) for ref in plan.table.references},
+                     "_fed": fed}
+    return [{k: v for k, v in d.items() if k != "_fed"} for d in seen.values()]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def run_program(prog: Program, *, progress: bool = False, log: Callable[[str], None] = print,
+                run_log: Callable[[str], None] = _quiet) -> List[Dict[str, Any]]:
+    """The summaries of one program's runs (in ``prog.runs`` order); sets ``prog.mode`` when
+    ``run_sweep`` refuses it and the runs run one by one."""
+    from omnifm_jax import experiment
+
+    sweep = plan_lib._import_sweep()
+    if prog.mode == "sweep" and sweep is not None:
+        try:
+            return list(sweep.run_sweep(prog.base, prog.runs, progress=progress, log=run_log))
+        except ConfigError as exc:
+            prog.mode = f"separate: run_sweep refused it ({exc})"
+            log(f"    run_sweep refused this program ({exc}); its {len(prog.runs)} runs run as separate programs")
+    summaries = []
+    for run in prog.runs:
+        cfg = copy.deepcopy(prog.base)
+        for k, v in run.items():
+            cfg = config_lib.set_dotted(cfg, k, v)
+        s = experiment.run(cfg, None, progress=progress, log=run_log)
+        s.pop("state", None)
+        s["runs_in_program"] = 1
+        summaries.append(s)
+    return summaries
+
+
+def execute(plan: Plan, *, progress: bool = False, log: Callable[[str], None] = print,
+            run_log: Callable[[str], None] = _quiet,
+            on_program: Optional[Callable[[Plan, Results], None]] = None) -> Results:
+    """Run every program; returns ``{(cell index, seed index): summary}``. ``on_program``
+    gets each program's results as soon as it finishes."""
+    out: Results = {}
+    total = len(plan.programs)
+    for pi, prog in enumerate(plan.programs):
+        names = sorted({f"{plan.cells[ci].cell.row} / {plan.cells[ci].cell.col}"
+                        for ms in prog.members for ci, _ in ms})
+        log(f"[{pi + 1}/{total}] {len(prog.runs)} run(s): {'; '.join(names)}")
+        start = time.time()
+        summaries = run_program(prog, progress=progress, log=log, run_log=run_log)
+        prog.wall_time_s = round(time.time() - start, 2)
+        done: Results = {}
+        for members, summary in zip(prog.members, summaries):
+            summary = dict(summary, program=pi, program_mode=prog.mode)
+            summary.pop("state", None)
+            for m in members:
+                done[m] = summary
+        out.update(done)
+        if on_program is not None:
+            on_program(plan, done)
+        log(f"    done in {prog.wall_time_s:.1f} s")
+    return out

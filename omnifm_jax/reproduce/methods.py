@@ -1,0 +1,51 @@
+"""The methods the tables compare: display name, row key, and the overrides that select the
+algorithm with the hyper-parameters the tables use. Written once here; every table file
+takes its rows from :func:`method`.
+
+The papers give no hyper-parameters for the baselines. Where PFLlib's default switches a
+method off (``mu=0``) a usual value is set: FedProx ``mu=0.01``, Ditto ``mu=0.1``, MOON
+``mu=1.0`` (MOON's value for CIFAR-100), GPFL ``lamda=0.01, mu=0.1`` (GPFL's scripts).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+from omnifm_jax.checks import ConfigError
+
+__all__ = ["Method", "METHODS", "method"]
+
+
+class Method(NamedTuple):
+    """A compared method: ``label`` (as the papers print it), ``key`` (the row key and the
+    registered algorithm), ``overrides`` (``algorithm=...`` and its hyper-parameters)."""
+    label: str
+    key: str
+    overrides: Tuple[str, ...]
+
+
+def _m(label: str, algorithm: str, *kwargs: str) -> Method:
+    return Method(label, algorithm, (f"algorithm={algorithm}",) + tuple(f"algorithm_kwargs.{kw}" for kw in kwargs))
+
+
+METHODS: Tuple[Method, ...] = (
+    _m("FedAvg", "fedavg"),
+    _m("FedProx", "fedprox", "mu=0.01"),
+    _m("Ditto", "ditto", "mu=0.1"),
+    _m("SCAFFOLD", "scaffold"),
+    _m("MOON", "moon", "mu=1.0"),
+    _m("GPFL", "gpfl", "lamda=0.01", "mu=0.1"),
+    _m("FedDyn", "feddyn"),
+    _m("FedRep", "fedrep"),
+    _m("FedPer", "fedper"),
+    _m("OmniFM", "omnifm"),
+    _m("Local", "local"),
+    _m("FedMEPD", "fedmepd"),
+)
+
+
+def method(name: str) -> Method:
+    """The method by display name or key (case-insensitive)."""
+    for m in METHODS:
+        if name.lower() in (m.label.lower(), m.key):
+            return m
+    raise ConfigError(f"unknown method {name!r}; methods: {', '.join(m.label for m in METHODS)}")

@@ -1,0 +1,227 @@
+"""Plan a table: cells -> validated configs (one per seed) -> compiled programs; no data are
+loaded and nothing is trained.
+
+* Seeds. Every cell runs once per seed; the seed sets the model initialisation, the
+  participant draws and the minibatch order. The data split is the same for every seed and
+  every method (``data_seed`` = the first seed; a table with ``data_seed="seed"`` draws one
+  split per seed), as PFLlib repeats runs on one generated data set.
+* One compiled program per group of runs that differ only in shape-free values (seed,
+  ``lr``, float hyper-parameters such as ``lambda_align``): :func:`omnifm_jax.sweep.group_runs`
+  forms the groups over the whole table and :func:`omnifm_jax.sweep.run_sweep` runs each.
+  Identical configs (Fig. 5's default point, the per-client columns of one federation) run
+  once. Without ``omnifm_jax.sweep`` every config is its own program.
+* Resuming: ``done`` maps ``(row_key, col_key, seed)`` to the config hash of a finished cell;
+  a config runs only when one of the cells it serves is not finished with that same config.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+from omnifm_jax import config as config_lib
+from omnifm_jax.checks import ConfigError
+from omnifm_jax.reproduce import registry
+from omnifm_jax.reproduce.settings import resolve_setting
+from omnifm_jax.reproduce.spec import Cell, Setting, Table
+
+__all__ = ["PlannedCell", "Program", "Plan", "cell_config", "config_sha", "build_plan", "canonical"]
+
+
+@dataclass
+class PlannedCell:
+    cell: Cell
+    setting: Setting
+    configs: List[Dict[str, Any]]   # one per seed, full and validated
+
+
+@dataclass
+class Program:
+    base: Dict[str, Any]
+    runs: List[Dict[str, Any]]
+    members: List[List[Tuple[int, int]]]   # per run: the (cell index, seed index) it serves
+    mode: str = "sweep"                     # "sweep" or why it runs as separate programs
+    wall_time_s: Optional[float] = None
+
+
+@dataclass
+class Plan:
+    table: Table
+    scale: str
+    seeds: Tuple[int, ...]
+    cells: List[PlannedCell]
+    programs: List[Program]
+    rule: str = "best"
+    notes: List[str] = field(default_factory=list)
+    overrides: Tuple[str, ...] = ()         # the user's extra overrides, applied to every cell
+    rounds: Optional[int] = None            # the rounds override in force (None: each config's own)
+    done: Set[Tuple[int, int]] = field(default_factory=set)   # (cell, seed) finished in an earlier sitting
+
+
+def _parse_subset(what: str, requested: Optional[Sequence[str]], known: List[Tuple[str, str]]) -> Optional[List[str]]:
+    if requested is None:
+        return None
+    keys = []
+    by_name = {k.lower(): k for k, _ in known}
+    by_name.update({label.lower(): k for k, label in known})
+    for item in requested:
+        item = item.strip()
+        if not item:
+            continue
+        if item.lower() not in by_name:
+            raise ConfigError(f"unknown {what} {item!r}; {what}s of this table: "
+                              + ", ".join(f"{k} ({label})" for k, label in known))
+        keys.append(by_name[item.lower()])
+    if not keys:
+        raise ConfigError(f"no {what} selected")
+    return keys
+
+
+def canonical(cfg: Dict[str, Any]) -> str:
+    """A config as a canonical string (equal configs, equal strings)."""
+    return json.dumps(cfg, sort_keys=True, default=repr)
+
+
+def config_sha(cfg: Dict[str, Any]) -> str:
+    """A short hash of a full config: a finished cell is reused by ``--resume`` only when its
+    config hash is the one planned now."""
+    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:16]
+
+
+def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, rounds: Optional[int] = None,
+                overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """The full, validated config of one cell at one seed.
+
+    Order: the setting's config, its size overrides, the cell's overrides (an algorithm
+    switch resets the options of the previous algorithm), the user's ``overrides``, then
+    ``rounds``, ``seed`` and ``data_seed`` (unless the user's overrides set it).
+    Hyper-parameters left at their defaults are written out, so that equal configs compare
+    equal (Fig. 5's default point runs once) and configs that differ only in a float
+    hyper-parameter group into one program.
+    """
+    from omnifm_jax import algorithms
+
+    cfg = config_lib.load_config(setting.config)
+    cfg = config_lib.apply_overrides(cfg, setting.overrides)
+    cfg = config_lib.apply_overrides(cfg, cell.overrides)
+    cfg = config_lib.apply_overrides(cfg, overrides)
+    if rounds is not None:
+        cfg["rounds"] = rounds
+    cfg["seed"] = seed
+    if not any(o.split("=", 1)[0].strip() == "data_seed" for o in overrides):  # --set data_seed=N wins
+        cfg["data_seed"] = data_seed
+    if cfg["algorithm"] in algorithms.available():
+        kw = dict(cfg["algorithm_kwargs"])
+        for k, v in algorithms.hyperparameters(cfg["algorithm"]).items():
+            kw.setdefault(k, copy.deepcopy(v))
+        cfg["algorithm_kwargs"] = kw
+    config_lib.validate(cfg)
+    return cfg
+
+
+def _import_sweep():
+    try:
+        from omnifm_jax import sweep
+    except ImportError:
+        return None
+    return sweep
+
+
+def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: Sequence[int] = (0, 1, 2),
+               rows: Optional[Sequence[str]] = None, cols: Optional[Sequence[str]] = None,
+               rounds: Optional[int] = None, overrides: Sequence[str] = (), rule: Optional[str] = None,
+               data_root: Optional[Path] = None, tables: Sequence[Union[str, Path]] = (),
+               done: Optional[Mapping[Tuple[str, str, int], str]] = None) -> Plan:
+    """Every cell's configs, validated, and the programs they run as; no data are loaded.
+
+    ``table``: a :class:`Table` or a name (found in the default table folders and
+    ``tables``, see :mod:`omnifm_jax.reproduce.registry`). ``scale``: one of the table's
+    (default: its ``default_scale``). ``rows`` / ``cols``: row / column keys or labels
+    (None: the scale's default subset). ``rule``: ``best`` / ``last`` (default: the
+    table's). ``done``: finished cells (see the module docstring). Raises ConfigError naming
+    the table, row, column or cell that is wrong.
+    """
+    t = table if isinstance(table, Table) else registry.get_table(table, tables)
+    name = t.name
+    why_not = registry.unavailable_reason(t)
+    if why_not:
+        raise ConfigError(f"{why_not}; {name} cannot be reproduced in this checkout")
+    scale = t.default_scale if scale is None else scale
+    if scale not in t.scales:
+        raise ConfigError(f"unknown scale {scale!r}; scales of {name}: {', '.join(t.scales)}")
+    rule = t.rule if rule is None else rule
+    if rule not in ("best", "last"):
+        raise ConfigError(f"evaluation rule must be 'best' or 'last', got {rule!r}")
+    seeds = tuple(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
+    if rounds is not None and (not isinstance(rounds, int) or rounds < 1):
+        raise ConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
+    row_keys = _parse_subset("row", rows, t.rows)
+    col_keys = _parse_subset("column", cols, t.cols)
+    sc, notes = t.scales[scale], []
+    if row_keys is None and sc.rows is not None:
+        row_keys = list(sc.rows)
+        notes.append(f"{scale} default rows: {', '.join(row_keys)} (--only selects others)")
+    if col_keys is None and sc.cols is not None:
+        col_keys = list(sc.cols)
+        notes.append(f"{scale} default columns: {', '.join(col_keys)} (--cols selects others)")
+    if rounds is None and sc.rounds is not None:
+        rounds = sc.rounds
+    if sc.note:
+        notes.append(sc.note)
+    selected = [c for c in t.cells if (row_keys is None or c.row_key in row_keys)
+                and (col_keys is None or c.col_key in col_keys)]
+    if not selected:
+        raise ConfigError(f"{name}: the selection (rows {row_keys}, columns {col_keys}) holds no cell")
+    planned = []
+    for cell in selected:
+        try:
+            setting = resolve_setting(dict(t.scales), scale, cell.config, data_root)
+            cfgs = [cell_config(cell, setting, seed=s, data_seed=seeds[0] if t.data_seed == "first" else s,
+                                rounds=rounds, overrides=overrides) for s in seeds]
+        except ConfigError as exc:
+            raise ConfigError(f"{name} cell ({cell.row}, {cell.col}): {exc}") from None
+        planned.append(PlannedCell(cell, setting, cfgs))
+    finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
+                if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si])}
+    return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,
+                finished)
+
+
+def _programs(planned: List[PlannedCell], finished: Set[Tuple[int, int]] = frozenset()) -> List[Program]:
+    """Unique configs grouped into programs (:func:`omnifm_jax.sweep.group_runs`); without
+    the sweep module, one program per unique config. A config whose cells are all
+    ``finished`` is left out."""
+    where: Dict[str, List[Tuple[int, int]]] = {}
+    configs: Dict[str, Dict[str, Any]] = {}
+    for ci, pc in enumerate(planned):
+        for si, cfg in enumerate(pc.configs):
+            key = canonical(cfg)
+            configs.setdefault(key, cfg)
+            where.setdefault(key, []).append((ci, si))
+    unique = [cfg for key, cfg in configs.items() if not all(m in finished for m in where[key])]
+    if not unique:
+        return []
+    sweep = _import_sweep()
+    if sweep is not None:
+        programs = []
+        for base, runs in sweep.group_runs(unique):
+            members = []
+            for run in runs:
+                cfg = copy.deepcopy(base)
+                for k, v in run.items():
+                    cfg = config_lib.set_dotted(cfg, k, v)
+                members.append(where.get(canonical(cfg)))
+            programs.append(Program(base, list(runs), members))
+        covered = sorted(m for p in programs for ms in p.members if ms is not None for m in ms)
+        if all(ms is not None for p in programs for ms in p.members) and covered == sorted(
+                m for cfg in unique for m in where[canonical(cfg)]):
+            return programs
+        reason = "separate: sweep.group_runs gave runs that do not map back to the cells"
+    else:
+        reason = "separate: omnifm_jax.sweep cannot be imported"
+    return [Program(cfg, [{}], [where[canonical(cfg)]], mode=reason) for cfg in unique]

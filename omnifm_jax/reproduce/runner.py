@@ -1,0 +1,177 @@
+"""Run a table end to end (:func:`reproduce`), re-render one from its results without running
+anything (:func:`render`), and list the tables (:func:`table_listing`).
+
+A table writes under ``out``: ``<table>.md``, ``.csv``, ``.png``, ``.json``,
+``<table>_protocol.md`` and ``<table>_cells.jsonl``, the records of the finished cells,
+appended as each compiled program finishes. ``resume=True`` keeps the finished cells whose
+config is the one planned now and runs only the others, so a table can be built over
+several sittings (and an interrupted run continues where it stopped).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from omnifm_jax.reproduce import registry
+from omnifm_jax.reproduce.execution import check_data, execute
+from omnifm_jax.reproduce.plan import build_plan
+from omnifm_jax.reproduce.records import (
+    append_jsonl,
+    merge_records,
+    read_csv,
+    read_jsonl,
+    record_key,
+    records_from,
+    references_from,
+    write_csv,
+)
+from omnifm_jax.reproduce.spec import Table
+from omnifm_jax.reproduce.stats import evaluate_claims
+from omnifm_jax.reproduce.writers import estimate_text, protocol_text, write_markdown, write_plot
+
+__all__ = ["output_files", "reproduce", "render", "table_listing"]
+
+Dirs = Sequence[Union[str, Path]]
+
+
+def output_files(table: str, out: Path) -> List[Path]:
+    """What a table writes under ``out``: ``<table>.md``, ``.csv``, ``.png``, ``.json``,
+    ``<table>_protocol.md`` and ``<table>_cells.jsonl``. Every name starts with the table's,
+    so tables can share an ``out``."""
+    return [out / f"{table}.md", out / f"{table}.csv", out / f"{table}.png", out / f"{table}.json",
+            out / f"{table}_protocol.md", out / f"{table}_cells.jsonl"]
+
+
+def _sorted(table: Table, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    order = {(c.row_key, c.col_key): i for i, c in enumerate(table.cells)}
+    return sorted(records, key=lambda r: (order.get((r["row_key"], r["col_key"]), len(order)), int(r["seed"])))
+
+
+def _seeds(plan_seeds: Sequence[int], records: Sequence[Dict[str, Any]]) -> List[int]:
+    return list(plan_seeds) + sorted({int(r["seed"]) for r in records} - set(plan_seeds))
+
+
+def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Optional[Union[str, Path]] = None,
+              seeds: Sequence[int] = (0, 1, 2), rounds: Optional[int] = None, rows: Optional[Sequence[str]] = None,
+              cols: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), rule: Optional[str] = None,
+              progress: bool = False, log: Callable[[str], None] = print, command: Optional[str] = None,
+              dry_run: bool = False, data_root: Optional[Path] = None, tables: Dirs = (),
+              resume: bool = False) -> Dict[str, Any]:
+    """Run a table and write its outputs (:func:`output_files`) under ``out`` (default
+    ``runs/reproduce/<table>``).
+
+    Everything (table, rows, columns, every cell's config, and every federation's data) is
+    checked before any training. ``dry_run`` stops after the checks and the plan.
+    ``resume``: keep the finished cells of ``<table>_cells.jsonl`` (same scale and config)
+    and run the others. ``tables``: folders of table files besides the default ones.
+    Returns ``{"out", "files", "records", "claims", "plan", "markdown"}``.
+    """
+    t = table if isinstance(table, Table) else registry.get_table(table, tables)
+    name = t.name
+    out = Path(out) if out is not None else Path("runs") / "reproduce" / name
+    files = output_files(name, out)
+    cells_path = files[5]
+    scale_name = t.default_scale if scale is None else scale
+    old = [r for r in read_jsonl(cells_path) if r.get("scale") == scale_name] if resume else []
+    plan = build_plan(t, scale=scale, seeds=seeds, rows=rows, cols=cols, rounds=rounds, overrides=overrides,
+                      rule=rule, data_root=data_root, done={record_key(r): r.get("config_sha") for r in old})
+    command = command or (f"omnifm_jax.reproduce.reproduce({name!r}, scale={plan.scale!r}, seeds={list(seeds)}, "
+                          f"rounds={rounds!r}, rows={rows!r}, cols={cols!r}, overrides={list(overrides)!r}, "
+                          f"rule={plan.rule!r})")
+    estimate = estimate_text(plan)
+    log(f"{t.title}: {len(plan.cells)} cells x {len(plan.seeds)} seeds at scale {plan.scale!r}, "
+        f"{len(plan.programs)} compiled program(s)")
+    if resume:
+        log(f"  resuming: {len(plan.done)} of {len(plan.cells) * len(plan.seeds)} (cell, seed) pair(s) finished "
+            f"in {cells_path} are kept")
+    for note in plan.notes:
+        log(f"  {note}")
+    for paper_cfg, s in dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells):
+        log(f"  {paper_cfg} -> {s.config}: {s.note}")
+    log(f"  {estimate}")
+    data = check_data(plan)
+    references = references_from(plan, data)
+    if dry_run:
+        return {"out": out, "files": [], "records": [], "claims": [], "plan": plan, "markdown": ""}
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        cells_path.write_text("")  # a fresh table
+    new: List[Dict[str, Any]] = []
+
+    def finished(p, results) -> None:
+        recs = records_from(p, results)
+        append_jsonl(recs, cells_path)
+        new.extend(recs)
+
+    start = time.time()
+    execute(plan, progress=progress, log=log, on_program=finished)
+    wall = time.time() - start
+    records = _sorted(t, merge_records(old, new))
+    claims = evaluate_claims(t, records, plan.rule)
+    shown_seeds = _seeds(plan.seeds, records)
+    write_csv(records, files[1])
+    md = write_markdown(t, records, files[0], rule=plan.rule, seeds=shown_seeds, scale=plan.scale, claims=claims,
+                        header=[f"Measured with `{command}`; protocol: `{name}_protocol.md`.", ""],
+                        references=references)
+    write_plot(t, records, files[2], rule=plan.rule)
+    files[3].write_text(json.dumps({"table": name, "scale": plan.scale, "seeds": shown_seeds, "rule": plan.rule,
+                                    "command": command, "wall_time_s": round(wall, 2), "records": records,
+                                    "claims": claims, "references": references}, indent=1, default=repr))
+    files[4].write_text(protocol_text(plan, data=data, command=command, wall_time_s=wall, estimate=estimate))
+    log(f"outputs in {out}")
+    return {"out": out, "files": files, "records": records, "claims": claims, "plan": plan, "markdown": md}
+
+
+def render(table: Union[str, Table], out: Union[str, Path], *, rule: Optional[str] = None,
+           tables: Dirs = ()) -> str:
+    """Rewrite ``<table>.md``, ``<table>.png`` and the claims in ``<table>.json`` in ``out``
+    from its ``<table>.csv`` (or, for a run that did not finish, its ``_cells.jsonl``), e.g.
+    with the other evaluation rule, without running anything; returns the markdown."""
+    t = table if isinstance(table, Table) else registry.get_table(table, tables)
+    name, out = t.name, Path(out)
+    rule = t.rule if rule is None else rule
+    path, cells = out / f"{name}.csv", out / f"{name}_cells.jsonl"
+    if path.is_file():
+        records = read_csv(path)
+    elif read_jsonl(cells):
+        records = _sorted(t, merge_records([], read_jsonl(cells)))
+    else:
+        raise FileNotFoundError(f"{path} not found: run `omnifm reproduce {name} --out {out}` first")
+    seeds = sorted({int(r["seed"]) for r in records})
+    scale = records[0].get("scale") if records else ""
+    meta = out / f"{name}.json"
+    data = json.loads(meta.read_text()) if meta.is_file() else {}
+    md = write_markdown(t, records, out / f"{name}.md", rule=rule, seeds=seeds, scale=scale,
+                        header=[f"Measured with `{data.get('command', '')}`; protocol: `{name}_protocol.md`."
+                                + ("" if rule == "best" else " Rendered with the last-round rule."), ""],
+                        references=data.get("references"))
+    write_plot(t, records, out / f"{name}.png", rule=rule)
+    if meta.is_file():
+        data.update(rule=rule, claims=evaluate_claims(t, records, rule))
+        meta.write_text(json.dumps(data, indent=1, default=repr))
+    return md
+
+
+def table_listing(names: Optional[Sequence[str]] = None, tables: Dirs = ()) -> str:
+    """Every table (or those named): whether it can run here, its file, rows and columns
+    (keys for --only / --cols) and scales (with their default rows, columns and rounds)."""
+    found = registry.find_tables(tables)
+    if not found:
+        return registry.missing_text(tables)
+    lines = []
+    for name, t in found.items():
+        if names is not None and name not in names:
+            continue
+        why = registry.unavailable_reason(t)
+        lines.append(f"{name}: {t.title}" + (f"  [unavailable: {why}]" if why else ""))
+        lines.append(f"    file: {t.source}")
+        lines.append("    rows: " + ", ".join(f"{k} ({l})" for k, l in t.rows))
+        lines.append("    cols: " + ", ".join(f"{k} ({l})" for k, l in t.cols))
+        lines.append("    scales: " + ", ".join(s + (" (default)" if s == t.default_scale else "") for s in t.scales))
+        for s, sc in t.scales.items():
+            if sc.rows or sc.cols or sc.rounds:
+                lines.append(f"    {s} default: rows {list(sc.rows or ['all'])}, cols {list(sc.cols or ['all'])}"
+                             + (f", {sc.rounds} rounds" if sc.rounds else ""))
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Statistics over seeds and the claims' verdicts (pure functions of records).
+
+* Cells report mean ± sample std (ddof=1) over the seeds (:func:`mean_std`, :func:`aggregate`).
+* Verdicts (:func:`verdict`): per seed, the margin of the claim (e.g. OmniFM's accuracy
+  minus the best other method's, paired by seed); "holds" when the mean margin is positive
+  and at least 2 sample std of the per-seed margins; "holds weakly" when it is positive but
+  smaller than 2 std (or only one seed ran); "does not hold here" when it is zero or
+  negative. Each claim is also checked on the paper's own numbers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+from omnifm_jax.reproduce.spec import Table
+
+__all__ = ["mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims"]
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+    """``(mean, sample std, n)``; NaN std for one value, NaN mean for none."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return mean, std, n
+
+
+def per_seed(records: Sequence[Mapping[str, Any]],
+             rule: str = "best") -> Dict[Tuple[str, str], Dict[str, Dict[int, float]]]:
+    """``{(row_key, col_key): {metric: {seed: value}}}`` under the evaluation rule."""
+    out: Dict[Tuple[str, str], Dict[str, Dict[int, float]]] = {}
+    for r in records:
+        cell = out.setdefault((r["row_key"], r["col_key"]), {})
+        for k, v in r.items():
+            if k.endswith(f"_{rule}") and v is not None and v != "":
+                cell.setdefault(k[: -len(rule) - 1], {})[int(r["seed"])] = float(v)
+    return out
+
+
+def aggregate(records: Sequence[Mapping[str, Any]],
+              rule: str = "best") -> Dict[Tuple[str, str], Dict[str, Tuple[float, float, int]]]:
+    """``{(row_key, col_key): {metric: (mean, sample std, n seeds)}}``."""
+    return {cell: {m: mean_std([v[s] for s in sorted(v)]) for m, v in metrics.items()}
+            for cell, metrics in per_seed(records, rule).items()}
+
+
+def verdict(margins: Sequence[float]) -> Tuple[str, float, float, int]:
+    """``(label, mean, std, n)`` of per-seed margins (positive = the claim's direction).
+
+    "holds": mean > 0 and mean >= 2 * sample std (n >= 2); "holds weakly": mean > 0 but
+    below 2 std, or a single seed; "does not hold here": mean <= 0; "not measured": no seed.
+    """
+    mean, std, n = mean_std(list(margins))
+    if n == 0:
+        return "not measured", mean, std, n
+    if not mean > 0:
+        return "does not hold here", mean, std, n
+    if n >= 2 and mean >= 2 * std:
+        return "holds", mean, std, n
+    return "holds weakly", mean, std, n
+
+
+def evaluate_claims(table: Table, records: Sequence[Mapping[str, Any]], rule: str = "best") -> List[Dict[str, Any]]:
+    """Each claim of the table whose cells were measured: verdict, margin (vs the measured
+    best of the compared cells, paired by seed), and the margin on the paper's numbers over
+    the same compared cells (vs the paper's best of them)."""
+    values = per_seed(records, rule)
+    paper = {(c.row_key, c.col_key): c for c in table.cells}
+    labels = {(c.row_key, c.col_key): (c.row, c.col) for c in table.cells}
+    out = []
+    for claim in table.claims:
+        metric = table.metric(claim.metric)
+        sign = 1.0 if metric.higher_is_better else -1.0
+        get = lambda cell: values.get(cell, {}).get(claim.metric)  # noqa: E731
+        if claim.kind == "beats":
+            win = get(claim.winner)
+            others = [(o, get(o)) for o in claim.others if get(o)]
+            if not win or not others:
+                continue
+            best_other, ov = max(others, key=lambda t: sign * mean_std(list(t[1].values()))[0])
+            seeds = sorted(set(win) & set(ov))
+            margins = [sign * (win[s] - ov[s]) for s in seeds]
+            # On the paper's numbers: the winner vs the paper's best of the same compared cells.
+            pw = paper[claim.winner].paper_value(claim.metric)
+            po = [paper[o].paper_value(claim.metric) for o, _ in others]
+            pm = None if pw is None or any(v is None for v in po) else min(sign * (pw - v) for v in po)
+            (wr, wc), (orow, ocol) = labels[claim.winner], labels[best_other]
+            vs = ocol if orow == wr else orow if ocol == wc else f"{orow} / {ocol}"
+        else:
+            series = [(c, get((r, k))) for c, r, k in claim.terms]
+            if not all(v for _, v in series):
+                continue
+            seeds = sorted(set.intersection(*(set(v) for _, v in series)))
+            margins = [sign * sum(c * v[s] for c, v in series) for s in seeds]
+            pv = [paper[(r, k)].paper_value(claim.metric) for _, r, k in claim.terms]
+            pm = None if any(v is None for v in pv) else sign * sum(c * v for (c, _, _), v in zip(claim.terms, pv))
+            vs = ""
+        label, mean, std, n = verdict(margins)
+        out.append({"claim": claim.text, "metric": claim.metric, "verdict": label, "margin": mean, "std": std,
+                    "n": n, "vs": vs, "paper_margin": pm,
+                    "paper_verdict": None if pm is None else ("holds" if pm > 0 else "does not hold")})
+    return out

@@ -1,0 +1,313 @@
+"""Writers: the table in the paper's layout (markdown), its plot, and ``protocol.md``.
+
+Every measured cell is shown as ``mean ± sample std (n seeds) | paper | difference`` in
+the paper's units (a column without paper numbers shows the measurement only), then the
+references (model-free rows), the claims with their verdicts, and the table's appendix.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from omnifm_jax.reproduce.plan import Plan
+from omnifm_jax.reproduce.settings import H100_MINUTES_PER_100_ROUNDS
+from omnifm_jax.reproduce.spec import Table
+from omnifm_jax.reproduce.stats import aggregate, evaluate_claims, mean_std
+
+__all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "estimate_text"]
+
+References = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+def _fmt(v: Optional[float], d: int, sign: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if round(v, d) == 0:
+        v = 0.0  # no "-0.00"
+    return f"{v:+.{d}f}" if sign else f"{v:.{d}f}"
+
+
+def _margin_digits(values: Sequence[float], d: int) -> int:
+    """Decimals that show at least two significant digits of the smallest non-zero value
+    (a 0.004 dB margin is not printed as +0.00), at least ``d``, at most 6."""
+    small = [abs(v) for v in values if v is not None and not math.isnan(v) and v != 0]
+    if not small or min(small) >= 10 ** (-d):
+        return d
+    return min(6, max(d, 1 - math.floor(math.log10(min(small)))))
+
+
+def format_measured(mean: float, std: float, n: int, decimals: int) -> str:
+    """``"62.31 ± 1.20 (3)"``; a single seed has no std: ``"62.31 (1)"``."""
+    if n == 0:
+        return "—"
+    if n == 1 or math.isnan(std):
+        return f"{mean:.{decimals}f} ({n})"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f} ({n})"
+
+
+def _baseline_line(records: Sequence[Mapping[str, Any]], m: str, decimals: int) -> List[str]:
+    """The task's baseline (SR: bicubic): one value, else per column when the rows of a
+    column share it at each seed (e.g. one split per column), else per row (mean over its
+    columns)."""
+    by: Dict[str, Dict[str, List[float]]] = {"row": {}, "col": {}}
+    same: Dict[Any, set] = {}
+    for r in records:
+        if r.get(f"{m}_baseline") not in (None, ""):
+            v = float(r[f"{m}_baseline"])
+            by["row"].setdefault(r["row"], []).append(v)
+            by["col"].setdefault(r["col"], []).append(v)
+            same.setdefault((r["col"], str(r.get("seed"))), set()).add(_fmt(v, decimals))
+    if not by["row"]:
+        return []
+    rows = {row: _fmt(mean_std(v)[0], decimals) for row, v in by["row"].items()}
+    cols = {col: _fmt(mean_std(v)[0], decimals) for col, v in by["col"].items()}
+    if len(set(rows.values())) == 1 and len(set(cols.values())) == 1:
+        text = f"{next(iter(rows.values()))} (every row)"
+    elif len(set(cols.values())) > 1 and all(len(s) == 1 for s in same.values()):
+        text = ", ".join(f"{col} {v}" for col, v in cols.items())
+    else:
+        text = ", ".join(f"{row} {v}" for row, v in rows.items())
+    return [f"Model-free bicubic upsampling on the same test patches: {text}", ""]
+
+
+def _claim_lines(table: Table, claims: List[Dict[str, Any]]) -> List[str]:
+    lines = ["## Claims", "",
+             "Verdict rule: per seed, the claim's margin (paired by seed); **holds** if the mean margin is > 0 and "
+             ">= 2 sample std of the margins, **holds weakly** if > 0 but smaller (or one seed), **does not hold "
+             "here** if <= 0. 'Paper' applies the same comparison to the paper's own numbers.", ""]
+    if not claims:
+        lines.append("No claim of this table can be tested with the cells that ran.")
+    for c in claims:
+        metric = table.metric(c["metric"])
+        d = _margin_digits([c["margin"], c["std"]], metric.decimals)
+        margin = _fmt(c["margin"], d, sign=True) + ("" if math.isnan(c["std"]) else f" ± {_fmt(c['std'], d)}")
+        vs = f" vs {c['vs']}" if c["vs"] else ""
+        paper_part = ("" if c["paper_margin"] is None else
+                      f"; paper: {c['paper_verdict']} ({_fmt(c['paper_margin'], metric.decimals, sign=True)})")
+        lines.append(f"- {c['claim']}: **{c['verdict']}** ({margin}{vs}, {c['n']} seed{'s' if c['n'] != 1 else ''}"
+                     f"{paper_part})")
+    return lines + [""]
+
+
+def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = "best", seeds: Sequence[int] = (),
+             scale: str = "", claims: Optional[List[Dict[str, Any]]] = None, header: Sequence[str] = (),
+             references: Optional[References] = None) -> str:
+    """The table in the paper's layout (rows x columns, one block per metric), each
+    measured cell as ``measured mean ± std (n seeds) | paper | difference``, then the claims."""
+    agg = aggregate(records, rule)
+    measured_rows = [(k, l) for k, l in table.rows if any((k, c) in agg for c, _ in table.cols)]
+    measured_cols = [(k, l) for k, l in table.cols if any((r, k) in agg for r, _ in table.rows)]
+    cells = {(c.row_key, c.col_key): c for c in table.cells}
+    n_seeds = sorted({v[2] for cell in agg.values() for v in cell.values()})
+    lines = [f"# {table.title}", ""]
+    lines += list(header)
+    how = ("best round (PFLlib: round 0 included, the round with the best primary metric; every metric from "
+           "that round)" if rule == "best" else "last round")
+    lines += [f"Scale: `{scale}`. Evaluation: {how}. "
+              f"Each measured cell: mean ± sample std over seeds (n in brackets; seeds {list(seeds)}), the paper's "
+              "number, and measured − paper, in the paper's units.", ""]
+    for note in table.notes:
+        lines.append(f"- {note}")
+    lines.append("")
+    for m in table.metrics:
+        metric = table.metric(m)
+        cols = [(k, l) for k, l in measured_cols if any(m in agg.get((r, k), {}) for r, _ in measured_rows)]
+        if not cols:
+            continue
+        with_paper = {k for k, _ in cols if any(c.col_key == k and c.paper_value(m) is not None
+                                                for c in table.cells)}
+        lines += [f"## {metric.label}" + ("" if metric.higher_is_better else " (lower is better)"), ""]
+        head, sep = [table.row_header], ["---"]
+        for k, label in cols:
+            head += [f"{label}: measured"] + (["paper", "diff"] if k in with_paper else [])
+            sep += ["---:"] * (3 if k in with_paper else 1)
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(sep) + "|"]
+        for rk, rl in measured_rows:
+            row = [rl]
+            for ck, _ in cols:
+                stat = agg.get((rk, ck), {}).get(m)
+                cell = cells.get((rk, ck))
+                pv = cell.paper_value(m) if cell is not None else None
+                row.append(format_measured(*stat, metric.decimals) if stat else "—")
+                if ck in with_paper:
+                    diff = _fmt(stat[0] - pv, metric.decimals, sign=True) if stat and pv is not None else "—"
+                    row += [_fmt(pv, metric.decimals), diff]
+            lines.append("| " + " | ".join(row) + " |")
+        for name, by_col in (references or {}).items():
+            if any(m in by_col.get(ck, {}) for ck, _ in cols):
+                row = [f"*{name} (reference)*"]
+                for ck, _ in cols:
+                    row += [_fmt(by_col.get(ck, {}).get(m), metric.decimals)] + (["", ""] if ck in with_paper else [])
+                lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        lines += _baseline_line(records, m, metric.decimals)
+    stuck = sorted({f"{r['row']} / {r['col']}" for r in records if str(r.get("best_round")) == "0"})
+    if rule == "best" and stuck:
+        lines += [f"Best round = 0 (no training round beat the untrained model; for SR, the bicubic skip) in some "
+                  f"seed of: {'; '.join(stuck)}. Such cells measure the initial model, not training.", ""]
+    skipped = [f"{c.row} / {c.col}" for c in table.cells if (c.row_key, c.col_key) not in agg]
+    if skipped:
+        lines += [f"Not run here ({len(skipped)} of {len(table.cells)} cells; `--only` / `--cols` select them).", ""]
+    if table.claims:
+        lines += _claim_lines(table, evaluate_claims(table, records, rule) if claims is None else claims)
+    if n_seeds:
+        lines.append(f"Seeds per cell: {', '.join(map(str, n_seeds))}.")
+    if table.appendix:
+        lines += [""] + list(table.appendix)
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(table: Table, records, path: Path, **kw) -> str:
+    text = markdown(table, records, **kw)
+    Path(path).write_text(text)
+    return text
+
+
+def write_plot(table: Table, records: Sequence[Mapping[str, Any]], path: Path, *, rule: str = "best") -> None:
+    """Bars of measured (mean ± std) next to the paper's number per cell and metric, or for
+    ``plot="lines"`` (Fig. 5) lines of the metric against each cell's ``x``. A standalone
+    matplotlib Figure."""
+    from matplotlib.figure import Figure
+
+    agg = aggregate(records, rule)
+    cells = [c for c in table.cells if (c.row_key, c.col_key) in agg]
+    if table.plot == "lines":
+        cols = list(dict.fromkeys(c.col_key for c in cells))
+        series = list(dict.fromkeys(c.series for c in cells))
+        fig = Figure(figsize=(4.2 * len(series), 3.2 * max(1, len(cols))))
+        axes = fig.subplots(max(1, len(cols)), max(1, len(series)), squeeze=False)
+        for i, ck in enumerate(cols):
+            for j, ser in enumerate(series):
+                ax = axes[i][j]
+                pts = sorted((c.x, agg[(c.row_key, c.col_key)]) for c in cells if c.col_key == ck and c.series == ser)
+                metric = next(m for m in table.metrics if any(m in a for _, a in pts)) if pts else table.metrics[0]
+                xs = [x for x, _ in pts]
+                ys = [a[metric][0] for _, a in pts]
+                es = [0.0 if math.isnan(a[metric][1]) else a[metric][1] for _, a in pts]
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
+                if ser.startswith("λ"):
+                    ax.set_xscale("log")
+                ax.set_xlabel(ser)
+                ax.set_ylabel(table.metric(metric).label)
+                ax.set_title(next(c.col for c in cells if c.col_key == ck))
+                ax.grid(alpha=0.3)
+    else:
+        metrics = [m for m in table.metrics if any(m in agg[(c.row_key, c.col_key)] for c in cells)]
+        fig = Figure(figsize=(max(6.0, 0.45 * len(cells) + 2), 3.4 * max(1, len(metrics))))
+        axes = fig.subplots(max(1, len(metrics)), 1, squeeze=False)
+        for ax, m in zip(axes[:, 0], metrics):
+            mc = [c for c in cells if m in agg[(c.row_key, c.col_key)]]
+            xs = list(range(len(mc)))
+            means = [agg[(c.row_key, c.col_key)][m][0] for c in mc]
+            stds = [0.0 if math.isnan(agg[(c.row_key, c.col_key)][m][1]) else agg[(c.row_key, c.col_key)][m][1]
+                    for c in mc]
+            paper = [c.paper_value(m) for c in mc]
+            ax.bar([x - 0.2 for x in xs], means, 0.4, yerr=stds, capsize=2, label="measured (mean ± std)")
+            ax.bar([x + 0.2 for x in xs], [p if p is not None else 0.0 for p in paper], 0.4, label="paper",
+                   alpha=0.6)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([f"{c.row}\n{c.col}" for c in mc], rotation=60, ha="right", fontsize=7)
+            ax.set_ylabel(table.metric(m).label)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(table.title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _config_summary(cfg: Dict[str, Any]) -> str:
+    keys = ("dataset", "dataset_kwargs", "num_clients", "participation", "rounds", "local_epochs", "batch_size",
+            "optimizer", "lr", "backbone", "backbone_kwargs", "eval_every")
+    return ", ".join(f"{k}={cfg[k]!r}" for k in keys)
+
+
+def protocol_text(plan: Plan, *, data: Sequence[Mapping[str, Any]], command: str, wall_time_s: float,
+                  estimate: str) -> str:
+    """``protocol.md``: data used and why, splits, seeds, rounds, evaluation rule, programs,
+    hardware, wall time and the exact command."""
+    import jax
+
+    t = plan.table
+    settings = list(dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells))
+    lines = [f"# Protocol: {t.title}", "", f"Command: `{command}`", "",
+             f"- scale: `{plan.scale}`; cells run: {len(plan.cells)} of {len(t.cells)}; seeds: {list(plan.seeds)} "
+             f"(every cell, {len(plan.seeds)} seeds)",
+             f"- hardware: `{jax.devices()}` ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
+             f"cores visible), JAX {jax.__version__}, Python {platform.python_version()}",
+             f"- wall time: {wall_time_s:.1f} s in all ({len(plan.programs)} compiled program(s))",
+             f"- {estimate}", ""]
+    if plan.done:
+        lines.insert(-1, f"- resumed: {len(plan.done)} (cell, seed) pair(s) finished in an earlier sitting were "
+                         f"kept from `{t.name}_cells.jsonl` (same config), not run again")
+    for note in plan.notes:
+        lines.append(f"- {note}")
+    if plan.overrides:
+        lines.append(f"- extra overrides for every cell: `{' '.join(plan.overrides)}`")
+    if plan.rounds is not None:
+        lines.append(f"- rounds: {plan.rounds} for every cell")
+    lines += ["", "## Data actually used, and why", ""]
+    for paper_cfg, s in settings:
+        lines.append(f"- paper protocol `{paper_cfg}` -> config `{s.config}` with `{' '.join(s.overrides)}`: {s.note}.")
+    lines += ["", "Per-cell overrides (algorithm, scenario, participation, ablation switch) follow in the table "
+              "below; `<table>.csv` lists every run's full override string.", ""]
+    split = (f"The data split is the same for every seed and every method: `data_seed = {plan.seeds[0]}` (the "
+             "first seed). The seed sets the model initialisation, the participant draws and the batch order."
+             if t.data_seed == "first" else
+             "Each seed draws its own data split (`data_seed = seed`), and sets the model initialisation, the "
+             "participant draws and the batch order; every method sees the same split at a seed.")
+    lines += ["## Splits and seeds", "", f"- {split}",
+              "- Classification: per-client 75/25 train/test split (PFLlib); super-resolution: test patients held "
+              "out from every client; segmentation / fusion: see the configs' docstrings.", ""]
+    for d in data:
+        lines += [f"### `{d['dataset']}` {d['dataset_kwargs']}, {d['num_clients']} clients, data_seed "
+                  f"{d['data_seed']} ({d['train']} train / {d['test']} test samples)", "",
+                  f"Used by {len(d['cells'])} cell(s), e.g. {d['cells'][0]}.", "", "```", d["describe"], "```", ""]
+    lines += ["## Runs", "", "| cell | config (first seed) |", "|---|---|"]
+    for pc in plan.cells:
+        lines.append(f"| {pc.cell.row} / {pc.cell.col} | {pc.configs[0]['algorithm']} "
+                     f"{pc.configs[0]['algorithm_kwargs'] or ''}; {_config_summary(pc.configs[0])} |")
+    lines += ["", "## Evaluation rule", "",
+              "All clients are evaluated at round 0 and every `eval_every` rounds with their personalised models "
+              "on their own test split (PFLlib). "
+              + ("The tables use PFLlib's **best round** (the round with the best primary metric, round 0 "
+                 "included; the other metrics are read at that round). "
+                 if plan.rule == "best" else "The tables use the **last round**. ")
+              + "The CSV holds both (`<metric>_best`, `<metric>_last`, `best_round`).", "",
+              "## Programs", "",
+              "Runs that differ only in shape-free values (seed, lr, float hyper-parameters) share one compiled "
+              "program (`omnifm_jax.sweep.run_sweep`).", "",
+              "| program | runs | how | wall time (s) | cells |", "|---|---|---|---|---|"]
+    for i, p in enumerate(plan.programs):
+        cells = sorted({f"{plan.cells[ci].cell.row} / {plan.cells[ci].cell.col}" for ms in p.members for ci, _ in ms})
+        lines.append(f"| {i} | {len(p.runs)} | {p.mode} | {p.wall_time_s if p.wall_time_s is not None else '—'} | "
+                     f"{'; '.join(cells)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def estimate_text(plan: Plan) -> str:
+    """The expected wall time at the paper's scale, from the README's measured H100 figures
+    (a Table-1 ResNet-18 run: ~83 min per 100 rounds at 100% participation; scaled by
+    rounds x participation, times the seeds: a sweep shares compilation, not training)."""
+    if plan.scale != "paper":
+        return (f"expected wall time: ~{len(plan.programs)} min on a 2-core CPU ({len(plan.programs)} program(s), "
+                f"{sum(len(p.runs) for p in plan.programs)} run(s); the smoke defaults measured 0.5-2 min per "
+                "program of 3-6 runs, compilation included)")
+    minutes, unknown = 0.0, []
+    for pc in plan.cells:
+        per = H100_MINUTES_PER_100_ROUNDS.get(pc.setting.config)
+        cfg = pc.configs[0]
+        if per is None:
+            unknown.append(pc.setting.config)
+            continue
+        minutes += per * cfg["rounds"] / 100 * cfg["participation"] * len(pc.configs)
+    text = (f"expected wall time on one H100: ~{minutes / 60:.1f} h for {len(plan.cells)} cells x "
+            f"{len(plan.seeds)} seeds (README: ~83 min per 100-round ResNet-18 Table-1 run at 100% participation, "
+            "scaled by participation and rounds)") if minutes else "expected wall time: not estimated"
+    if unknown:
+        text += (f"; no measured H100 figure for {sorted(set(unknown))} (not included; the README's Performance "
+                 "section has none)")
+    return text
