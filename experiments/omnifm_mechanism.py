@@ -1,5 +1,5 @@
-"""Does OmniFM's mechanism do any work on real data? The study behind the README's "OmniFM's
-mechanism, measured" section.
+"""Does OmniFM's mechanism do any work on real data? The study behind the "OmniFM's mechanism,
+measured" section of docs/method.md.
 
     python -m experiments.omnifm_mechanism                       # the study: test split, seeds 0-2
     python -m experiments.omnifm_mechanism --validation --seeds 0 --rounds 20 --variants ...
@@ -30,7 +30,7 @@ import numpy as np
 from omnifm_jax import config as config_lib
 from omnifm_jax import experiment
 
-#: The switches of the activated variant (chosen on the validation split; see the README).
+#: The switches of the activated variant (chosen on the validation split; see docs/method.md).
 ACTIVATED = ("algorithm_kwargs.spectrum_norm=batch", "algorithm_kwargs.upload=class_means",
              "algorithm_kwargs.bank_capacity=512", "algorithm_kwargs.eca_keys=centered",
              "algorithm_kwargs.lambda_uniform=0.1")

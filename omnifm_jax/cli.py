@@ -5,6 +5,7 @@
   omnifm algorithms            every algorithm, its reference and its hyper-parameters
   omnifm reproduce TABLE [--scale smoke|paper] [--out DIR] [--seeds 0,1,2] [--only ROWS] [...]
                                a table of the paper, measured vs the paper's numbers
+  omnifm docs [--check]        regenerate the lists in the docs that come from the code
 """
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def _algorithms(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from omnifm_jax.data.describe import add_data_parser
+    from omnifm_jax.docgen import add_parser as add_docs_parser
     from omnifm_jax.reproduce import add_parser as add_reproduce_parser
 
     parser = argparse.ArgumentParser(prog="omnifm", description="Personalized federated learning for "
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect data sets and federations")
     add_data_parser(data.add_subparsers(dest="data_command", required=True))
     add_reproduce_parser(sub)
+    add_docs_parser(sub)
     return parser
 
 

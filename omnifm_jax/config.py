@@ -30,11 +30,11 @@ DEFAULTS: Dict[str, Any] = {
     "imports": [],                  # your own component modules (names or .py paths), imported first
     "algorithm": "omnifm",          # omnifm, fedavg, fedprox, ... (`omnifm algorithms` lists them)
     "algorithm_kwargs": {},         # the algorithm's own hyper-parameters (defaults in its file)
-    "task": "classification",       # classification, super_resolution, ... (`omnifm tasks`)
+    "task": "classification",       # a registered task: classification, super_resolution, ... (docs/tasks.md)
     "task_kwargs": {},              # the task's own options (SR scale, head_pool, loss weights; see its file)
-    "dataset": "synthetic",         # see omnifm_jax.data.registry
+    "dataset": "synthetic",         # a registered data set (docs/data.md)
     "dataset_kwargs": {},           # extra options of the data set / partition
-    "backbone": "cnn",              # cnn, resnet18, edsr
+    "backbone": "cnn",              # a registered backbone (omnifm_jax/models/): cnn, resnet18, edsr, ...
     "backbone_kwargs": {},
     "num_clients": 8,
     "participation": 1.0,           # fraction of clients per round
@@ -47,7 +47,7 @@ DEFAULTS: Dict[str, Any] = {
     "eval_every": 1,
     "eval_batch_size": 128,
     "client_chunk": "auto",         # clients per vmapped chunk: "auto" (1 on CPU), None (all at once), int
-    # Protocol (PFLlib's semantics by default; see the README's protocol table)
+    # Protocol (PFLlib's semantics by default; see docs/protocol.md's table)
     "drop_last": True,              # skip each epoch's last partial batch (PFLlib's DataLoader)
     "aggregate_bn_stats": False,    # average BatchNorm running statistics too (PFLlib keeps them local)
     "shared_init": True,            # all clients start from ONE initial model (PFLlib)

@@ -94,7 +94,7 @@ class SpectralTokenizer(nn.Module):
             (log) low-pass spectrum over the batch (flax ``BatchNorm``, running statistics in
             ``batch_stats`` for evaluation, no scale or bias). Without it the DC and lowest
             bins, shared by every image, dominate the pooled token and all tokens point the
-            same way (see the README's OmniFM mechanism study).
+            same way (see the OmniFM mechanism study in docs/method.md).
     """
     dim: int = 64
     ratio: float = 0.25

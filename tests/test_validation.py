@@ -2,7 +2,8 @@
 (unknown keys, impossible values), data (shape, dtype, NaN, label range, empty client),
 and checkpoints that do not fit the run being resumed.
 
-Each case below is a row of the README's "bad input -> error" table.
+docs/robustness.md's table "Bad input and the error it gives" is generated from CONFIG_CASES and
+DATA_CASES below (``omnifm docs`` runs each case and prints the error it raises).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ CONFIG_CASES = [
      r"eca_temperature must be one of \('fixed', 'learned'\), got 'hot'"),
     ("negative uniformity weight", {"algorithm_kwargs": {"lambda_uniform": -1.0}},
      r"lambda_uniform must be a finite number >= 0, got -1.0"),
+    ("negative FedProx mu", {"algorithm": "fedprox", "algorithm_kwargs": {"mu": -1}},
+     r"algorithm 'fedprox': mu must be a finite number >= 0, got -1"),
     ("diagnostics -1", {"diagnostics": -1}, r"diagnostics must be 'auto' or an integer >= 0"),
     ("validation fraction 1", {"validation_fraction": 1.0}, r"validation_fraction must be a number in \(0, 1\), got 1.0"),
     ("dropout 1", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),

@@ -20,7 +20,7 @@ retrieved each bank slot. The server then
 At round 0 the bank is empty: clients retrieve nothing (Z = 0, no alignment term) and
 their uploads seed it, K^(0) = {s_k^(0)} (all K clients at full participation).
 
-Switches beyond the paper's text (defaults: the paper's reading; the README's mechanism study
+Switches beyond the paper's text (defaults: the paper's reading; the mechanism study in docs/method.md
 measures them on real4):
   * ``spectrum_norm="batch"``: per-bin standardisation of the low-pass spectrum before the
     tokenizer's MLP (the DC and lowest bins, shared by all images, otherwise make every ``s``

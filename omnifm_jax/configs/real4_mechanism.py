@@ -1,5 +1,5 @@
 """OmniFM on real4 with the switches that make its mechanism do measurable work (the
-"activated" row of the README's mechanism study, experiments/omnifm_mechanism.py): per-bin
+"activated" row of the mechanism study in docs/method.md, experiments/omnifm_mechanism.py): per-bin
 standardised spectrum, one upload per class present, ECA keys centred on the bank's mean and
 scaled to unit entries, and a uniformity term that keeps the spectral tokens apart. Chosen on a
 validation split carved from the clients' training data. Needs the real images."""

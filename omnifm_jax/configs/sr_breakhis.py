@@ -1,6 +1,6 @@
 """Federated super-resolution on BreaKHis (paper Sec. 4.2): 3 clients split by
 magnification, x2, EDSR-style backbone; test patients (accession numbers) are held out from
-every client. Needs the BreaKHis images (see README)."""
+every client. Needs the BreaKHis images (see docs/data.md)."""
 
 
 def get_config():

@@ -1,0 +1,174 @@
+"""The bad inputs that tests outside ``test_validation.py``'s case lists check (not collected).
+
+docs/robustness.md's table "Bad input and the error it gives" is generated (``omnifm docs``,
+:mod:`omnifm_jax.docgen`) from two sources:
+- ``CONFIG_CASES`` and ``DATA_CASES`` of ``tests/test_validation.py``: the generator runs each
+  case and prints the error it actually raises, so those rows cannot go stale;
+- :data:`CASES` below: the other cases, each naming the test(s) that check it.
+``tests/test_docs.py`` checks that every test named here exists.
+
+Each entry is ``(group, bad input, the error as a user sees it, tests)``: ``group`` is one of
+:data:`GROUPS`; ``…`` in an error stands for text left out (a path, a long list); ``tests`` are
+pytest node ids relative to ``tests/`` (``file.py::test_name``; a parametrized test without its
+``[id]`` means all its cases).
+"""
+from __future__ import annotations
+
+__all__ = ["GROUPS", "CASES"]
+
+#: Table sections, in order: key -> heading.
+GROUPS = {
+    "config": "Configs and the command line",
+    "data": "Data and how it fits the config",
+    "files": "Data files",
+    "run": "Output directories, resume and checkpoints",
+}
+
+_V = "test_validation.py::"
+_CK = "test_checkpoint.py::"
+_RD = "test_rundir.py::"
+
+CASES = [
+    # ------------------------------------------------------------------ configs, command line
+    ("config", "unknown key in a config file",
+     "ConfigError: …/typo.py: unknown key(s) ['rouns']; known keys: [...]", (_V + "test_bad_overrides_and_config_files",)),
+    ("config", "unknown `--set` key", "ConfigError: unknown config key 'lrr'; known keys: [...]",
+     (_V + "test_bad_overrides_and_config_files",)),
+    ("config", "`--set rounds`", "ConfigError: override 'rounds' is not key=value",
+     (_V + "test_bad_overrides_and_config_files",)),
+    ("config", "`--set seed.x=1`", "ConfigError: 'seed' is not a dict; cannot set 'seed.x'",
+     (_V + "test_bad_overrides_and_config_files",)),
+    ("config", "unknown config name",
+     "ConfigError: config 'no_such_config' not found (looked for …); known configs: [...]",
+     (_V + "test_bad_overrides_and_config_files",)),
+    ("config", "missing key", "ConfigError: missing key(s) ['rounds'] (start from load_config() or DEFAULTS)",
+     (_V + "test_missing_key",)),
+    ("config", "`head_pool=attention` / `scale=4` (former top-level keys, in a config file or `--set`)",
+     "ConfigError: head_pool moved to task_kwargs.head_pool (scale moved to task_kwargs.scale)",
+     ("test_run_path.py::test_former_top_level_task_options_are_refused_naming_the_new_key",)),
+    ("config", "`backbone_kwargs={'width': 3}`", "ConfigError: backbone_kwargs {'width': 3} do not fit backbone 'cnn': …",
+     (_V + "test_bad_backbone_kwargs", _V + "test_run_refuses_bad_config_before_loading_data")),
+    ("config", "unknown `task_kwargs` key",
+     "ConfigError: task 'classification': unknown task_kwargs ['dice_weight']; it accepts: ['head_pool']",
+     (_V + "test_unknown_task_kwargs_named",)),
+    ("config", "`omnifm train --set dropout=1.5` (any config error on the command line)",
+     "omnifm: error: dropout must be a number in [0, 1), got 1.5 (exit code 2)", (_V + "test_cli_errors",)),
+    ("config", "`omnifm reproduce table2 --scale tiny --only x2 --dry-run`",
+     "omnifm: error: table2 cell (×2, Scenario 2: OmniFM): data: dataset 'synthetic_sr': unknown option(s) "
+     "['split_by'] (Scenario 2 needs BreaKHis' subtypes)", (_RD + "test_reproduce_dry_run_builds_every_federation",)),
+    # ------------------------------------------------------------------ data and the config
+    ("data", "unknown data-set option",
+     "ConfigError: dataset 'synthetic': unknown option(s) ['alpha_typo']; allowed: [...]",
+     (_V + "test_data_that_does_not_fit_the_config",)),
+    ("data", "`dataset_kwargs.alpha=[1,2]` (a wrong type for any data-set option)",
+     "ConfigError: dataset 'synthetic': dataset_kwargs.alpha must be a number (default 0.5), got [1, 2] (list)",
+     (_RD + "test_a_list_where_a_number_is_expected",)),
+    ("data", "unknown data set", "ValueError: unknown dataset 'mnist'; known: …",
+     (_V + "test_data_that_does_not_fit_the_config",)),
+    ("data", "data built for 3 clients, config asks 4", "ConfigError: dataset built 3 clients, config asks 4",
+     (_V + "test_data_that_does_not_fit_the_config",)),
+    ("data", "12x12 images for the `cnn` backbone",
+     "ConfigError: backbone 'cnn' cannot take images of shape (12, 12, 1) (too small for its convolutions and "
+     "pooling?): …", (_V + "test_data_that_does_not_fit_the_config",)),
+    ("data", "`batch_size` larger than every client's training set, `drop_last=True`",
+     "ConfigError: drop_last=True and batch_size=65, but every client has fewer than 65 training samples "
+     "(largest: 64): no client would ever train; lower batch_size or set drop_last=False",
+     (_V + "test_drop_last_with_every_client_smaller_than_a_batch",)),
+    ("data", "`batch_size=100000`, `drop_last=False`",
+     "ConfigError: batch_size=100000 is larger than every client's training set (largest: 41 samples); with "
+     "drop_last=False each client would run one step on all its samples, which batch_size=41 does exactly: "
+     "set batch_size <= 41",
+     (_V + "test_drop_last_with_every_client_smaller_than_a_batch",
+      _RD + "test_batch_larger_than_every_client_without_drop_last")),
+    ("data", "some clients smaller than `batch_size`, `drop_last=True`",
+     "UserWarning naming them: they run no local step (and upload the model they received, weighted by n_k, "
+     "as in PFLlib)", (_V + "test_drop_last_with_every_client_smaller_than_a_batch",)),
+    ("data", "a client of one sample (`min_size=1`)",
+     "ValueError: client 3 has a single sample, so it cannot have both a training and a test sample; …",
+     ("test_data_federation.py::test_one_sample_client_is_an_error_not_an_unevaluated_client",)),
+    ("data", "`shard_clients=True` with clients not divisible by the devices",
+     "ConfigError: shard_clients needs num_clients divisible by the 8 devices, got num_clients=6",
+     ("test_sharding.py::test_sharded_fedavg_round_equals_single_device",)),
+    ("data", "bad data reaching `experiment.run`", "the same errors, raised before anything is written or trained",
+     (_V + "test_run_refuses_bad_data_before_any_work",)),
+    # ------------------------------------------------------------------ data files
+    ("files", "a truncated or corrupt `.npz`",
+     "DataFileError: data set 'pbc_bloodmnist_style_28': cannot read …/pbc_bloodmnist_style_28.npz: BadZipFile: "
+     "File is not a zip file (truncated or corrupt? replace the file)",
+     (_RD + "test_a_truncated_npz_is_named", _RD + "test_a_truncated_npz_in_the_real_data_folder")),
+    ("files", "a file in an image folder that is not an image",
+     "DataFileError: data set 'BreaKHis': …/SOB_B_A-14-22549AB-40-001.png is not a readable image: "
+     "UnidentifiedImageError: …", (_RD + "test_a_non_image_in_an_image_folder",)),
+    ("files", "MedMNIST file with a wrong MD5", "ChecksumError naming the file and both hashes",
+     ("test_data_medmnist.py::test_corrupted_copy_is_caught",)),
+    ("files", "MedMNIST file missing, offline", "DatasetNotFoundError naming the URL and the path to put the file at",
+     ("test_data_medmnist.py::test_missing_file_offline_names_url_and_path",)),
+    ("files", "unknown MedMNIST subset / BreaKHis file name / SR scale or patch not divisible by the scale",
+     "ValueError naming the subset, file or value",
+     ("test_data_medmnist.py::test_file_names_and_urls", "test_data_breakhis.py::test_bad_names_raise_naming_the_file",
+      "test_data_superres.py::test_make_sr_pairs_errors")),
+    # ------------------------------------------------------------------ runs, resume, checkpoints
+    ("run", "fresh run into a directory with an earlier run's outputs (checkpoints or not)",
+     "RunDirError: --out OUT already holds the outputs of an earlier run (config.json, metrics.jsonl, ...); "
+     "continue it with --resume, replace it with --overwrite, or choose another directory",
+     (_V + "test_resume_without_checkpoint_and_fresh_run_over_one",
+      _RD + "test_a_finished_run_is_never_overwritten_silently_and_overwrite_replaces_it_whole")),
+    ("run", "a second run on the `--out` of a live run",
+     "RunDirError: --out OUT is in use by run pid 4146 on HOST (started ...); wait for it to finish or choose "
+     "another output directory",
+     (_RD + "test_a_directory_held_by_a_live_run_is_refused_and_a_killed_runs_lock_is_not_stale",)),
+    ("run", "`--out` is a file / lies below a file",
+     "RunDirError: --out OUT exists and is not a directory / …/file is not a directory, so OUT cannot be created",
+     (_RD + "test_out_is_a_file",)),
+    ("run", "`--out` on a read-only file system",
+     "RunDirError: --out OUT cannot be created or written: Read-only file system (OUT)",
+     (_RD + "test_out_on_a_read_only_file_system",)),
+    ("run", "every participant faulty in every round (`lr=1e30`)",
+     "exit code 1: the run learned nothing: no client update was accepted in any round …; `\"learned\": false` in "
+     "summary.json", (_RD + "test_a_run_that_learned_nothing_fails_and_says_so",)),
+    ("run", "`run(..., resume=True)` without an output directory",
+     "ConfigError: resume needs the output directory of the run to continue",
+     (_V + "test_resume_without_checkpoint_and_fresh_run_over_one",)),
+    ("run", "`omnifm train --resume` without `--out`",
+     "omnifm: error: --resume needs --out, the output directory of the run to continue", (_V + "test_cli_errors",)),
+    ("run", "`--resume` on a directory without config.json",
+     "omnifm: error: cannot resume: OUT/config.json not found (pass --config to name the config)",
+     (_V + "test_cli_errors",)),
+    ("run", "resume with another config",
+     "ConfigError: cannot resume from OUT/checkpoints: the config differs in ['local_epochs', 'lr'] (local_epochs: "
+     "checkpoint 3 vs now 2, lr: checkpoint 0.3 vs now 0.1); only [...] may change on resume",
+     (_V + "test_resume_with_another_config_names_the_keys",
+      _CK + "test_resume_with_another_config_is_refused_before_any_work")),
+    ("run", "resume with fewer rounds than done",
+     "ConfigError: cannot resume from OUT/checkpoints: it is at round 3 but rounds=2",
+     (_V + "test_resume_with_fewer_rounds_than_done",)),
+    ("run", "resume on other data",
+     "ConfigError: cannot resume from OUT/checkpoints: the training/test data differ from the data the checkpoint "
+     "was trained on (data_sha256 … vs …)", (_V + "test_resume_with_other_data",)),
+    ("run", "resume a checkpoint of another model",
+     "CheckpointMismatchError: checkpoint of round 1 in OUT/checkpoints does not fit this run's state: checkpoint "
+     "has server/w float32[3] where this run has …",
+     (_V + "test_resume_a_checkpoint_of_another_model", _CK + "test_state_of_another_structure_is_refused")),
+    ("run", "resume with no checkpoint", "CheckpointError: no checkpoint to resume from in OUT/checkpoints",
+     (_V + "test_resume_without_checkpoint_and_fresh_run_over_one",)),
+    ("run", "truncated checkpoint file",
+     "CorruptCheckpointWarning: checkpoint of round 3 in OUT/checkpoints is corrupt or incomplete (round 3: "
+     "unreadable (…)); moved to corrupt-3-<time>, falling back to an earlier checkpoint",
+     (_CK + "test_truncated_file_falls_back_to_previous_checkpoint",
+      _CK + "test_resume_from_a_corrupt_latest_checkpoint_falls_back_and_matches")),
+    ("run", "checkpoint bytes overwritten",
+     "CorruptCheckpointWarning: … round 2 … (unreadable or integrity check failed); falls back",
+     (_CK + "test_overwritten_bytes_fail_the_integrity_check",)),
+    ("run", "readable checkpoint with changed values",
+     "CorruptCheckpointWarning: … (round 2: integrity check failed (state sha256 … != recorded …)) …",
+     (_CK + "test_changed_values_with_a_valid_encoding_fail_the_integrity_check",)),
+    ("run", "commit marker or metadata item deleted",
+     "CorruptCheckpointWarning: … (round 3: commit marker commit_success.txt missing (incomplete write)) … / "
+     "(round 2: metadata item missing (OUT/checkpoints/2/meta)) …",
+     (_CK + "test_missing_commit_marker_or_metadata_falls_back",)),
+    ("run", "every checkpoint corrupt",
+     "CheckpointError: no good checkpoint in OUT/checkpoints (all of rounds [1] are corrupt)",
+     (_CK + "test_no_good_checkpoint_is_an_error",)),
+    ("run", "half-written temporary checkpoint directory", "ignored, and removed when the manager starts",
+     (_CK + "test_partially_written_tmp_directory_is_ignored",)),
+]
