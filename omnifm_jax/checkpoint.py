@@ -18,6 +18,12 @@ restore the state's hash is checked against the integrity record; a step that ca
 read, misses its metadata or fails the check is reported with a
 :class:`CorruptCheckpointWarning`, moved aside to ``corrupt-<round>-<time>/`` and the
 previous step is tried.
+
+Checkpoints written before a rename still resume: :func:`upgrade_meta` reads their
+metadata in today's spelling (the leaves' paths, :data:`RENAMED_PATHS`, e.g. the algorithm
+slot ``server/extra`` that is now ``server/algorithm_state``; the config's former keys and
+names, :func:`omnifm_jax.config.upgrade_spelling`). The arrays are stored by position, so
+nothing else changes.
 """
 from __future__ import annotations
 
@@ -32,11 +38,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from omnifm_jax.config import ConfigError
+from omnifm_jax.config import ConfigError, upgrade_spelling
 
 __all__ = ["CHECKPOINT_SUBDIR", "FORMAT_VERSION", "COMMIT_MARKER", "RESUME_FREE_KEYS", "CheckpointError",
            "CheckpointMismatchError", "CorruptCheckpointWarning", "config_fingerprint", "config_differences",
-           "check_resumable", "data_fingerprint", "flatten_state", "unflatten_state", "RunCheckpointer"]
+           "check_resumable", "data_fingerprint", "flatten_state", "unflatten_state", "RENAMED_PATHS", "upgrade_meta",
+           "RunCheckpointer"]
 
 CHECKPOINT_SUBDIR = "checkpoints"
 FORMAT_VERSION = 1
@@ -46,6 +53,11 @@ COMMIT_MARKER = "commit_success.txt"
 #: state's structure nor what a round computes.
 RESUME_FREE_KEYS = ("rounds", "eval_every", "eval_batch_size", "client_chunk", "shard_clients",
                     "checkpoint_every", "checkpoint_keep", "diagnostics")
+
+
+#: Leaf paths that were renamed, ``(old prefix, new prefix)``: the algorithm's own state slot
+#: of ``ServerState`` / ``ClientState`` was called ``extra``.
+RENAMED_PATHS = (("server/extra", "server/algorithm_state"), ("clients/extra", "clients/algorithm_state"))
 
 
 class CheckpointError(ValueError):
@@ -150,6 +162,26 @@ def unflatten_state(template: Any, arrays: Dict[str, Any], spec: Sequence[Dict[s
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _renamed_path(path: str) -> str:
+    for old, new in RENAMED_PATHS:
+        if path == old or path.startswith(old + "/"):
+            return new + path[len(old):]
+    return path
+
+
+def upgrade_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``meta`` (a checkpoint's metadata) in today's spelling: the leaves' paths renamed by
+    :data:`RENAMED_PATHS` and the config by :func:`omnifm_jax.config.upgrade_spelling`
+    (a checkpoint written before a rename resumes; the stored arrays are unchanged)."""
+    out = dict(meta)
+    if isinstance(out.get("leaves"), list):
+        out["leaves"] = [dict(leaf, path=_renamed_path(leaf["path"])) if isinstance(leaf, dict) and "path" in leaf
+                         else leaf for leaf in out["leaves"]]
+    if isinstance(out.get("config"), dict):
+        out["config"] = upgrade_spelling(out["config"])
+    return out
+
+
 def _spec_mismatch(saved: Sequence[Dict[str, Any]], expected: Sequence[Dict[str, Any]]) -> Optional[str]:
     """A description of the first leaf where a saved state and this run's state differ."""
     fmt = lambda x: f"{x['path']} {x['dtype']}{x['shape']}"
@@ -227,7 +259,7 @@ class RunCheckpointer:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         if not isinstance(meta, dict) or "state_sha256" not in meta or meta.get("round") != step:
             raise CheckpointError(f"round {step}: metadata incomplete")
-        return meta
+        return upgrade_meta(meta)
 
     def restore(self, step: int, template: Any, meta: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict]:
         """Restore round ``step`` into the structure of ``template`` (arrays or abstract) and

@@ -53,7 +53,8 @@ def _new_run_dir(algorithm: str) -> str:
 
 
 def _saved_config(out: Path) -> dict:
-    """The config a run in ``out`` was started with (``out/config.json``) on top of DEFAULTS."""
+    """The config a run in ``out`` was started with (``out/config.json``) on top of DEFAULTS,
+    in today's spelling (a run started before a rename resumes: ``upgrade_spelling``)."""
     import copy
 
     from omnifm_jax import config as config_lib
@@ -61,7 +62,8 @@ def _saved_config(out: Path) -> dict:
     path = out / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} not found (pass --config to name the config)")
-    return config_lib.update(copy.deepcopy(config_lib.DEFAULTS), json.loads(path.read_text()), where=str(path))
+    saved = config_lib.upgrade_spelling(json.loads(path.read_text()))
+    return config_lib.update(copy.deepcopy(config_lib.DEFAULTS), saved, where=str(path))
 
 
 def _algorithms(args) -> int:

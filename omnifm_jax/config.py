@@ -4,8 +4,8 @@ style), overridden with ``key=value`` strings and validated before any work star
 A key is set by its dotted name (``lr``, ``algorithm_kwargs.mu``, ``task_kwargs.scale``)
 with :func:`set_dotted`, the one setter that overrides, sweeps and tables use. Options
 that belong to one component live in that component's ``*_kwargs`` (a task's in
-``task_kwargs``, checked by the task); keys that moved there (:data:`MOVED_KEYS`) are
-refused with the new name.
+``task_kwargs``, checked by the task); keys that moved there (:data:`MOVED_KEYS`) and
+keys that were renamed (:data:`RENAMED_KEYS`) are refused with the new name.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.registry import BACKBONES, TASKS, ComponentImportError, import_components
 
-__all__ = ["ConfigError", "CONFIG_DIR", "DEFAULTS", "MOVED_KEYS", "OPTIMIZERS", "INPUT_SCALINGS", "COMPONENT_KWARGS",
-           "load_config", "update", "parse_value", "set_dotted", "get_dotted", "apply_overrides", "validate",
-           "algorithm_kwargs"]
+__all__ = ["ConfigError", "CONFIG_DIR", "DEFAULTS", "MOVED_KEYS", "RENAMED_KEYS", "OPTIMIZERS", "INPUT_SCALINGS",
+           "COMPONENT_KWARGS", "load_config", "update", "parse_value", "set_dotted", "get_dotted", "apply_overrides",
+           "validate", "algorithm_kwargs", "upgrade_spelling"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
@@ -58,7 +58,7 @@ DEFAULTS: Dict[str, Any] = {
     "shard_clients": False,         # split the client axis over all devices (jax.sharding.Mesh)
     "seed": 0,
     "data_seed": None,              # seed of the data split (None: seed); a seed sweep keeps it fixed
-    "dropout": 0.0,                 # fraction of each round's participants that fail to report
+    "client_dropout": 0.0,          # fraction of each round's participants that fail to report
     "checkpoint_every": 10,         # rounds between checkpoints under OUT/checkpoints (0: never)
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
     "diagnostics": "auto",          # OmniFM's diag/* metrics: auto = every eval round, 0 off, N
@@ -70,6 +70,10 @@ INPUT_SCALINGS = ("auto", "pflib", "unit")
 
 #: Former top-level keys and where they live now (a task's own options): refused, naming the new key.
 MOVED_KEYS = {"scale": "task_kwargs.scale", "head_pool": "task_kwargs.head_pool"}
+
+#: Former top-level keys and their new spelling (one name per concept): refused, naming the new key.
+#: ``dropout`` was the fraction of participants that fail to report, not a network's dropout.
+RENAMED_KEYS = {"dropout": "client_dropout"}
 
 
 #: A component key and the dict of its own options: switching the component (an override
@@ -103,11 +107,14 @@ def _refuse_moved(keys: Iterable[str], where: str = "") -> None:
     for key in keys:
         if key in MOVED_KEYS:
             raise ConfigError(f"{where + ': ' if where else ''}{key} moved to {MOVED_KEYS[key]}")
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{where + ': ' if where else ''}{key} was renamed to {RENAMED_KEYS[key]}")
 
 
 def update(cfg: Dict[str, Any], values: Dict[str, Any], *, where: str = "config") -> Dict[str, Any]:
     """``cfg`` updated in place with ``values`` (a config file's, a saved config.json's);
-    refuses keys that moved (:data:`MOVED_KEYS`) and unknown keys, naming ``where``."""
+    refuses keys that moved (:data:`MOVED_KEYS`) or were renamed (:data:`RENAMED_KEYS`) and
+    unknown keys, naming ``where``."""
     _refuse_moved(values, where)
     unknown = sorted(set(values) - set(DEFAULTS))
     if unknown:
@@ -143,7 +150,8 @@ def set_dotted(cfg: Dict[str, Any], key: str, value: Any) -> Dict[str, Any]:
 
     Raises:
       ConfigError: an unknown top-level key (known: :data:`DEFAULTS`), a key that moved
-        (:data:`MOVED_KEYS`), or a path through a value that is not a dict.
+        (:data:`MOVED_KEYS`) or was renamed (:data:`RENAMED_KEYS`), or a path through a
+        value that is not a dict.
     """
     parts = key.split(".")
     _check_top_key(parts[0])
@@ -221,6 +229,10 @@ def validate(cfg: Dict[str, Any]) -> None:
     checks.choice("backbone", cfg["backbone"], tuple(BACKBONES.available()))
     require(isinstance(cfg["dataset"], str) and cfg["dataset"] != "",
             f"dataset must be a non-empty string, got {cfg['dataset']!r}")
+    from omnifm_jax.data.registry import renamed_dataset
+
+    why = renamed_dataset(cfg["dataset"])
+    require(why is None, why)
     for key in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every", "eval_batch_size",
                 "checkpoint_keep"):
         checks.integer(key, cfg[key], 1)
@@ -232,7 +244,7 @@ def validate(cfg: Dict[str, Any]) -> None:
                 "dropped_keep_update", "eval_train_loss"):
         checks.boolean(key, cfg[key])
     checks.interval("participation", cfg["participation"], 0, 1, lo_open=True, hi_open=False)
-    checks.interval("dropout", cfg["dropout"], 0, 1, lo_open=False, hi_open=True)
+    checks.interval("client_dropout", cfg["client_dropout"], 0, 1, lo_open=False, hi_open=True)
     checks.interval("momentum", cfg["momentum"], 0, 1, lo_open=False, hi_open=True)
     checks.choice("input_scaling", cfg["input_scaling"], INPUT_SCALINGS)
     require(cfg["diagnostics"] == "auto" or checks.is_int(cfg["diagnostics"]) and cfg["diagnostics"] >= 0,
@@ -268,3 +280,32 @@ def algorithm_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     kw = {k: cfg[k] for k in algorithms.run_args(cfg["algorithm"])}
     kw.update(cfg["algorithm_kwargs"])
     return kw
+
+
+def upgrade_spelling(values: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a config RECORD written before the renames (a checkpoint's metadata, a run
+    directory's ``config.json``) in today's spelling: former top-level keys
+    (:data:`RENAMED_KEYS`), former data set names
+    (:data:`omnifm_jax.data.registry.RENAMED_DATASETS`) and an algorithm's former
+    hyper-parameter names (``register(..., renamed=...)``). Used only to resume runs started
+    before a rename; a config, file or override that uses an old spelling is refused."""
+    from omnifm_jax import algorithms
+    from omnifm_jax.data.registry import RENAMED_DATASETS
+
+    if not isinstance(values, dict):
+        return values
+    out = copy.deepcopy(values)
+    for old, new in RENAMED_KEYS.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    dataset = out.get("dataset")
+    if isinstance(dataset, str):
+        key, colon, spec = dataset.strip().partition(":")
+        if key.lower() in RENAMED_DATASETS:
+            out["dataset"] = RENAMED_DATASETS[key.lower()] + colon + spec
+    kwargs = out.get("algorithm_kwargs")
+    if isinstance(kwargs, dict) and out.get("algorithm") in algorithms.available():
+        for old, new in algorithms.renamed(out["algorithm"]).items():
+            if old in kwargs and new not in kwargs:
+                kwargs[new] = kwargs.pop(old)
+    return out

@@ -149,7 +149,7 @@ def make_diagnostics(algorithm, task, data, *, max_per_client: int = 128, seed: 
 
         k_bank, k_perm = jax.random.split(key)
         out_zc, _, _ = inspect(server, client, x, mask, probe=Probe(z=_masked_mean(z, mask)))
-        out_br, _, _ = inspect(server, client, x, mask, context=random_bank(server.extra, k_bank))
+        out_br, _, _ = inspect(server, client, x, mask, context=random_bank(server.algorithm_state, k_bank))
         # a permutation of the real samples (the first ones) among themselves; padding stays
         perm = jnp.argsort(jnp.where(mask, jax.random.uniform(k_perm, mask.shape), 2.0 + jnp.arange(mask.size)))
         out_ss, _, _ = inspect(server, client, x, mask, probe=Probe(s_permutation=perm))
@@ -175,7 +175,7 @@ def make_diagnostics(algorithm, task, data, *, max_per_client: int = 128, seed: 
         s = np.concatenate([o["s"][m] for (_, o), m in zip(outs, sel)])
         mod = np.concatenate([modality[rows[k]][m] for (k, _), m in zip(outs, sel)])
         idx = np.concatenate([o["indices"][m] for (_, o), m in zip(outs, sel)])
-        bank = jax.device_get(state.server.extra)
+        bank = jax.device_get(state.server.algorithm_state)
         valid = np.asarray(bank.valid)
         result = {
             "diag/s_cos_to_mean": mean_cosine_to_mean(s),

@@ -410,7 +410,7 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
         timings_file = (out / "timings.jsonl").open("a" if resume else "w")
     start = time.time()
     round_fn = federated.make_round(algorithm, fed.train, participation=cfg["participation"],
-                                    client_chunk=cfg["client_chunk"], dropout=cfg["dropout"],
+                                    client_chunk=cfg["client_chunk"], client_dropout=cfg["client_dropout"],
                                     random_join=cfg["random_join"],
                                     dropped_keep_update=cfg["dropped_keep_update"])
     evaluation_line, baseline_of = make_evaluation(cfg, algorithm, task, fed, train, test)

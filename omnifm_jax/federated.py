@@ -16,7 +16,7 @@ per-client offsets and counts). A round is ONE ``jax.jit``:
      where a vmapped convolution becomes a slow grouped one); ``c > 1`` sorts them by step
      count and runs chunks of ``c`` vmapped clients, each chunk's loop as long as its own
      longest client (accelerators); ``None`` vmaps all of them at once;
-  4. of the participants, ``m - max(1, int((1 - dropout) * m))`` drop out (PFLlib's
+  4. of the participants, ``m - max(1, int((1 - client_dropout) * m))`` drop out (PFLlib's
      ``client_drop_rate``): they trained, keep what they trained (PFLlib keeps their
      local model; ``dropped_keep_update=False`` rolls them back) but do not upload; a
      participant whose upload holds NaN/Inf is excluded and keeps its old state; the others
@@ -44,7 +44,7 @@ from omnifm_jax.algorithms.base import ClientData, FederatedAlgorithm
 from omnifm_jax.tasks.base import Task
 
 __all__ = ["FederatedState", "RoundMetrics", "DataLayout", "data_layout", "num_participants",
-           "sample_participants", "num_reporting", "dropout_mask", "executed_client_steps", "map_clients",
+           "sample_participants", "num_reporting", "client_dropout_mask", "executed_client_steps", "map_clients",
            "default_chunk", "choose_client_chunk", "resolve_client_chunk", "init", "init_compiler_options",
            "participants_finite", "round_body", "make_round", "make_rounds", "sequential_round", "EvalPlan",
            "eval_plan", "make_evaluate", "summarize", "mean_loss", "state_hash"]
@@ -72,7 +72,7 @@ class RoundMetrics(NamedTuple):
     weights: jax.Array        # f32[S] aggregation weights (0: excluded)
     faulty: jax.Array         # int32[] reporting participants excluded for NaN/Inf
     client_metrics: Any       # per-slot training metrics (stacked)
-    dropped: Any = None       # int32[] participants that did not report (dropout)
+    dropped: Any = None       # int32[] participants that did not report (client_dropout)
     active: Any = None        # int32[] participants this round (random_join varies it)
     useful_steps: Any = None  # int32[] client-steps the participants needed
     executed_steps: Any = None  # int32[] client-steps the program ran (padding included)
@@ -113,17 +113,17 @@ def sample_participants(key: jax.Array, num_clients: int, m: int) -> jax.Array:
     return jnp.sort(jax.random.permutation(key, num_clients)[:m]).astype(jnp.int32)
 
 
-def num_reporting(m, dropout: float):
-    """Participants that report: ``max(1, int((1 - dropout) * m))`` (PFLlib's
+def num_reporting(m, client_dropout: float):
+    """Participants that report: ``max(1, int((1 - client_dropout) * m))`` (PFLlib's
     ``int((1 - client_drop_rate) * current_num_join_clients)``, at least one)."""
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= client_dropout < 1.0:
+        raise ValueError(f"client_dropout must be in [0, 1), got {client_dropout}")
     if isinstance(m, (int, np.integer)):
-        return max(1, int((1.0 - dropout) * m))
-    return jnp.maximum(1, jnp.floor((1.0 - dropout) * m.astype(jnp.float32)).astype(jnp.int32))
+        return max(1, int((1.0 - client_dropout) * m))
+    return jnp.maximum(1, jnp.floor((1.0 - client_dropout) * m.astype(jnp.float32)).astype(jnp.int32))
 
 
-def dropout_mask(key: jax.Array, active: jax.Array, n_keep) -> jax.Array:
+def client_dropout_mask(key: jax.Array, active: jax.Array, n_keep) -> jax.Array:
     """``bool[S]``: the active slots beyond ``n_keep`` in a random order drop out."""
     score = jnp.where(active, jax.random.uniform(key, active.shape), 2.0)
     rank = jnp.argsort(jnp.argsort(score))
@@ -151,7 +151,7 @@ def _take(tree: Any, idx: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda a: a[idx], tree)
 
 
-def _round_slots(state: FederatedState, num_clients: int, m: int, random_join: bool, dropout: float):
+def _round_slots(state: FederatedState, num_clients: int, m: int, random_join: bool, client_dropout: float):
     """``(idx int32[S], active bool[S], dropped bool[S], client_key)`` of this round."""
     sample_key, client_key = _round_keys(state)
     if random_join:
@@ -162,8 +162,9 @@ def _round_slots(state: FederatedState, num_clients: int, m: int, random_join: b
         m_r = m
         idx = sample_participants(sample_key, num_clients, m)
         active = jnp.ones((m,), bool)
-    if dropout > 0:
-        dropped = dropout_mask(_stream_key(state, _DROPOUT_STREAM), active, num_reporting(m_r, dropout))
+    if client_dropout > 0:
+        dropped = client_dropout_mask(_stream_key(state, _DROPOUT_STREAM), active,
+                                      num_reporting(m_r, client_dropout))
     else:
         dropped = jnp.zeros(active.shape, bool)
     return idx, active, dropped, client_key
@@ -332,7 +333,7 @@ def _finish_round(algorithm, state, idx, data_n, active, results, old_clients, d
 
 
 def round_body(algorithm: FederatedAlgorithm, train, *, participation: float = 1.0,
-               client_chunk: Chunk = "auto", dropout: float = 0.0, random_join: bool = False,
+               client_chunk: Chunk = "auto", client_dropout: float = 0.0, random_join: bool = False,
                dropped_keep_update: bool = True) -> Callable:
     """The un-jitted round ``round_fn(state, train) -> (state, RoundMetrics)`` (see
     :func:`make_round`), for callers that compose it. ``train`` here only fixes the
@@ -340,12 +341,12 @@ def round_body(algorithm: FederatedAlgorithm, train, *, participation: float = 1
     layout = data_layout(train)
     k = layout.num_clients
     m = num_participants(k, participation)
-    num_reporting(m, dropout)  # validates dropout
+    num_reporting(m, client_dropout)  # validates client_dropout
     slots = k if random_join else m
     chunk = resolve_client_chunk(client_chunk, layout, algorithm.local_steps, slots, m)
 
     def round_fn(state: FederatedState, train):
-        idx, active, dropped, client_key = _round_slots(state, k, m, random_join, dropout)
+        idx, active, dropped, client_key = _round_slots(state, k, m, random_join, client_dropout)
         clients = _take(state.clients, idx)
         n = jnp.where(active, train.n[idx], 0)
         offsets = train.offsets[idx]
@@ -366,7 +367,7 @@ def round_body(algorithm: FederatedAlgorithm, train, *, participation: float = 1
 
 
 def make_round(algorithm: FederatedAlgorithm, train, *, participation: float = 1.0,
-               client_chunk: Chunk = "auto", donate: bool = True, dropout: float = 0.0,
+               client_chunk: Chunk = "auto", donate: bool = True, client_dropout: float = 0.0,
                random_join: bool = False, dropped_keep_update: bool = True) -> Callable:
     """The jitted round: ``round_fn(state, train) -> (state, RoundMetrics)``.
 
@@ -378,13 +379,14 @@ def make_round(algorithm: FederatedAlgorithm, train, *, participation: float = 1
         useful/executed client-steps >= 0.9 on this federation), ``None`` (all at once)
         or an int (see :func:`map_clients`).
       donate: donate the state's buffers.
-      dropout: fraction of participants that fail to report (see :func:`num_reporting`).
+      client_dropout: fraction of participants that fail to report (see :func:`num_reporting`).
       random_join: PFLlib's ``random_join_ratio``: the participant count is drawn from
         ``m .. K`` each round.
       dropped_keep_update: a dropped participant keeps what it trained (PFLlib).
     """
     round_fn = round_body(algorithm, train, participation=participation, client_chunk=client_chunk,
-                          dropout=dropout, random_join=random_join, dropped_keep_update=dropped_keep_update)
+                          client_dropout=client_dropout, random_join=random_join,
+                          dropped_keep_update=dropped_keep_update)
     jitted = jax.jit(round_fn, donate_argnums=(0,) if donate else ())
     jitted.client_chunk = round_fn.client_chunk
     return jitted
@@ -409,8 +411,8 @@ def make_rounds(algorithm: FederatedAlgorithm, train, *, num_rounds: int, **kwar
 
 
 def sequential_round(algorithm: FederatedAlgorithm, state: FederatedState, train, *, participation: float = 1.0,
-                     client_update: Optional[Callable] = None, dropout: float = 0.0, random_join: bool = False,
-                     dropped_keep_update: bool = True):
+                     client_update: Optional[Callable] = None, client_dropout: float = 0.0,
+                     random_join: bool = False, dropped_keep_update: bool = True):
     """Reference path: the same round with a Python loop over participants.
 
     ``client_update`` may be a pre-jitted ``algorithm.client_update`` (pass one to avoid
@@ -420,7 +422,7 @@ def sequential_round(algorithm: FederatedAlgorithm, state: FederatedState, train
     k = layout.num_clients
     m = num_participants(k, participation)
     idx, active, dropped, client_key = jax.jit(
-        lambda s: _round_slots(s, k, m, random_join, dropout))(state)
+        lambda s: _round_slots(s, k, m, random_join, client_dropout))(state)
     update = client_update or jax.jit(algorithm.client_update)
     outs = []
     for slot, i in enumerate(np.asarray(idx)):

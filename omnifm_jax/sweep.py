@@ -163,8 +163,9 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
 
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
-    round_kw = dict(participation=cfg["participation"], client_chunk=cfg["client_chunk"], dropout=cfg["dropout"],
-                    random_join=cfg["random_join"], dropped_keep_update=cfg["dropped_keep_update"])
+    round_kw = dict(participation=cfg["participation"], client_chunk=cfg["client_chunk"],
+                    client_dropout=cfg["client_dropout"], random_join=cfg["random_join"],
+                    dropped_keep_update=cfg["dropped_keep_update"])
 
     def init_one(values, key):
         return federated.init(build(values), key, train, shared_init=cfg["shared_init"])

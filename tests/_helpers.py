@@ -74,7 +74,7 @@ ALGORITHM_TEST_KWARGS = {
     "omnifm": dict(spectral_dim=8, attn_dim=8, bank_capacity=8, num_suffix=2, top_k=2),
     "fedprox": dict(mu=0.1),
     "ditto": dict(mu=0.1),
-    "moon": dict(mu=1.0, tau=0.5),
+    "moon": dict(contrastive_weight=1.0, tau=0.5),
 }
 
 

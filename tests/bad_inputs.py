@@ -51,8 +51,8 @@ CASES = [
     ("config", "unknown `task_kwargs` key",
      "ConfigError: task 'classification': unknown task_kwargs ['dice_weight']; it accepts: ['head_pool']",
      (_V + "test_unknown_task_kwargs_named",)),
-    ("config", "`omnifm train --set dropout=1.5` (any config error on the command line)",
-     "omnifm: error: dropout must be a number in [0, 1), got 1.5 (exit code 2)", (_V + "test_cli_errors",)),
+    ("config", "`omnifm train --set client_dropout=1.5` (any config error on the command line)",
+     "omnifm: error: client_dropout must be a number in [0, 1), got 1.5 (exit code 2)", (_V + "test_cli_errors",)),
     ("config", "`omnifm reproduce table2 --scale tiny --only x2 --dry-run`",
      "omnifm: error: table2 cell (×2, Scenario 2: OmniFM): data: dataset 'synthetic_sr': unknown option(s) "
      "['split_by'] (Scenario 2 needs BreaKHis' subtypes)", (_RD + "test_reproduce_dry_run_builds_every_federation",)),
@@ -106,7 +106,7 @@ CASES = [
     ("files", "unknown MedMNIST subset / BreaKHis file name / SR scale or patch not divisible by the scale",
      "ValueError naming the subset, file or value",
      ("test_data_medmnist.py::test_file_names_and_urls", "test_data_breakhis.py::test_bad_names_raise_naming_the_file",
-      "test_data_superres.py::test_make_sr_pairs_errors")),
+      "test_data_sr.py::test_make_sr_pairs_errors")),
     # ------------------------------------------------------------------ runs, resume, checkpoints
     ("run", "fresh run into a directory with an earlier run's outputs (checkpoints or not)",
      "RunDirError: --out OUT already holds the outputs of an earlier run (config.json, metrics.jsonl, ...); "

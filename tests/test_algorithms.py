@@ -131,7 +131,7 @@ def test_omnifm_bank_grows_by_participants_until_capacity():
     alg = build("omnifm", **kw)
     train = jax.device_put(TRAIN)
     state = federated.init(alg, jax.random.key(4), train)
-    assert int(np.sum(np.asarray(state.server.extra.valid))) == 0
+    assert int(np.sum(np.asarray(state.server.algorithm_state.valid))) == 0
     round_fn = federated.make_round(alg, TRAIN, participation=0.5, donate=False)
     update = jax.jit(alg.client_update)
 
@@ -142,15 +142,15 @@ def test_omnifm_bank_grows_by_participants_until_capacity():
     for k in idx:
         res = update(state.server, client(state.clients, k), client_data(TRAIN, k),
                      jax.random.fold_in(client_key, int(k)))
-        e = np.asarray(res.upload.extra["embedding"], np.float64)
+        e = np.asarray(res.upload.algorithm_upload["embedding"], np.float64)
         np.testing.assert_allclose(np.linalg.norm(e), 1.0, rtol=1e-5)
-        assert int(np.sum(np.asarray(res.upload.extra["hits"]))) == 0  # empty bank: nothing retrieved
+        assert int(np.sum(np.asarray(res.upload.algorithm_upload["hits"]))) == 0  # empty bank: nothing retrieved
         embs.append(e)
 
     valid_counts = []
     for r in range(6):
         state, m = round_fn(state, train)
-        bank = state.server.extra
+        bank = state.server.algorithm_state
         valid = np.asarray(bank.valid)
         valid_counts.append(int(valid.sum()))
         norms = np.linalg.norm(np.asarray(bank.embeddings, np.float64), axis=1)
@@ -172,7 +172,7 @@ def test_omnifm_client_without_a_step_inserts_nothing():
     state = federated.init(alg, jax.random.key(2), data)
     new, m = federated.make_round(alg, data, donate=False)(state, jax.device_put(data))
     np.testing.assert_array_equal(np.asarray(m.client_metrics["local_steps"]), [0, 2, 2])
-    bank = new.server.extra
+    bank = new.server.algorithm_state
     assert int(np.sum(np.asarray(bank.valid))) == 2  # the two clients that trained
     norms = np.linalg.norm(np.asarray(bank.embeddings)[np.asarray(bank.valid)], axis=1)
     assert np.all(norms > 0.5)
@@ -201,7 +201,7 @@ def test_omnifm_prunes_stale_prototypes():
     fn = federated.make_round(alg, TRAIN, donate=False)
     state, _ = fn(state, train)
     state, _ = fn(state, train)
-    hits_total = float(np.sum(np.asarray(state.server.extra.hits)))
+    hits_total = float(np.sum(np.asarray(state.server.algorithm_state.hits)))
     steps_samples = sum((int(n) // 4) * 4 for n in TRAIN.n)
     assert hits_total == 2 * steps_samples  # this round's retrievals only, not two rounds'
 

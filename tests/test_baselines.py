@@ -143,8 +143,8 @@ def test_scaffold_removes_client_drift():
     got, state = run_quadratic("scaffold", HETERO, rounds=150, epochs=5, lr=0.1)
     np.testing.assert_allclose(got, global_optimum(HETERO), atol=1e-4)
     # the control variates are the clients' gradients at the optimum, and c their mean
-    c = np.asarray(state.server.extra["head"]["w"])
-    ci = np.asarray(state.clients.extra["head"]["w"])
+    c = np.asarray(state.server.algorithm_state["head"]["w"])
+    ci = np.asarray(state.clients.algorithm_state["head"]["w"])
     w = global_optimum(HETERO)
     np.testing.assert_allclose(ci, CURVATURES[HETERO][:, None] * (w - TARGETS[HETERO]), atol=1e-3)
     np.testing.assert_allclose(c, ci.mean(0), atol=1e-4)
@@ -156,9 +156,9 @@ def test_feddyn_fixed_point_is_the_global_optimum():
     got, state = run_quadratic("feddyn", HETERO, rounds=200, epochs=5, lr=0.05, alpha=0.5)
     w = global_optimum(HETERO)
     np.testing.assert_allclose(got, w, atol=1e-4)
-    h_k = np.asarray(state.clients.extra["head"]["w"])
+    h_k = np.asarray(state.clients.algorithm_state["head"]["w"])
     np.testing.assert_allclose(h_k, CURVATURES[HETERO][:, None] * (w - TARGETS[HETERO]), atol=1e-3)
-    np.testing.assert_allclose(np.asarray(state.server.extra["head"]["w"]), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(state.server.algorithm_state["head"]["w"]), 0.0, atol=1e-4)
 
 
 def test_feddyn_pflib_norm_has_zero_gradient_at_the_start():
@@ -173,7 +173,7 @@ def test_ditto_with_mu_zero_personal_models_are_local_models():
     data = make_clients([9, 6, 12, 7], seed=5)
     local, _ = rounds_of(build_cls("local"), data, rounds=3, participation=1.0)
     ditto, _ = rounds_of(build_cls("ditto", mu=0.0, plocal_epochs=2), data, rounds=3, participation=1.0)
-    for a, b in zip(jax.tree_util.tree_leaves(local.clients.personal), jax.tree_util.tree_leaves(ditto.clients.extra)):
+    for a, b in zip(jax.tree_util.tree_leaves(local.clients.personal), jax.tree_util.tree_leaves(ditto.clients.algorithm_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
@@ -182,7 +182,7 @@ def test_ditto_personal_model_moves_toward_the_global_as_mu_grows():
     for mu in (0.0, 1.0, 10.0):
         _, state = run_quadratic("ditto", HETERO, rounds=20, epochs=2, lr=0.05, mu=mu)
         w = np.asarray(state.server.params["params"]["head"]["w"])
-        v = np.asarray(state.clients.extra["params"]["head"]["w"])
+        v = np.asarray(state.clients.algorithm_state["params"]["head"]["w"])
         distances.append(float(np.linalg.norm(v - w, axis=1).mean()))
     assert distances[0] > distances[1] > distances[2], distances
     # mu = 0: each personal model runs plain gradient descent on its own loss from 0 (Local):
@@ -190,7 +190,7 @@ def test_ditto_personal_model_moves_toward_the_global_as_mu_grows():
     rounds, epochs, lr = 30, 2, 0.05
     _, state = run_quadratic("ditto", HETERO, rounds=rounds, epochs=1, lr=lr, mu=0.0, plocal_epochs=epochs)
     a, t = CURVATURES[HETERO][:, None], TARGETS[HETERO]
-    np.testing.assert_allclose(np.asarray(state.clients.extra["params"]["head"]["w"]),
+    np.testing.assert_allclose(np.asarray(state.clients.algorithm_state["params"]["head"]["w"]),
                                t - (1 - lr * a) ** (rounds * epochs) * t, rtol=1e-4, atol=1e-5)
 
 
@@ -200,7 +200,7 @@ def test_ditto_evaluates_the_personal_model():
     state, _ = rounds_of(alg, data, rounds=2, participation=1.0)
     x = jnp.asarray(data.x[:5], jnp.float32) / 255.0
     client = jax.tree_util.tree_map(lambda a: a[0], state.clients)
-    want, _ = alg_model_apply(client.extra, x)
+    want, _ = alg_model_apply(client.algorithm_state, x)
     np.testing.assert_allclose(np.asarray(alg.predict(state.server, client, x)), np.asarray(want), rtol=1e-6)
 
 
@@ -227,13 +227,13 @@ def test_moon_contrastive_term_matches_numpy(seed, tau):
     np.testing.assert_allclose(np.asarray(got, np.float64), numpy_moon(z, zg, zp, tau), rtol=1e-5, atol=1e-6)
 
 
-def test_moon_local_loss_is_ce_plus_mu_contrastive_against_numpy():
-    """The local loss MOON trains on, for one batch, against NumPy: CE of the model + mu *
-    mean l_con with z_g from the round's global model and z_prev from the client's previous model."""
+def test_moon_local_loss_is_ce_plus_weighted_contrastive_against_numpy():
+    """The local loss MOON trains on, for one batch, against NumPy: CE of the model +
+    contrastive_weight * mean l_con with z_g from the round's global model and z_prev from the client's previous model."""
     from omnifm_jax.algorithms.sgd import make_task_loss
     from omnifm_jax.models.omnifm import TokenModel
 
-    mu, tau = 0.7, 0.5
+    contrastive_weight, tau = 0.7, 0.5
     task = classification(NUM_CLASSES)
     model = TokenModel(backbone=TinyBackbone(), head=task.make_head(), features=True)
     x = jnp.asarray(np.random.default_rng(3).uniform(size=(5, 8, 8, 3)), jnp.float32)
@@ -241,24 +241,24 @@ def test_moon_local_loss_is_ce_plus_mu_contrastive_against_numpy():
     params, glob, prev = (model.init(jax.random.key(i), x, None)["params"] for i in range(3))
     from omnifm_jax.algorithms.moon import moon_loss_terms
 
-    loss_fn = make_task_loss(model, task, None, moon_loss_terms(mu, tau), global_params=glob, client=prev)
+    loss_fn = make_task_loss(model, task, None, moon_loss_terms(contrastive_weight, tau), global_params=glob, client=prev)
     got, _ = loss_fn(params, {}, x, y, jnp.ones(5, bool), None)
     logits, z = (np.asarray(a, np.float64) for a in model.apply({"params": params}, x, None))
     zg = np.asarray(model.apply({"params": glob}, x, None)[1], np.float64)
     zp = np.asarray(model.apply({"params": prev}, x, None)[1], np.float64)
     logp = logits - logits.max(1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(1, keepdims=True))
-    want = -logp[np.arange(5), np.asarray(y)].mean() + mu * numpy_moon(z, zg, zp, tau).mean()
+    want = -logp[np.arange(5), np.asarray(y)].mean() + contrastive_weight * numpy_moon(z, zg, zp, tau).mean()
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_moon_keeps_the_trained_model_as_the_previous_one():
     data = make_clients([9, 6, 12, 7], seed=2)
-    state, metrics = rounds_of(build_cls("moon", mu=1.0), data, rounds=1, participation=0.5)
-    init = federated.init(build_cls("moon", mu=1.0), jax.random.key(3), data)
+    state, metrics = rounds_of(build_cls("moon", contrastive_weight=1.0), data, rounds=1, participation=0.5)
+    init = federated.init(build_cls("moon", contrastive_weight=1.0), jax.random.key(3), data)
     part = set(np.asarray(metrics.participants).tolist())
-    prev = np.asarray(state.clients.extra["head"]["fc"]["kernel"])
-    first = np.asarray(init.clients.extra["head"]["fc"]["kernel"])
+    prev = np.asarray(state.clients.algorithm_state["head"]["fc"]["kernel"])
+    first = np.asarray(init.clients.algorithm_state["head"]["fc"]["kernel"])
     for k in range(4):
         assert (np.max(np.abs(prev[k] - first[k])) > 1e-6) == (k in part)
 
@@ -325,7 +325,7 @@ def test_server_optimizers_equal_optax_applied_by_hand(name, tx):
     for _ in range(3):
         uploads = jax.tree_util.tree_map(lambda a: jnp.asarray(a + rng.normal(size=(3,) + a.shape), jnp.float32), w)
         weights = rng.uniform(1, 10, size=3)
-        server = alg.server_update(server, Upload(shared=uploads, extra=None), jnp.asarray(weights, jnp.float32))
+        server = alg.server_update(server, Upload(shared=uploads, algorithm_upload=None), jnp.asarray(weights, jnp.float32))
         mean = jax.tree_util.tree_map(lambda u: np.tensordot(weights, np.asarray(u, np.float64), 1) / weights.sum(), uploads)
         updates, opt_state = tx.update(jax.tree_util.tree_map(lambda a, m: jnp.asarray(a - m, jnp.float32), w, mean),
                                        opt_state, w)
@@ -339,7 +339,7 @@ def test_server_optimizer_keeps_still_when_no_upload_counts():
     data = make_clients([9, 6], seed=2)
     server = federated.init(alg, jax.random.key(1), data).server
     uploads = jax.tree_util.tree_map(lambda a: jnp.stack([a + 1, a - 1]), server.params)
-    new = alg.server_update(server, Upload(shared=uploads, extra=None), jnp.zeros(2))
+    new = alg.server_update(server, Upload(shared=uploads, algorithm_upload=None), jnp.zeros(2))
     assert federated.state_hash(new) == federated.state_hash(server)
 
 
@@ -360,7 +360,7 @@ def test_fedala_with_eta_zero_is_fedavg():
     b, _ = rounds_of(build_cls("fedala", eta=0.0), data, rounds=3, participation=1.0)
     for x, y in zip(jax.tree_util.tree_leaves(a.server.params), jax.tree_util.tree_leaves(b.server.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-    assert np.all(np.asarray(b.clients.extra["weights"]["head"]["fc"]["kernel"]) == 1.0)
+    assert np.all(np.asarray(b.clients.algorithm_state["weights"]["head"]["fc"]["kernel"]) == 1.0)
 
 
 def numpy_ala(g, l, w, a, t, *, eta, started, threshold=0.1, num_pre_loss=10, max_passes=100):
@@ -390,19 +390,19 @@ def test_fedala_learns_its_weights_like_pfllibs_loop():
     round_fn = federated.make_round(alg, data, donate=False)
     state = federated.init(alg, jax.random.key(0), dev)
     state, _ = round_fn(state, dev)
-    assert not bool(np.any(np.asarray(state.clients.extra["started"])))
+    assert not bool(np.any(np.asarray(state.clients.algorithm_state["started"])))
     passes = []
     for started in (False, True):
         g = np.asarray(state.server.params["params"]["head"]["w"], np.float64)
-        local = np.asarray(state.clients.extra["local"]["head"]["w"], np.float64)
-        w0 = np.asarray(state.clients.extra["weights"]["head"]["w"], np.float64)
+        local = np.asarray(state.clients.algorithm_state["local"]["head"]["w"], np.float64)
+        w0 = np.asarray(state.clients.algorithm_state["weights"]["head"]["w"], np.float64)
         state, _ = round_fn(state, dev)
-        got = np.asarray(state.clients.extra["weights"]["head"]["w"], np.float64)
+        got = np.asarray(state.clients.algorithm_state["weights"]["head"]["w"], np.float64)
         for k, c in enumerate(classes):
             want, n_passes = numpy_ala(g, local[k], w0[k], CURVATURES[c], TARGETS[c], eta=eta, started=started)
             np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
             passes.append(n_passes)
-        assert bool(np.all(np.asarray(state.clients.extra["started"])))
+        assert bool(np.all(np.asarray(state.clients.algorithm_state["started"])))
     assert min(passes[:2]) >= 11 and passes[2:] == [1, 1]
     assert np.any(got < 1.0) and np.all((got >= 0) & (got <= 1))
 
@@ -444,15 +444,15 @@ def test_gpfl_shares_base_cov_gce_and_rebuilds_its_conditional_inputs():
     its head), and its conditional inputs are (mean_l E_l, sum_l E_l p_l) of that GCE with its
     class proportions p counted here."""
     data = make_clients([11], seed=9)
-    alg = build_cls("gpfl", lamda=0.01, mu=0.1)
+    alg = build_cls("gpfl", lambda_reg=0.01, weight_decay=0.1)
     state, _ = rounds_of(alg, data, rounds=1, participation=1.0)
     shared = state.server.params["params"]
     assert {"backbone", "gce", "cov"} <= set(shared) and jax.tree_util.tree_leaves(shared["head"]) == []
     emb = np.asarray(shared["gce"], np.float64)
     p = np.bincount(data.y, minlength=NUM_CLASSES) / data.y.size
-    np.testing.assert_allclose(np.asarray(state.clients.extra["generic"][0]), emb.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state.clients.extra["personal"][0]), p @ emb, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state.clients.extra["proportions"][0]), p, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.clients.algorithm_state["generic"][0]), emb.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.clients.algorithm_state["personal"][0]), p @ emb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.clients.algorithm_state["proportions"][0]), p, rtol=1e-6)
 
 
 def test_gpfl_needs_classification():

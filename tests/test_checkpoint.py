@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +93,7 @@ def test_round_trip_is_exact_and_keeps_the_last_few(tmp_path):
     assert_same_state(state, toy_state(5, 5))
     assert jax.dtypes.issubdtype(state.key.dtype, jax.dtypes.prng_key)
     np.testing.assert_array_equal(jax.random.key_data(state.key), jax.random.key_data(toy_state(5).key))
-    assert isinstance(state.server, ServerState) and isinstance(state.server.extra, bank_lib.Bank)
+    assert isinstance(state.server, ServerState) and isinstance(state.server.algorithm_state, bank_lib.Bank)
     assert state.server.params["params"]["head"] is None
     assert meta["round"] == 5 and meta["history"] == [{"round": 5}] and meta["totals"] == {"faulty": 2}
     # a concrete template works as well as an abstract one, and any kept step can be read
@@ -114,6 +115,45 @@ def test_state_of_another_structure_is_refused(tmp_path):
     other = toy_state(0)._replace(server=ServerState({"params": {"body": {"kernel": jnp.zeros((3, 3))}}}, None))
     with pytest.raises(ck.CheckpointMismatchError, match=r"does not fit this run's state: .*server/params"):
         c.restore_latest(abstract(other))
+
+
+class OldServerState(NamedTuple):
+    """``ServerState`` as it was before the rename: the algorithm's slot was called ``extra``."""
+    params: Any
+    extra: Any
+    opt_state: Any = None
+
+
+class OldClientState(NamedTuple):
+    personal: Any
+    opt_state: Any
+    extra: Any = None
+
+
+def test_checkpoint_written_before_the_renames_resumes(tmp_path):
+    """A checkpoint whose tree names the algorithm slot ``extra`` and whose config uses the
+    old spellings (``dropout``, a former data set name, MOON's ``mu``), written with the same
+    orbax API, restores into today's state (``algorithm_state``) and passes the resume check
+    of today's config."""
+    new = toy_state(2, 2)
+    old = new._replace(server=OldServerState(new.server.params, new.server.algorithm_state),
+                       clients=OldClientState(new.clients.personal, new.clients.opt_state))
+    old_cfg = dict(config_lib.load_config(), algorithm="moon", algorithm_kwargs={"mu": 1.0},
+                   dataset="fusion_harvard")
+    old_cfg["dropout"] = old_cfg.pop("client_dropout")
+    c = checkpointer(tmp_path / "ck")
+    c.save(old, {"config": old_cfg, "history": []})
+    saved = json.loads((tmp_path / "ck" / "2" / "meta" / "metadata").read_text())
+    assert "server/extra/embeddings" in [x["path"] for x in saved["leaves"]]  # really the old tree
+    state, meta = c.restore_latest(abstract(toy_state(0)))
+    assert_same_state(state, new)
+    assert isinstance(state.server.algorithm_state, bank_lib.Bank)
+    assert "server/algorithm_state/embeddings" in [x["path"] for x in meta["leaves"]]
+    cfg = dict(config_lib.load_config(), algorithm="moon", algorithm_kwargs={"contrastive_weight": 1.0},
+               dataset="harvard_fusion")
+    ck.check_resumable(meta, cfg)
+    with pytest.raises(config_lib.ConfigError, match=r"differs in \['client_dropout'\]"):
+        ck.check_resumable(meta, dict(cfg, client_dropout=0.5))
 
 
 # ----------------------------------------------------------------------------- corruption
@@ -231,7 +271,7 @@ def get_config():
         "dataset_kwargs": {"image_size": 16, "samples_per_class_per_modality": 4, "num_classes": 3,
                            "num_modalities": 2, "channels": 1, "min_size": 4},
         "backbone": "cnn", "backbone_kwargs": {"hidden": 16},
-        "num_clients": 3, "rounds": 6, "local_epochs": 1, "batch_size": 8, "dropout": 0.3,
+        "num_clients": 3, "rounds": 6, "local_epochs": 1, "batch_size": 8, "client_dropout": 0.3,
         "algorithm_kwargs": {"bank_capacity": 8, "spectral_dim": 8, "attn_dim": 8, "num_suffix": 2},
         "eval_every": 1, "checkpoint_every": 1, "checkpoint_keep": 3,
     }

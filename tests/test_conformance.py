@@ -236,7 +236,7 @@ class Setup:
             return alg.server_update(*args, **kwargs)
 
         round_fn = federated.make_round(alg._replace(server_update=spy), TRAIN, participation=PARTICIPATION,
-                                        donate=False, dropout=0.34)
+                                        donate=False, client_dropout=0.34)
         jax.eval_shape(round_fn, state, self.train)
         assert len(seen) == 1, "server_update must be called exactly once per round"
         return state, seen[0]
@@ -278,14 +278,14 @@ def test_every_strategy_equals_sequential_round(st):
             assert int(mv.faulty) == int(ms.faulty) == 0
             assert int(sv.round) == int(ss.round)
             assert_trees_close(sv.server.params, ss.server.params)
-            assert_trees_close(sv.server.extra, ss.server.extra)
+            assert_trees_close(sv.server.algorithm_state, ss.server.algorithm_state)
             assert_trees_close(sv.clients, ss.clients)
             assert_trees_close(mv.client_metrics, ms.client_metrics)
     sv_last = st.s2
     if st.name != "local":  # Local's server never changes
         assert max_change(sv_last.server.params, st.s0.server.params) > 1e-4
     if st.name == "omnifm":
-        assert int(np.sum(np.asarray(sv_last.server.extra.valid))) > 0
+        assert int(np.sum(np.asarray(sv_last.server.algorithm_state.valid))) > 0
 
 
 @EVERY
@@ -428,11 +428,11 @@ def test_server_sees_its_state_the_uploads_and_weights_only(name):
     got = {k: (v.shape, v.dtype) for k, v in named(uploads).items()}
     expected = {} if name == "local" else {f"shared/{p}": ((m,) + v.shape, v.dtype) for p, v in shared.items()}
     if name == "omnifm":
-        expected["extra/embedding"] = ((m, SPECTRAL_DIM), np.dtype(np.float32))
-        expected["extra/has_embedding"] = ((m,), np.dtype(bool))
-        expected["extra/hits"] = ((m, BANK), np.dtype(np.int32))
+        expected["algorithm_upload/embedding"] = ((m, SPECTRAL_DIM), np.dtype(np.float32))
+        expected["algorithm_upload/has_embedding"] = ((m,), np.dtype(bool))
+        expected["algorithm_upload/hits"] = ((m, BANK), np.dtype(np.int32))
     if name == "scaffold":  # the control-variate change dc_i, one per shared parameter
-        expected.update({f"extra/{p[len('params/'):]}": ((m,) + v.shape, v.dtype)
+        expected.update({f"algorithm_upload/{p[len('params/'):]}": ((m,) + v.shape, v.dtype)
                          for p, v in shared.items() if p.startswith("params/")})
     assert got == expected
 
@@ -595,25 +595,25 @@ def test_local_never_communicates(st):
     assert array_leaves(res.state.personal)
 
 
-# ----------------------------------------------------------------------------- OmniFM: bank, faults, dropout
+# ----------------------------------------------------------------------------- OmniFM: bank, faults, client dropout
 # From the state after round 0 (st.s1: the bank holds that round's prototypes), rounds with all
-# 4 clients taking part (st.round(participation=1.0)) and their dropout versions.
+# 4 clients taking part (st.round(participation=1.0)) and their client-dropout versions.
 
 OMNIFM = per_algorithm(["omnifm"])
 
 
 def full(st, **kw):
-    """The round with every client taking part (``dropout``: and half of them dropping out)."""
+    """The round with every client taking part (``client_dropout``: and half of them dropping out)."""
     return st.round(1, participation=1.0, **kw)
 
 
 @OMNIFM
 def test_omnifm_uploads_unit_norm_after_bank_is_seeded(st):
     state, _ = full(st)(st.s0, st.train)
-    assert int(np.sum(np.asarray(state.server.extra.valid))) == 4
+    assert int(np.sum(np.asarray(state.server.algorithm_state.valid))) == 4
     res = st.update(state.server, client(state.clients, 1), client_data(TRAIN, 1), jax.random.key(3))
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(res.upload.extra["embedding"])), 1.0, rtol=1e-5)
-    hits = np.asarray(res.upload.extra["hits"])
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(res.upload.algorithm_upload["embedding"])), 1.0, rtol=1e-5)
+    hits = np.asarray(res.upload.algorithm_upload["hits"])
     # every sample of the one full batch (n=7, batch 4, drop_last) retrieves top_k = 2 prototypes
     assert hits.sum() == 2 * (int(TRAIN.n[1]) // 4) * 4
 
@@ -621,7 +621,7 @@ def test_omnifm_uploads_unit_norm_after_bank_is_seeded(st):
 @OMNIFM
 def test_nan_client_is_excluded_like_an_absent_one(st):
     state, train, round_fn = st.s1, st.train, full(st)
-    assert int(st.m0.faulty) == 0 and bool(np.asarray(state.server.extra.valid).any())
+    assert int(st.m0.faulty) == 0 and bool(np.asarray(state.server.algorithm_state.valid).any())
     bad = 1
     poisoned = poison(state, bad)
     new, m = round_fn(poisoned, train)
@@ -646,7 +646,7 @@ def test_nan_client_is_excluded_like_an_absent_one(st):
 def test_bank_ignores_the_nan_clients_embedding(st):
     state = st.s1
     new, m = full(st)(poison(state, 2), st.train)
-    bank0, bank1 = state.server.extra, new.server.extra
+    bank0, bank1 = state.server.algorithm_state, new.server.algorithm_state
 
     # 4 participants, 1 faulty: exactly 3 new prototypes inserted this round
     def n_inserted(b0, b1):
@@ -666,12 +666,12 @@ def test_all_clients_faulty_leaves_the_global_model_untouched(st):
     np.testing.assert_array_equal(np.asarray(m.weights), np.zeros(K))
     assert_trees_equal(new.server.params, state.server.params)
     assert_trees_equal(new.clients, poisoned.clients)
-    assert int(np.sum(np.asarray(new.server.extra.valid))) == int(np.sum(np.asarray(state.server.extra.valid)))
+    assert int(np.sum(np.asarray(new.server.algorithm_state.valid))) == int(np.sum(np.asarray(state.server.algorithm_state.valid)))
 
 
 @OMNIFM
-def test_dropout_masks_participants_inside_the_jitted_round(st):
-    state, train, round_fn, drop_fn = st.s1, st.train, full(st), full(st, dropout=0.5)
+def test_client_dropout_masks_participants_inside_the_jitted_round(st):
+    state, train, round_fn, drop_fn = st.s1, st.train, full(st), full(st, client_dropout=0.5)
     new, m = drop_fn(state, train)
     plain, m_plain = round_fn(state, train)
 
@@ -679,7 +679,7 @@ def test_dropout_masks_participants_inside_the_jitted_round(st):
     dropped = np.flatnonzero(w == 0)
     assert int(m.dropped) == 2 and int(m.faulty) == 0 and dropped.size == 2
     np.testing.assert_array_equal(np.asarray(m.participants), np.asarray(m_plain.participants))
-    # the clients that reported trained exactly as without dropout (same keys) ...
+    # the clients that reported trained exactly as without client dropout (same keys) ...
     for k in set(range(K)) - set(dropped.tolist()):
         assert_trees_equal(client(new.clients, k), client(plain.clients, k))
         np.testing.assert_array_equal(np.asarray(m.client_metrics["train_loss"])[k],
@@ -687,7 +687,7 @@ def test_dropout_masks_participants_inside_the_jitted_round(st):
     # ... the dropped ones trained too and keep what they trained (PFLlib), or roll back ...
     for k in dropped:
         assert_trees_equal(client(new.clients, k), client(plain.clients, k))
-    rolled, _ = full(st, dropout=0.5, dropped_keep_update=False)(state, train)
+    rolled, _ = full(st, client_dropout=0.5, dropped_keep_update=False)(state, train)
     for k in dropped:
         assert_trees_equal(client(rolled.clients, k), client(state.clients, k))
     # ... and the server is that of the round in which they had nothing to send
@@ -696,15 +696,15 @@ def test_dropout_masks_participants_inside_the_jitted_round(st):
         absent = with_n(absent, int(k), 0)
     ref, _ = round_fn(state, absent)
     assert_trees_equal(new.server, ref.server)
-    # the dropout draw changes from round to round
+    # the client-dropout draw changes from round to round
     masks = {tuple(np.asarray(drop_fn(s, train)[1].weights) == 0)
              for s in [state._replace(round=jnp.int32(r)) for r in range(6)]}
     assert len(masks) > 1
 
 
 @OMNIFM
-def test_dropout_and_faults_are_counted_separately(st):
-    state, train, drop_fn = st.s1, st.train, full(st, dropout=0.5)
+def test_client_dropout_and_faults_are_counted_separately(st):
+    state, train, drop_fn = st.s1, st.train, full(st, client_dropout=0.5)
     _, m = drop_fn(state, train)
     dropped = np.flatnonzero(np.asarray(m.weights) == 0)
     reporting = sorted(set(range(K)) - set(dropped.tolist()))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _helpers import real_data_dir
 
-from omnifm_jax.data import breakhis_sr, superres
+from omnifm_jax.data import breakhis_sr, sr
 from omnifm_jax.data import describe as D
 from omnifm_jax.data import federation as F
 from omnifm_jax.data import registry as R
@@ -233,9 +233,9 @@ def test_registry_synthetic_and_unknown():
         R.load_federation("medmnist:pathmnist+fakemnist", num_clients=2)
 
 
-def test_registry_superres_is_forwarded(monkeypatch):
+def test_registry_sr_is_forwarded(monkeypatch):
     calls = []
-    monkeypatch.setattr(superres, "synthetic_sr_federation", lambda **kw: calls.append(("synthetic", kw)) or "SYN")
+    monkeypatch.setattr(sr, "synthetic_sr_federation", lambda **kw: calls.append(("synthetic", kw)) or "SYN")
     monkeypatch.setattr(breakhis_sr, "breakhis_sr_federation", lambda **kw: calls.append(("breakhis", kw)) or "BRK")
     assert R.load_federation("synthetic_sr", num_clients=3, seed=2, scale=2) == "SYN"
     assert R.load_federation("breakhis_sr", num_clients=4) == "BRK"

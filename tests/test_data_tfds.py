@@ -108,7 +108,7 @@ def test_core_package_imports_without_tfds():
     """With tensorflow_datasets hidden, the core data modules import and tfds_builders says what to install."""
     code = (
         "import sys; sys.modules['tensorflow_datasets'] = None\n"
-        "import omnifm_jax.data.superres, omnifm_jax.data.breakhis\n"
+        "import omnifm_jax.data.sr, omnifm_jax.data.breakhis\n"
         "try:\n"
         "    import omnifm_jax.data.tfds_builders\n"
         "except ImportError as e:\n"

@@ -146,9 +146,9 @@ def test_identical_inputs_give_uniform_attention(omnifm_state):
     # every bank slot holds exactly the token of that one image: all keys of ECA coincide
     client0 = jax.tree_util.tree_map(lambda a: a[0], state.clients)
     _, aux, _ = jax.jit(alg.inspect)(state.server, client0, jnp.asarray(same.x[:1], jnp.float32) / 127.5 - 1.0)
-    bank = state.server.extra
+    bank = state.server.algorithm_state
     bank = bank._replace(embeddings=jnp.where(bank.valid[:, None], aux.s[0], 0.0))
-    state = state._replace(server=state.server._replace(extra=bank))
+    state = state._replace(server=state.server._replace(algorithm_state=bank))
     d = D.omnifm_diagnostics(alg, classification(3), state, same)
     assert d["diag/attn_entropy_ratio"] == pytest.approx(1.0, abs=1e-5)
     assert d["diag/s_cos_to_mean"] == pytest.approx(1.0, abs=1e-5)
@@ -172,7 +172,7 @@ def test_class_mean_uploads_equal_the_numpy_class_means():
             m = s[y == c].mean(0)
             expected.append(m / np.linalg.norm(m))
     new, _ = federated.make_round(alg, data)(state, data)
-    bank = new.server.extra
+    bank = new.server.algorithm_state
     got = np.asarray(bank.embeddings, np.float64)[np.asarray(bank.valid)]
     assert got.shape[0] == len(expected)
     for e in expected:  # every expected class mean is in the bank

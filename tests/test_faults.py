@@ -3,13 +3,13 @@
 A participant whose update is NaN/Inf is excluded from the aggregation and from the
 knowledge-bank update of that round, keeps its personal state, and is counted: the
 server after the round equals the server after the same round without that client.
-Dropped-out participants (``dropout``) get weight 0 inside the jitted round, keep their
+Dropped-out participants (``client_dropout``) get weight 0 inside the jitted round, keep their
 state, are counted separately, and do not change which clients are sampled or the keys
 the others train with.
 
 Those checks run on OmniFM and on every algorithm in tests/test_conformance.py (on its
-shared per-algorithm setups); here: dropout's validation and the sequential reference's
-dropout draw, on a model-free algorithm.
+shared per-algorithm setups); here: client_dropout's validation and the sequential reference's
+client-dropout draw, on a model-free algorithm.
 """
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ NS = [6, 5, 4, 6]
 TRAIN = make_train(NS)
 
 
-# ----------------------------------------------------------------------------- dropout
+# ----------------------------------------------------------------------------- client dropout
 
-def test_bad_dropout_is_refused():
+def test_bad_client_dropout_is_refused():
     for bad in (-0.1, 1.0, 1.5):
-        with pytest.raises(ValueError, match="dropout must be in"):
+        with pytest.raises(ValueError, match="client_dropout must be in"):
             federated.num_reporting(4, bad)
-    with pytest.raises(ValueError, match="dropout must be in"):
-        federated.make_round(counting_algorithm(), TRAIN, dropout=1.0)
+    with pytest.raises(ValueError, match="client_dropout must be in"):
+        federated.make_round(counting_algorithm(), TRAIN, client_dropout=1.0)
 
 
 def counting_algorithm():
@@ -64,7 +64,7 @@ def counting_algorithm():
 def test_sequential_round_drops_the_same_participants():
     alg = counting_algorithm()
     train = jax.device_put(make_train([6, 5, 4, 6, 3, 2]))
-    kw = dict(participation=0.75, dropout=0.5)
+    kw = dict(participation=0.75, client_dropout=0.5)
     vm_state = sq_state = federated.init(alg, jax.random.key(3), train)
     round_fn = federated.make_round(alg, train, donate=False, **kw)
     update = jax.jit(alg.client_update)

@@ -295,7 +295,7 @@ def test_batchnorm_statistics_stay_on_each_client():
     assert len(jax.tree_util.tree_leaves(shared_state.server.params["batch_stats"])) == 2
 
 
-# ----------------------------------------------------------------------------- init, dropout, faults
+# ----------------------------------------------------------------------------- init, client dropout, faults
 
 def test_all_clients_start_from_one_initial_model():
     """PFLlib deep-copies one model to every client: the personal parts start equal, and are
@@ -322,12 +322,12 @@ def test_dropped_participant_keeps_what_it_trained(keep):
     alg = build("fedper")
     train = jax.device_put(TRAIN4)
     state = federated.init(alg, jax.random.key(0), train)
-    new, m = federated.make_round(alg, TRAIN4, dropout=0.5, dropped_keep_update=keep, donate=False)(state, train)
+    new, m = federated.make_round(alg, TRAIN4, client_dropout=0.5, dropped_keep_update=keep, donate=False)(state, train)
     assert int(m.dropped) == 2
     w = np.asarray(m.weights)
     dropped = [int(i) for i, wi in zip(np.asarray(m.participants), w) if wi == 0]
     assert len(dropped) == 2
-    seq, _ = federated.sequential_round(alg, state, train, dropout=0.5, dropped_keep_update=keep)
+    seq, _ = federated.sequential_round(alg, state, train, client_dropout=0.5, dropped_keep_update=keep)
     assert_trees_close(new.clients, seq.clients)
     head = lambda s, k: np.asarray(s.clients.personal["params"]["head"]["fc"]["kernel"][k])
     for k in dropped:
@@ -380,7 +380,7 @@ def test_num_reporting_is_pflib_floor():
     assert federated.num_reporting(4, 0.3) == 2   # int(0.7 * 4)
     assert federated.num_reporting(10, 0.25) == 7
     assert federated.num_reporting(2, 0.9) == 1   # at least one reports
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(ValueError, match="client_dropout"):
         federated.num_reporting(4, 1.0)
 
 

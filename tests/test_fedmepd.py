@@ -78,7 +78,7 @@ def test_missing_modality_encoder_is_neither_trained_nor_counted(shared_run):
     data = algorithms.ClientData(x=jnp.asarray(train.x), y=jnp.asarray(train.y), offset=jnp.int32(4),
                                  n=jnp.int32(4), capacity=4)
     res = client_update(state.server, c1, data, jax.random.key(1))
-    np.testing.assert_array_equal(np.asarray(res.upload.extra), [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(res.upload.algorithm_upload), [1.0, 0.0, 1.0])
     for a, b in zip(jax.tree_util.tree_leaves(res.upload.shared["params"]["enc1"]), jax.tree_util.tree_leaves(enc1)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
@@ -86,7 +86,7 @@ def test_missing_modality_encoder_is_neither_trained_nor_counted(shared_run):
         jax.tree_util.tree_leaves(state.server.params["params"]["enc0"])))
     # (2) its upload of encoder 1 has weight 0 in the server's mean, even when it is garbage
     shared = jax.tree_util.tree_map(lambda a: jnp.stack([a + 1.0, a + 1e6]), state.server.params)
-    uploads = Upload(shared=shared, extra=jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
+    uploads = Upload(shared=shared, algorithm_upload=jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
     new = server_update(state.server, uploads, jnp.array([3.0, 5.0]))
     for a, b in zip(jax.tree_util.tree_leaves(new.params["params"]["enc1"]), jax.tree_util.tree_leaves(enc1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b) + 1.0, rtol=1e-6)
@@ -95,7 +95,7 @@ def test_missing_modality_encoder_is_neither_trained_nor_counted(shared_run):
                     jax.tree_util.tree_leaves(state.server.params["params"]["enc0"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b) + (3 + 5e6) / 8, rtol=1e-5)
     # nobody has modality 1: encoder 1 keeps its old value
-    uploads2 = Upload(shared=shared, extra=jnp.array([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]))
+    uploads2 = Upload(shared=shared, algorithm_upload=jnp.array([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]))
     new2 = server_update(state.server, uploads2, jnp.array([3.0, 5.0]))
     for a, b in zip(jax.tree_util.tree_leaves(new2.params["params"]["enc1"]), jax.tree_util.tree_leaves(enc1)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -133,13 +133,13 @@ def test_personal_filters_follow_the_discrepancy_rule(shared_run):
     dl_c["out"]["bias"] = dl_c["out"]["bias"].at[1].set(-1.0)
     dl_c["dec0"]["kernel"] = dl_c["dec0"]["kernel"].at[..., 0].set(-1.0)
     dl_c["dec0"]["bias"] = dl_c["dec0"]["bias"].at[0].set(-1.0)
-    server = server._replace(extra=dict(server.extra, delta_global=d))
-    client = client._replace(extra=dict(client.extra, delta_local=dl_c,
-                                        decoder=jax.tree_util.tree_map(lambda a: a + 5.0, client.extra["decoder"])))
+    server = server._replace(algorithm_state=dict(server.algorithm_state, delta_global=d))
+    client = client._replace(algorithm_state=dict(client.algorithm_state, delta_local=dl_c,
+                                        decoder=jax.tree_util.tree_map(lambda a: a + 5.0, client.algorithm_state["decoder"])))
     data = algorithms.ClientData(x=jnp.asarray(train.x), y=jnp.asarray(train.y), offset=jnp.int32(0),
                                  n=jnp.int32(4), capacity=4)
-    variables, extra = fm_download(client_update, server, client, data)
-    assert int(extra["personal_filters"]) == 2
+    variables, client_state = fm_download(client_update, server, client, data)
+    assert int(client_state["personal_filters"]) == 2
     for name, f in (("out", 1), ("dec0", 0)):
         got, glob = np.asarray(variables["params"][name]["bias"]), np.asarray(p[name]["bias"])
         np.testing.assert_array_equal(got[f], glob[f] + 5.0)                       # personal: own value
@@ -147,9 +147,9 @@ def test_personal_filters_follow_the_discrepancy_rule(shared_run):
     # evaluation uses the personalised decoder: with no personal filter the prediction changes
     pred = jax.jit(algo.predict)
     x = jnp.asarray(train.x[:2], jnp.float32) / 255.0
-    no_personal = client._replace(extra=dict(client.extra, delta_local=jax.tree_util.tree_map(jnp.zeros_like, dl_c)))
+    no_personal = client._replace(algorithm_state=dict(client.algorithm_state, delta_local=jax.tree_util.tree_map(jnp.zeros_like, dl_c)))
     assert not np.allclose(np.asarray(pred(server, client, x)), np.asarray(pred(server, no_personal, x)))
-    dec, count, _ = fm.personalized_decoder(p, client.extra, server.extra, personalize=False, threshold=1.0)
+    dec, count, _ = fm.personalized_decoder(p, client.algorithm_state, server.algorithm_state, personalize=False, threshold=1.0)
     assert int(count) == 0
     for a, b in zip(jax.tree_util.tree_leaves(dec), jax.tree_util.tree_leaves({k: p[k] for k in fm.decoder_keys(p)})):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -199,7 +199,7 @@ def fm_download(client_update, server, client, data):
     steps stores the downloaded decoder unchanged as its trained one."""
     res = client_update(server, client, dataclasses.replace(data, n=jnp.int32(0)), jax.random.key(0))
     params = server.params["params"]
-    return {"params": {**params, **res.state.extra["decoder"]}}, res.state.extra
+    return {"params": {**params, **res.state.algorithm_state["decoder"]}}, res.state.algorithm_state
 
 
 def test_calibration_is_exact_identity_without_missing_modalities():
@@ -247,7 +247,7 @@ def test_degenerate_fedmepd_is_fedavg():
     s_a = federated.init(algo, jax.random.key(5), train)
     # FedAvg from the same initial parameters (the two init programs may round the random
     # init differently), without FedMEPD's algorithm slots
-    s_b = s_a._replace(server=s_a.server._replace(extra=None), clients=s_a.clients._replace(extra=None))
+    s_b = s_a._replace(server=s_a.server._replace(algorithm_state=None), clients=s_a.clients._replace(algorithm_state=None))
     leaves = jax.tree_util.tree_leaves
     start = leaves(s_a.server.params)
     data = jax.tree_util.tree_map(jnp.asarray, train)
@@ -272,7 +272,7 @@ def test_degenerate_fedmepd_is_fedavg():
     uploads = jax.tree_util.tree_map(lambda *t: jnp.stack(t), *[r.upload for r in res])
     w = jnp.asarray(train.n, jnp.float32)
     new_a = jax.jit(algo.server_update)(s_a.server, uploads, w)
-    new_b = jax.jit(ref.server_update)(s_b.server, uploads._replace(extra=None), w)
+    new_b = jax.jit(ref.server_update)(s_b.server, uploads._replace(algorithm_upload=None), w)
     for a, b, u in zip(leaves(new_a.params), leaves(new_b.params), leaves(uploads.shared)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         ref64 = np.tensordot(np.asarray(w, np.float64), np.asarray(u, np.float64), axes=1) / float(np.sum(w))
@@ -292,18 +292,18 @@ def test_bad_input_is_refused(tmp_path):
     # loader: a client declaring a modality its data lacks; no full-modal patient for the server
     _write_lgg(tmp_path / "a", absent_site="BB", absent_channel=2)
     with pytest.raises(ValueError, match=r"client 1 \(BB\) declares modality 2"):
-        load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "a"),
+        load_federation("lgg_multimodal_seg", num_clients=2, root=str(tmp_path / "a"),
                         modality_subsets=[[0, 1, 2], [1, 2]], server_fraction=0.2)
-    fed = load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "a"),
+    fed = load_federation("lgg_multimodal_seg", num_clients=2, root=str(tmp_path / "a"),
                           modality_subsets=[[0, 1, 2], [1]], server_fraction=0.2)
     lo, n = fed.train.offsets[1], fed.train.n[1]
     assert not fed.train.x[lo:lo + n, ..., 0].any() and fed.train.x[lo:lo + n, ..., 1].all()
     assert set(fed.info["server_patients"]).isdisjoint(sum(fed.info["train_patients"] + fed.info["test_patients"], []))
     _write_lgg(tmp_path / "b", absent_site="AA", absent_channel=0, also="BB")
     with pytest.raises(ValueError, match="server has no full-modal data"):
-        load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "b"), modality_subsets=[[1], [1]])
+        load_federation("lgg_multimodal_seg", num_clients=2, root=str(tmp_path / "b"), modality_subsets=[[1], [1]])
     with pytest.raises(ValueError, match="2 clients"):
-        load_federation("fedmepd_lgg", num_clients=2, root=str(tmp_path / "a"), modality_subsets=[[1]])
+        load_federation("lgg_multimodal_seg", num_clients=2, root=str(tmp_path / "a"), modality_subsets=[[1]])
 
 
 def _write_lgg(root, *, sites=("AA", "BB"), patients=5, slices=2, size=SIZE, absent_site=None, absent_channel=None,
@@ -412,7 +412,7 @@ def _check_missing_modality_federation(fed, server_cases):
 def test_brats_loader_server_patient_subsets_and_regions(tmp_path):
     root = tmp_path / "data"
     _write_brats(root)
-    fed = load_federation("fedmepd_brats", num_clients=3, root=str(root))
+    fed = load_federation("brats_multimodal_seg", num_clients=3, root=str(root))
     # the only patient whose every case is full-modal is the server's (Brats18_2013_2_1 is
     # full-modal but the same patient as brats_2013_pat0002_1, which has T1ce + FLAIR only)
     _check_missing_modality_federation(fed, ["Brats18_TCIA05_396_1"])
@@ -428,13 +428,13 @@ def test_brats_loader_server_patient_subsets_and_regions(tmp_path):
     x, y = multimodal.server_set(dataset="brats", root=str(root))
     assert x.shape == (3, SIZE, SIZE, 4) and set(np.unique(y).tolist()) <= {0, 1, 2, 3}
     # subsets by name; a declared sequence the clients' cases lack is refused
-    by_name = load_federation("fedmepd_brats", num_clients=3, root=str(root),
+    by_name = load_federation("brats_multimodal_seg", num_clients=3, root=str(root),
                               modality_subsets=[["t1ce", "flair"], ["flair"], ["t1ce"]])
     np.testing.assert_array_equal(by_name.train.x, fed.train.x)
     with pytest.raises(ValueError, match=r"declares modality 0 \(t1\)"):
-        load_federation("fedmepd_brats", num_clients=3, root=str(root), modality_subsets=[[0, 1], [3], [1]])
+        load_federation("brats_multimodal_seg", num_clients=3, root=str(root), modality_subsets=[[0, 1], [3], [1]])
     with pytest.raises(ValueError, match="unknown channel 'pd'"):
-        load_federation("fedmepd_brats", num_clients=3, root=str(root), modality_subsets=[["pd"], [3], [1]])
+        load_federation("brats_multimodal_seg", num_clients=3, root=str(root), modality_subsets=[["pd"], [3], [1]])
     from omnifm_jax.data.describe import describe_masks
 
     text = describe_masks(fed)
@@ -443,15 +443,15 @@ def test_brats_loader_server_patient_subsets_and_regions(tmp_path):
     assert [line.split()[-1] for line in text.splitlines() if line.strip()[:1].isdigit()] == ["t1ce+flair", "flair",
                                                                                             "t1ce"]
     # a binary target: ET only, no regions
-    et = load_federation("fedmepd_brats", num_clients=3, root=str(root), target="et")
+    et = load_federation("brats_multimodal_seg", num_clients=3, root=str(root), target="et")
     assert et.info["label_values"] == [0, 1] and "regions" not in et.info
 
 
 def _assert_server_data_is_the_loaders(state, fed):
     """FedMEPD's server-side set (its server state's algorithm slot) is the federation's
     server split, which no client holds."""
-    np.testing.assert_array_equal(np.asarray(state.server.extra["data_x"]), fed.server.x)
-    np.testing.assert_array_equal(np.asarray(state.server.extra["data_y"]), fed.server.y)
+    np.testing.assert_array_equal(np.asarray(state.server.algorithm_state["data_x"]), fed.server.x)
+    np.testing.assert_array_equal(np.asarray(state.server.algorithm_state["data_y"]), fed.server.y)
     assert set(fed.info["server_patients"]).isdisjoint(sum(fed.info["train_patients"] + fed.info["test_patients"],
                                                            []))
 
@@ -487,7 +487,7 @@ def test_real_brats_missing_modality_federation():
 
     if not (default_real_data_dir() / "brats_slices" / "brats_tumour_slices_96.npz").is_file():
         pytest.skip("real BraTS slices not found")
-    fed = load_federation("fedmepd_brats", num_clients=3)
+    fed = load_federation("brats_multimodal_seg", num_clients=3)
     _check_missing_modality_federation(fed, ["Brats18_TCIA05_396_1"])
     x, _ = multimodal.server_set(dataset="brats")
     assert x.shape == (76, 96, 96, 4)

@@ -33,4 +33,5 @@ def test_every_kind_lists_its_components():
     assert {"classification", "super_resolution", "segmentation"} <= set(TASKS.available())
     assert {"cnn", "resnet18", "edsr", "unet"} <= set(BACKBONES.available())
     assert {"synthetic", "medmnist", "real4", "synthetic_sr", "breakhis_sr", "lgg_seg", "brats_seg",
-            "seg_cross_modality", "nifti_seg"} <= set(DATASETS.available())
+            "ph2_dsb_seg", "nifti_seg", "harvard_fusion", "synthetic_fusion", "lgg_multimodal_seg",
+            "brats_multimodal_seg"} <= set(DATASETS.available())

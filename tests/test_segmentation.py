@@ -24,8 +24,8 @@ from omnifm_jax.data.federation import ClientArrays, Federation, stack_clients
 from omnifm_jax.data.image import resize_mask
 from omnifm_jax.data.lgg import LGG_FILE, lgg_patient
 from omnifm_jax.data.paths import default_real_data_dir
+from omnifm_jax.data.ph2_dsb_seg import DSB_FILE, PH2_FILE
 from omnifm_jax.data.registry import load_federation
-from omnifm_jax.data.seg_cross_modality import DSB_FILE, PH2_FILE
 from omnifm_jax.models.common import TokenLayout
 from omnifm_jax.models.heads import ClassificationHead
 from omnifm_jax.models.omnifm import OmniFM, TokenModel, split_backbone_output
@@ -600,7 +600,7 @@ def test_real_brats_et_target_and_same_patient_together():
 def test_real_cross_modality_shapes():
     _real(PH2_FILE)
     dsb = _real(DSB_FILE)
-    fed = load_federation("seg_cross_modality", num_clients=2, seed=0)
+    fed = load_federation("ph2_dsb_seg", num_clients=2, seed=0)
     assert fed.train.x.shape[1:] == (64, 64, 3) and fed.train.y.shape[1:] == (64, 64, 1)
     assert fed.info["client_names"] == ["skin_dermoscopy", "nuclei_microscopy"]
     assert (fed.train.n + fed.test.n).tolist() == [200, 250]

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omnifm_jax.data.superres import bicubic_upsample as host_bicubic_upsample
+from omnifm_jax.data.sr import bicubic_upsample as host_bicubic_upsample
 from omnifm_jax.tasks import bicubic_upsample, classification, macro_f1, super_resolution
 
 
@@ -92,7 +92,7 @@ def _federations():
     from omnifm_jax.data.federation import Federation, stack_clients
     from omnifm_jax.data.fusion import synthetic_fusion_federation
     from omnifm_jax.data.registry import load_federation
-    from omnifm_jax.data.superres import synthetic_sr_federation
+    from omnifm_jax.data.sr import synthetic_sr_federation
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8)

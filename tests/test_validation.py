@@ -53,8 +53,8 @@ CONFIG_CASES = [
      r"algorithm 'fedprox': mu must be a finite number >= 0, got -1"),
     ("diagnostics -1", {"diagnostics": -1}, r"diagnostics must be 'auto' or an integer >= 0"),
     ("validation fraction 1", {"validation_fraction": 1.0}, r"validation_fraction must be a number in \(0, 1\), got 1.0"),
-    ("dropout 1", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
-    ("negative dropout", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
+    ("client_dropout 1", {"client_dropout": 1.0}, r"client_dropout must be a number in \[0, 1\), got 1.0"),
+    ("negative client_dropout", {"client_dropout": -0.1}, r"client_dropout must be a number in \[0, 1\)"),
     ("negative checkpoint_every", {"checkpoint_every": -1}, r"checkpoint_every must be an integer >= 0, got -1"),
     ("checkpoint_keep 0", {"checkpoint_keep": 0}, r"checkpoint_keep must be an integer >= 1, got 0"),
     ("zero clients", {"num_clients": 0}, r"num_clients must be an integer >= 1, got 0"),
@@ -78,6 +78,10 @@ CONFIG_CASES = [
     ("flag as text", {"algorithm_kwargs": {"use_gskr": "yes"}}, r"use_gskr must be True or False, got 'yes'"),
     ("SR scale 3", {"task": "super_resolution", "task_kwargs": {"scale": 3}}, r"task_kwargs.scale must be 2, 4 or 8, got 3"),
     ("scale at the top level", {"scale": 4}, r"scale moved to task_kwargs.scale"),
+    ("former key dropout", {"dropout": 0.3}, r"dropout was renamed to client_dropout"),
+    ("former hyper-parameter name (MOON's mu)", {"algorithm": "moon", "algorithm_kwargs": {"mu": 1.0}},
+     r"algorithm 'moon': hyper-parameter 'mu' was renamed to 'contrastive_weight'"),
+    ("former data set name", {"dataset": "fusion_harvard"}, r"dataset 'fusion_harvard' was renamed to 'harvard_fusion'"),
     ("client_chunk 0", {"client_chunk": 0}, r"client_chunk must be 'auto', None or an integer >= 1, got 0"),
     ("participants per round 0", {"num_clients": 4, "participation": 0.2},
      r"participation=0.2 of num_clients=4 selects int\(4 \* 0.2\) = 0 clients per round"),
@@ -357,8 +361,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "--resume needs --out" in capsys.readouterr().err
     assert cli.main(["train", "--resume", "--out", str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "cannot resume: " in capsys.readouterr().err
-    assert cli.main(["train", "--set", "dropout=1.5", "--quiet"]) == 2
-    assert "dropout must be a number in [0, 1), got 1.5" in capsys.readouterr().err
+    assert cli.main(["train", "--set", "client_dropout=1.5", "--quiet"]) == 2
+    assert "client_dropout must be a number in [0, 1), got 1.5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", ["classification", "super_resolution"])

@@ -11,6 +11,7 @@ from omnifm_jax.algorithms.registry import (
     get,
     hyperparameters,
     register,
+    renamed,
     run_args,
     supports,
     unchecked,
@@ -23,4 +24,4 @@ def build(name: str, **kwargs) -> FederatedAlgorithm:
 
 
 __all__ = ["ClientData", "ClientResult", "FederatedAlgorithm", "available", "build", "check", "get", "supports",
-           "unchecked", "hyperparameters", "register", "run_args"]
+           "unchecked", "hyperparameters", "register", "renamed", "run_args"]

@@ -40,7 +40,7 @@ def ditto(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True
     base = personalized_sgd(name="ditto", model=model, task=task, optimizer=optimizer, personal_patterns=(),
                             local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
                             aggregate_bn_stats=aggregate_bn_stats,
-                            init_client_extra=lambda key, server, variables: variables)
+                            init_client_algorithm_state=lambda key, server, variables: variables)
 
     def personal_terms(inputs):
         return proximal_term(inputs.params, inputs.global_params, mu), {}
@@ -48,20 +48,20 @@ def ditto(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True
     def client_update(server, client, data, key):
         result = base.client_update(server, client, data, jax.random.fold_in(key, _GLOBAL_COPY))
         w_g = labels.combine(server.params, client.personal)["params"]
-        v = client.extra
+        v = client.algorithm_state
         loss_fn = make_task_loss(model, task, None, personal_terms, global_params=w_g)
         out = lt.local_train(loss_fn, optimizer, v, optimizer.init(v["params"]), data, key, epochs=plocal_epochs,
                              batch_size=batch_size, drop_last=drop_last, scale_inputs=task.scale_inputs)
         metrics = dict(result.metrics, personal_loss=out.mean_loss,
                        local_steps=result.metrics["local_steps"] + out.steps)
-        return ClientResult(result.state._replace(extra=out.variables), result.upload, metrics)
+        return ClientResult(result.state._replace(algorithm_state=out.variables), result.upload, metrics)
 
     def local_steps(n):
         return lt.num_local_steps(n, batch_size, local_epochs + plocal_epochs, drop_last)
 
     def predict(server, client, x, mask=None):
         del server
-        out, _ = model.apply(client.extra, x, None, train=False, mask=mask)
+        out, _ = model.apply(client.algorithm_state, x, None, train=False, mask=mask)
         return task.predict(out, x)
 
     return base._replace(client_update=client_update, local_steps=local_steps, predict=predict, inspect=None)

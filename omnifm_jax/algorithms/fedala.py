@@ -102,15 +102,15 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
     """FedALA; ``layers``: path patterns of the layers aggregated adaptively."""
     model = TokenModel(backbone=backbone, head=task.make_head())
 
-    def init_client_extra(key, server_extra, variables):
-        del key, server_extra
+    def init_client_algorithm_state(key, server_state, variables):
+        del key, server_state
         params = variables["params"]
         return {"local": params, "weights": optax.tree_utils.tree_ones_like(params), "started": jnp.zeros((), bool)}
 
     def download(server, client, data, key):
         variables = labels.combine(server.params, client.personal)
         rest = {k: v for k, v in variables.items() if k != "params"}
-        g, state = variables["params"], client.extra
+        g, state = variables["params"], client.algorithm_state
         same = jnp.all(jnp.stack([jnp.array_equal(a, b) for a, b in
                                   zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(state["local"]))]))
 
@@ -135,12 +135,13 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
 
     base = personalized_sgd(name="fedala", model=model, task=task, optimizer=optimizer, personal_patterns=(),
                             local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                            aggregate_bn_stats=aggregate_bn_stats, init_client_extra=init_client_extra,
+                            aggregate_bn_stats=aggregate_bn_stats,
+                            init_client_algorithm_state=init_client_algorithm_state,
                             download=download, finish=finish)
 
     def predict(server, client, x, mask=None):
         variables = labels.combine(server.params, client.personal)
-        variables = dict(variables, params=client.extra["local"])
+        variables = dict(variables, params=client.algorithm_state["local"])
         out, _ = model.apply(variables, x, None, train=False, mask=mask)
         return task.predict(out, x)
 

@@ -61,15 +61,16 @@ def feddyn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
         mean_w = aggregation.weighted_mean(uploads.shared, uniform, server.params)
         # sum_i (w_i - w_g) = count * (mean_i w_i - w_g)
         total_drift = tu.tree_scale(jnp.sum(uniform), tu.tree_sub(mean_w["params"], server.params["params"]))
-        h = tu.tree_add_scale(server.extra, -alpha / num_clients, total_drift)
+        h = tu.tree_add_scale(server.algorithm_state, -alpha / num_clients, total_drift)
         params = dict(mean_w)
         params["params"] = tu.tree_add_scale(mean_w["params"], -1.0 / alpha, h)
         accepted = aggregation.any_accepted(weights)
         return ServerState(params=aggregation.where_accepted(accepted, params, server.params),
-                           extra=aggregation.where_accepted(accepted, h, server.extra), opt_state=server.opt_state)
+                           algorithm_state=aggregation.where_accepted(accepted, h, server.algorithm_state),
+                           opt_state=server.opt_state)
 
     algorithm = personalized_sgd(name="feddyn", model=model, task=task, optimizer=optimizer, personal_patterns=(),
                                  local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                                 aggregate_bn_stats=aggregate_bn_stats, init_client_extra=zeros_like_params,
+                                 aggregate_bn_stats=aggregate_bn_stats, init_client_algorithm_state=zeros_like_params,
                                  loss_terms=loss_terms, finish=finish, aggregate=aggregate)
     return with_zero_server_slot(algorithm)

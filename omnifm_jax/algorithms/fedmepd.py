@@ -66,12 +66,12 @@ server trains encoders + fusion decoder on its full-modal set for ``server_steps
 SGD steps of the task loss inside the jitted round (minibatches of a per-round permutation
 ``fold_in(key(server_seed), round)``). The engine hands the server update only the
 uploads, so the server's set lives in the server state's algorithm slot
-(``ServerState.extra["data_x"]``/``["data_y"]``, uint8; it is part of the server state,
-never in an upload or a download: a client's update reads only ``anchors`` and
+(``ServerState.algorithm_state["data_x"]``/``["data_y"]``, uint8; it is part of the server
+state, never in an upload or a download: a client's update reads only ``anchors`` and
 ``delta_global`` from it). ``server``: the federation's server split
 (:class:`~omnifm_jax.data.federation.ServerData` ``(x uint8[Ns, H, W, M], y uint8[Ns, H, W, 1])``,
-or such a pair), which a run passes from ``Federation.server``: the ``fedmepd_lgg`` /
-``fedmepd_brats`` loaders hold the server's full-modal patients out of every client and
+or such a pair), which a run passes from ``Federation.server``: the ``lgg_multimodal_seg`` /
+``brats_multimodal_seg`` loaders hold the server's full-modal patients out of every client and
 return them there, so the algorithm loads no data itself. None: refused (FedMEPD needs a
 server with full-modal data), as is a server set with an all-zero channel.
 
@@ -257,7 +257,7 @@ def patience_step(over: dict, left: dict, patience: int, active) -> dict:
             for k in left}
 
 
-def personalized_decoder(params: dict, client_extra: dict, server_extra: dict, *, personalize: bool,
+def personalized_decoder(params: dict, client_state: dict, server_state: dict, *, personalize: bool,
                          threshold: float, patience: int = 0, after: int = 0):
     """The decoder a client starts a round from, how many filters stay personal, and the
     client's patience counters after this round (module docstring): its own trained filters
@@ -265,18 +265,18 @@ def personalized_decoder(params: dict, client_extra: dict, server_extra: dict, *
     that has held in P consecutive rounds, then for good), else the server's; every filter
     the server's when ``personalize`` is False or before round ``after``."""
     dec_global = decoder_of(params)
-    left = client_extra.get("patience_left")
+    left = client_state.get("patience_left")
     if not personalize:
         return dec_global, jnp.zeros((), jnp.int32), left
-    active = server_extra["round"] >= after
-    over = personal_filters(client_extra["delta_local"], server_extra["delta_global"], threshold)
+    active = server_state["round"] >= after
+    over = personal_filters(client_state["delta_local"], server_state["delta_global"], threshold)
     if patience > 0:
         left = patience_step(over, left, patience, active)
         personal = {k: v <= 0 for k, v in left.items()}
     else:
         personal = {k: v & active for k, v in over.items()}
     count = sum(jnp.sum(v).astype(jnp.int32) for v in personal.values())
-    return mix_filters(personal, client_extra["decoder"], dec_global), count, left
+    return mix_filters(personal, client_state["decoder"], dec_global), count, left
 
 
 def decoder_keys(params: dict) -> tuple:
@@ -294,7 +294,7 @@ def _server_arrays(server, num_classes: int):
     if server is None:
         raise checks.ConfigError("fedmepd needs a server with full-modal data: its federation carries no server "
                                  "split (Federation.server); use a data set that holds one out, e.g. "
-                                 "dataset=fedmepd_lgg or fedmepd_brats")
+                                 "dataset=lgg_multimodal_seg or brats_multimodal_seg")
     x, y = server
     x, y = np.asarray(x), np.asarray(y)
     if x.dtype != np.uint8 or x.ndim != 4 or len(x) == 0:
@@ -365,34 +365,34 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         _, aux = apply_all(params, task.scale_inputs(data_x), anchors_in)
         return extract_anchors(aux["fused"], num_anchors)
 
-    def server_train(params, extra):
+    def server_train(params, state):
         if server_steps == 0:
             return params
-        key = jax.random.fold_in(jax.random.key(server_seed), extra["round"])
-        perm = jax.random.permutation(key, extra["data_x"].shape[0])
+        key = jax.random.fold_in(jax.random.key(server_seed), state["round"])
+        perm = jax.random.permutation(key, state["data_x"].shape[0])
         tx = optax.sgd(server_lr)
 
         def loss_fn(p, x, y):
-            out, _ = apply_all(p, x, extra["anchors"])
+            out, _ = apply_all(p, x, state["anchors"])
             return jnp.mean(task.loss(task.predict(out, x), task.prepare_targets(y)))
 
         def step(i, carry):
             p, s = carry
             rows = perm[(i * bs + jnp.arange(bs)) % perm.shape[0]]
-            x = task.scale_inputs(extra["data_x"][rows])
-            g = jax.grad(loss_fn)(p, x, extra["data_y"][rows])
+            x = task.scale_inputs(state["data_x"][rows])
+            g = jax.grad(loss_fn)(p, x, state["data_y"][rows])
             upd, s = tx.update(g, s, p)
             return optax.apply_updates(p, upd), s
 
         params, _ = jax.lax.fori_loop(0, server_steps, step, (params, tx.init(params)))
         return params
 
-    def init_extra(key):
+    def init_algorithm_state(key):
         del key
         return None  # filled by init_server below (needs the model's parameters)
 
-    def init_client_extra(key, server_extra, variables):
-        del key, server_extra
+    def init_client_algorithm_state(key, server_state, variables):
+        del key, server_state
         p = variables["params"]
         dec = decoder_of(p)
         return {"decoder": dec, "delta_local": jax.tree_util.tree_map(jnp.zeros_like, dec),
@@ -404,20 +404,22 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
     def download(server, client, data, key):
         del key
         params = server.params["params"]
-        dec, count, left = personalized_decoder(params, client.extra, server.extra, **personalization)
+        dec, count, left = personalized_decoder(params, client.algorithm_state, server.algorithm_state,
+                                                **personalization)
         rows = jnp.arange(data.capacity)
         x = data.x[jnp.minimum(data.offset + rows, data.x.shape[0] - 1)]
         per_row = modality_presence(x) & (rows < data.n)[:, None]
         mask = jnp.any(per_row, axis=0).astype(jnp.float32)
         variables = dict(server.params, params={**params, **dec})
-        return variables, dict(client.extra, modality_mask=mask, personal_filters=count, patience_left=left)
+        return variables, dict(client.algorithm_state, modality_mask=mask, personal_filters=count,
+                               patience_left=left)
 
     def finish(inputs):
         p, p0 = inputs.variables["params"], inputs.global_variables["params"]
         dec = decoder_of(p)
         delta = jax.tree_util.tree_map(jnp.subtract, dec, decoder_of(p0))
-        extra = dict(inputs.client, decoder=dec, delta_local=delta)
-        return extra, inputs.client["modality_mask"]
+        client_state = dict(inputs.client, decoder=dec, delta_local=delta)
+        return client_state, inputs.client["modality_mask"]
 
     def aggregate(server, uploads, weights):
         old = server.params["params"]
@@ -426,23 +428,24 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         for k in old:
             if k.startswith("enc"):
                 j = int(k[3:])
-                new[k] = aggregation.weighted_mean(up[k], weights * uploads.extra[:, j], old[k])
+                new[k] = aggregation.weighted_mean(up[k], weights * uploads.algorithm_upload[:, j], old[k])
             else:
                 new[k] = aggregation.weighted_mean(up[k], weights, old[k])
         accepted = aggregation.any_accepted(weights)
-        trained = server_train(new, server.extra)
+        state = server.algorithm_state
+        trained = server_train(new, state)
         new = aggregation.where_accepted(accepted, trained, old)
         delta = jax.tree_util.tree_map(jnp.subtract, decoder_of(new), decoder_of(old))
-        anchors = anchors_of(new, server.extra["data_x"], server.extra["anchors"]) if calibrate_missing \
-            else server.extra["anchors"]
-        extra = dict(server.extra, anchors=anchors, delta_global=delta, round=server.extra["round"] + 1)
-        return ServerState(params=dict(server.params, params=new), extra=extra, opt_state=server.opt_state)
+        anchors = anchors_of(new, state["data_x"], state["anchors"]) if calibrate_missing else state["anchors"]
+        state = dict(state, anchors=anchors, delta_global=delta, round=state["round"] + 1)
+        return ServerState(params=dict(server.params, params=new), algorithm_state=state, opt_state=server.opt_state)
 
     base = personalized_sgd(name="fedmepd", model=model, task=task, optimizer=optimizer, personal_patterns=(),
                             local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                            init_extra=init_extra, init_client_extra=init_client_extra,
-                            model_context=lambda server_extra, client_extra: (
-                                None if server_extra is None else server_extra["anchors"]),
+                            init_algorithm_state=init_algorithm_state,
+                            init_client_algorithm_state=init_client_algorithm_state,
+                            model_context=lambda server_state, client_state: (
+                                None if server_state is None else server_state["anchors"]),
                             finish=finish, aggregate=aggregate, download=download)
 
     data_x, data_y = jnp.asarray(sx), jnp.asarray(sy)
@@ -455,17 +458,18 @@ def fedmepd(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         # The barrier keeps XLA from constant-folding the model over the (constant) server set
         # at compile time (measured: seconds per reduction on 245 LGG slices).
         dx, dy = jax.lax.optimization_barrier((data_x, data_y))
-        extra = {"data_x": dx, "data_y": dy, "anchors": jnp.zeros((num_anchors, d), jnp.float32),
+        state = {"data_x": dx, "data_y": dy, "anchors": jnp.zeros((num_anchors, d), jnp.float32),
                  "delta_global": jax.tree_util.tree_map(jnp.zeros_like, dec), "round": jnp.zeros((), jnp.int32)}
-        extra["anchors"] = anchors_of(params, dx, extra["anchors"])
-        return server._replace(extra=extra)
+        state["anchors"] = anchors_of(params, dx, state["anchors"])
+        return server._replace(algorithm_state=state)
 
     def predict(server, client, x, mask=None):
         # The client's personalised model: the global encoders and calibration with the
         # decoder it would start its next round from (its personal filters, the rest global).
         params = server.params["params"]
-        dec, _, _ = personalized_decoder(params, client.extra, server.extra, **personalization)
-        out, _ = model.apply({"params": {**params, **dec}}, x, server.extra["anchors"], train=False, mask=mask)
+        dec, _, _ = personalized_decoder(params, client.algorithm_state, server.algorithm_state, **personalization)
+        anchors = server.algorithm_state["anchors"]
+        out, _ = model.apply({"params": {**params, **dec}}, x, anchors, train=False, mask=mask)
         return task.predict(out, x)
 
     return base._replace(init_server=init_server, predict=predict, inspect=None)

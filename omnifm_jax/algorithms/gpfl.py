@@ -7,9 +7,10 @@ Conditional Valve ``CoV(feat, ctx) = ReLU(feat * (gamma(ctx) + 1) + beta(ctx))``
 ``d``-vector per class, N(0, 1) at init), and the head on the personalised feature
 ``CoV(feat, c_personal)``. Local loss per batch:
 ``CE(head(CoV(feat, c_personal)), y) + CE(cos(CoV(feat, c_generic), GCE), y)
-+ lamda * ||CoV(feat, c_generic) - GCE_frozen[y]||_F`` (the Frobenius norm of the batch's
-matrix, not squared; ``GCE_frozen``: the global GCE the round started from). GCE and CoV get
-weight decay ``mu`` (PFLlib's ``SGD(weight_decay=mu)``); base and head none. Shared (n_k-
++ lambda_reg * ||CoV(feat, c_generic) - GCE_frozen[y]||_F`` (the Frobenius norm of the batch's
+matrix, not squared; ``GCE_frozen``: the global GCE the round started from): ``lambda_reg``
+weighs this regulariser, the paper's magnitude-level global guidance. GCE and CoV get weight
+decay ``weight_decay`` (PFLlib's ``SGD(weight_decay=mu)``); base and head none. Shared (n_k-
 weighted): base, CoV, GCE; personal: the head and the two conditional inputs. After a round a
 participant sets ``c_generic = mean_l E_l`` and ``c_personal = sum_l E_l p_l`` from its own
 trained GCE ``E`` and its class proportions ``p`` (PFLlib's ``set_GCE``, before the global GCE
@@ -21,6 +22,10 @@ training; here a client's inputs change when it participates, and it is evaluate
 round. Class proportions are over all of a client's training samples (PFLlib counts one
 ``drop_last`` pass, leaving out a random remainder). Defaults: PFLlib's ``-lam 1.0``,
 ``-mu 0.0``; GPFL's own scripts use ``lamda=0.01, mu=0.1`` for small CNNs.
+
+Names: ``lambda_reg`` is PFLlib's ``-lam`` (``lamda``) and ``weight_decay`` its ``-mu``,
+renamed here (``mu`` is the proximal weight of FedProx and Ditto); the old names are refused,
+naming the new ones.
 """
 from __future__ import annotations
 
@@ -93,13 +98,13 @@ def conditional_inputs(embedding, proportions):
 
 def validate(hp, context):
     del context
-    checks.finite("lamda", hp["lamda"], positive=False)
-    checks.finite("mu", hp["mu"], positive=False)
+    checks.finite("lambda_reg", hp["lambda_reg"], positive=False)
+    checks.finite("weight_decay", hp["weight_decay"], positive=False)
 
 
-@register("gpfl", validate=validate, tasks=("classification",))
+@register("gpfl", validate=validate, tasks=("classification",), renamed={"lamda": "lambda_reg", "mu": "weight_decay"})
 def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
-         lamda: float = 1.0, mu: float = 0.0):
+         lambda_reg: float = 1.0, weight_decay: float = 0.0):
     """GPFL; classification only (the GCE needs class labels)."""
     head = task.make_head()
     num_classes = getattr(head, "num_classes", None)
@@ -107,8 +112,8 @@ def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
         raise checks.ConfigError("gpfl needs the classification task (its global category embedding is per class)")
     model = GPFLModel(backbone=backbone, head=head, num_classes=num_classes)
 
-    def init_client_extra(key, server_extra, variables):
-        del key, server_extra
+    def init_client_algorithm_state(key, server_state, variables):
+        del key, server_state
         d = variables["params"]["gce"].shape[-1]
         return {"generic": jnp.zeros((d,)), "personal": jnp.zeros((d,)), "proportions": jnp.zeros((num_classes,))}
 
@@ -118,7 +123,7 @@ def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
         rows = jnp.arange(data.capacity)
         y = data.y[jnp.minimum(data.offset + rows, data.y.shape[0] - 1)]
         counts = jnp.zeros((num_classes,)).at[y].add((rows < data.n).astype(jnp.float32))
-        return variables, dict(client.extra, proportions=counts / jnp.maximum(jnp.sum(counts), 1.0))
+        return variables, dict(client.algorithm_state, proportions=counts / jnp.maximum(jnp.sum(counts), 1.0))
 
     def loss_terms(inputs):
         feat_g = inputs.aux["feat_g"]
@@ -126,12 +131,13 @@ def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
         frozen = jax.lax.stop_gradient(inputs.global_params["gce"][y])
         per_sample = gce_loss(feat_g, inputs.params["gce"], y)
         dist = jnp.sqrt(jnp.sum(jnp.where(inputs.mask[:, None], (feat_g - frozen) ** 2, 0.0)) + 1e-30)
-        return masked_mean(per_sample, inputs.mask) + lamda * dist, {}
+        return masked_mean(per_sample, inputs.mask) + lambda_reg * dist, {}
 
-    def grad_transform(grads, params, server_extra, client_extra):
-        del server_extra, client_extra
-        return {k: (jax.tree_util.tree_map(lambda g, p: g + mu * p, grads[k], params[k]) if k in ("gce", "cov")
-                    else grads[k]) for k in grads}
+    def grad_transform(grads, params, server_state, client_state):
+        del server_state, client_state
+        decay = lambda g, p: g + weight_decay * p
+        return {k: (jax.tree_util.tree_map(decay, grads[k], params[k]) if k in ("gce", "cov") else grads[k])
+                for k in grads}
 
     def finish(inputs):
         generic, personal = conditional_inputs(inputs.variables["params"]["gce"], inputs.client["proportions"])
@@ -140,7 +146,7 @@ def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
     return personalized_sgd(name="gpfl", model=model, task=task, optimizer=optimizer,
                             personal_patterns=(r"^params/head/",), local_epochs=local_epochs, batch_size=batch_size,
                             drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
-                            init_client_extra=init_client_extra, download=download,
-                            model_context=lambda server_extra, client_extra: (
-                                None if client_extra is None else (client_extra["generic"], client_extra["personal"])),
+                            init_client_algorithm_state=init_client_algorithm_state, download=download,
+                            model_context=lambda server_state, client_state: (
+                                None if client_state is None else (client_state["generic"], client_state["personal"])),
                             loss_terms=loss_terms, grad_transform=grad_transform, finish=finish)

@@ -143,7 +143,7 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
                    num_heads=num_heads, num_suffix=num_suffix, top_k=top_k, use_gskr=use_gskr,
                    use_eca=use_eca, use_psp=use_psp, local_spectral_in_eca=local_spectral_in_eca)
 
-    def init_extra(key):
+    def init_algorithm_state(key):
         del key
         return bank_lib.init(bank_capacity, spectral_dim)
 
@@ -176,7 +176,7 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
             embedding, has = embedding[0], has[0]
         return inputs.client, {"embedding": embedding, "has_embedding": has, "hits": stats["hits"]}
 
-    def update_extra(bank, up, weights):
+    def update_algorithm_state(bank, up, weights):
         ok = weights > 0
         hits = jnp.sum(jnp.where(ok[:, None], up["hits"], 0), axis=0)
         bank = bank_lib.add_hits(bank, hits, decay=hit_decay)
@@ -189,5 +189,5 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
     return personalized_sgd(name="omnifm", model=model, task=task, optimizer=optimizer,
                             personal_patterns=SHARING[sharing], local_epochs=local_epochs,
                             batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
-                            init_extra=init_extra, model_context=lambda bank, client_extra: bank,
-                            loss_terms=loss_terms, finish=finish, update_extra=update_extra)
+                            init_algorithm_state=init_algorithm_state, model_context=lambda bank, client_state: bank,
+                            loss_terms=loss_terms, finish=finish, update_algorithm_state=update_algorithm_state)

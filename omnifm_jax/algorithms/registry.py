@@ -7,8 +7,8 @@ and context values it wants (any of ``drop_last, aggregate_bn_stats, lr, num_cli
 filled from the run config; ``server``, the federation's server-side split), and its own
 hyper-parameters as keyword arguments with defaults: those defaults are the algorithm's
 defaults, and ``validate(hparams, context)`` in the same file checks them (``algorithm_kwargs``
-in a config reaches them; an unknown
-key stops a run before any work).
+in a config reaches them; an unknown key stops a run before any work, and a key that was
+renamed, ``register(..., renamed={old: new})``, stops it naming the new one).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from omnifm_jax.checks import ConfigError
 from omnifm_jax.registry import ALGORITHMS
 
 __all__ = ["ENGINE_ARGS", "RUN_ARGS", "DATA_ARGS", "register", "available", "supports", "get", "unchecked",
-           "hyperparameters", "run_args", "check"]
+           "hyperparameters", "renamed", "run_args", "check"]
 
 #: Arguments every factory gets from the engine / experiment, not hyper-parameters.
 ENGINE_ARGS = ("task", "backbone", "optimizer", "local_epochs", "batch_size")
@@ -31,12 +31,14 @@ DATA_ARGS = ("server",)
 
 
 def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None,
-             tasks: Optional[tuple] = None):
+             tasks: Optional[tuple] = None, renamed: Optional[Dict[str, str]] = None):
     """Decorator for an algorithm factory; ``validate(hparams, context)`` raises
     :class:`~omnifm_jax.checks.ConfigError` for impossible hyper-parameters (``hparams``:
     every hyper-parameter, defaults filled in; ``context``: ``num_clients``,
     ``participants`` when known). ``tasks``: the only tasks the algorithm runs
-    (``None``: every task), checked with the config before any work."""
+    (``None``: every task), checked with the config before any work. ``renamed``: former
+    hyper-parameter names and their new ones (``{"mu": "contrastive_weight"}``): refused,
+    naming the new one."""
     def deco(factory):
         @functools.wraps(factory)
         def checked(**kwargs):
@@ -44,7 +46,8 @@ def register(name: str, *, validate: Optional[Callable[[Dict[str, Any], Dict[str
                   {"num_clients": kwargs.get("num_clients")})
             return factory(**kwargs)
 
-        ALGORITHMS.register(name, factory=factory, validate=validate, tasks=tasks)(checked)
+        ALGORITHMS.register(name, factory=factory, validate=validate, tasks=tasks,
+                            renamed=dict(renamed or {}))(checked)
         return checked
     return deco
 
@@ -79,6 +82,11 @@ def hyperparameters(name: str) -> Dict[str, Any]:
             if k not in ENGINE_ARGS + RUN_ARGS + DATA_ARGS and p.default is not inspect.Parameter.empty}
 
 
+def renamed(name: str) -> Dict[str, str]:
+    """The algorithm's former hyper-parameter names and their new ones (refused by :func:`check`)."""
+    return dict(ALGORITHMS.entry(name).meta.get("renamed") or {})
+
+
 def run_args(name: str) -> tuple:
     """Which of :data:`RUN_ARGS` the factory takes."""
     params = inspect.signature(ALGORITHMS.entry(name).meta["factory"]).parameters
@@ -86,10 +94,14 @@ def run_args(name: str) -> tuple:
 
 
 def check(name: str, hparams: Dict[str, Any], context: Optional[Dict[str, Any]] = None) -> None:
-    """Unknown keys, then the algorithm's own ``validate``: :class:`ConfigError` naming the
-    algorithm and the key."""
+    """Renamed keys, unknown keys, then the algorithm's own ``validate``: :class:`ConfigError`
+    naming the algorithm and the key (and, for a renamed key, its new name)."""
     if not isinstance(hparams, dict):
         raise ConfigError(f"algorithm_kwargs must be a dict, got {type(hparams).__name__}")
+    old = renamed(name)
+    for key in sorted(set(hparams) & set(old)):
+        raise ConfigError(f"algorithm {name!r}: hyper-parameter {key!r} was renamed to {old[key]!r} "
+                          f"(algorithm_kwargs.{old[key]})")
     defaults = hyperparameters(name)
     unknown = sorted(set(hparams) - set(defaults))
     if unknown:

@@ -57,13 +57,13 @@ def scaffold(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=T
         uniform = aggregation.uniform_weights(weights)
         mean_y = aggregation.weighted_mean(uploads.shared, uniform, server.params)
         params = tu.tree_add_scale(server.params, server_lr, tu.tree_sub(mean_y, server.params))
-        zeros = tu.tree_zeros_like(server.extra)
-        mean_dc = aggregation.weighted_mean(uploads.extra, uniform, zeros)
-        c = tu.tree_add_scale(server.extra, jnp.sum(uniform) / num_clients, mean_dc)
-        return ServerState(params=params, extra=c, opt_state=server.opt_state)
+        zeros = tu.tree_zeros_like(server.algorithm_state)
+        mean_dc = aggregation.weighted_mean(uploads.algorithm_upload, uniform, zeros)
+        c = tu.tree_add_scale(server.algorithm_state, jnp.sum(uniform) / num_clients, mean_dc)
+        return ServerState(params=params, algorithm_state=c, opt_state=server.opt_state)
 
     algorithm = personalized_sgd(name="scaffold", model=model, task=task, optimizer=optimizer, personal_patterns=(),
                                  local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                                 aggregate_bn_stats=aggregate_bn_stats, init_client_extra=zeros_like_params,
+                                 aggregate_bn_stats=aggregate_bn_stats, init_client_algorithm_state=zeros_like_params,
                                  grad_transform=grad_transform, finish=finish, aggregate=aggregate)
     return with_zero_server_slot(algorithm)

@@ -16,10 +16,11 @@ the n_k-weighted mean (PFLlib's ``aggregate_parameters``), optionally followed b
 optimizer on the mean update, and updates its own algorithm state; an algorithm may replace
 that step whole (``aggregate``).
 
-State: :class:`ServerState` ``(params, extra, opt_state)`` and :class:`ClientState`
-``(personal, opt_state, extra)``; ``extra`` is the algorithm's own slot on each side
-(OmniFM's knowledge bank; SCAFFOLD's control variates; FedDyn's gradient memory; MOON's
-previous model).
+State: :class:`ServerState` ``(params, algorithm_state, opt_state)`` and :class:`ClientState`
+``(personal, opt_state, algorithm_state)``; ``algorithm_state`` is the algorithm's own slot on
+each side (OmniFM's knowledge bank; SCAFFOLD's control variates; FedDyn's gradient memory;
+MOON's previous model). An :class:`Upload` is ``(shared, algorithm_upload)``: the trained
+shared variables and the algorithm's own part.
 
 Shared by default: the ``params`` collection minus the personal patterns. BatchNorm
 running statistics stay on each client (PFLlib aggregates ``parameters()`` only);
@@ -45,19 +46,19 @@ __all__ = ["ServerState", "ClientState", "Upload", "LossInputs", "FinishInputs",
 
 class ServerState(NamedTuple):
     params: Any            # shared variables (None where personal)
-    extra: Any             # the algorithm's own server state (e.g. the knowledge bank), or None
+    algorithm_state: Any   # the algorithm's own server state (e.g. the knowledge bank), or None
     opt_state: Any = None  # the server optimizer's state (FedAvgM, FedAdam, ...), or None
 
 
 class ClientState(NamedTuple):
     personal: Any          # personal variables (None where shared)
     opt_state: Any         # the client optimizer's state
-    extra: Any = None      # the algorithm's own per-client state, or None
+    algorithm_state: Any = None  # the algorithm's own per-client state, or None
 
 
 class Upload(NamedTuple):
-    shared: Any  # trained shared variables (None for algorithms that do not communicate)
-    extra: Any   # the algorithm's part (OmniFM's spectral embedding, SCAFFOLD's control delta, ...)
+    shared: Any            # trained shared variables (None for algorithms that do not communicate)
+    algorithm_upload: Any  # the algorithm's part (OmniFM's spectral embedding, SCAFFOLD's control delta, ...)
 
 
 class LossInputs(NamedTuple):
@@ -68,8 +69,8 @@ class LossInputs(NamedTuple):
       global_params: the ``params`` this round started from (what was downloaded).
       aux: the model's auxiliary output for the batch.
       mask: bool[B] real samples of the batch.
-      server: the server's algorithm state (``ServerState.extra``).
-      client: the client's algorithm state (``ClientState.extra``).
+      server: the server's algorithm state (``ServerState.algorithm_state``).
+      client: the client's algorithm state (``ClientState.algorithm_state``).
       x: f32[B, ...] the scaled batch inputs.
       y: the batch's targets (the task's ``prepare_targets``).
       apply: ``params -> (output, aux)``: the model on this batch with other parameters (in
@@ -155,10 +156,10 @@ def trainable_mask(params: Any, patterns: Optional[Sequence[str]]) -> Any:
     return labels.personal_mask({"params": params}, tuple(patterns), shared_collections=("params",))["params"]
 
 
-def zeros_like_params(key, server_extra, variables):
-    """``init_client_extra`` for a per-client slot of zeros shaped like the parameters
+def zeros_like_params(key, server_algorithm_state, variables):
+    """``init_client_algorithm_state`` for a per-client slot of zeros shaped like the parameters
     (SCAFFOLD's ``c_i``, FedDyn's ``h_i``)."""
-    del key, server_extra
+    del key, server_algorithm_state
     return optax.tree_utils.tree_zeros_like(variables["params"])
 
 
@@ -167,7 +168,7 @@ def with_zero_server_slot(algorithm: FederatedAlgorithm) -> FederatedAlgorithm:
     (SCAFFOLD's ``c``, FedDyn's ``h``)."""
     def init_server(key, x_example):
         server = algorithm.init_server(key, x_example)
-        return server._replace(extra=optax.tree_utils.tree_zeros_like(server.params["params"]))
+        return server._replace(algorithm_state=optax.tree_utils.tree_zeros_like(server.params["params"]))
 
     return algorithm._replace(init_server=init_server)
 
@@ -177,13 +178,14 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
                      drop_last: bool = True, aggregate_bn_stats: bool = False,
                      communicate: bool = True,
                      phases: Optional[Sequence[Phase]] = None,
-                     init_extra: Callable[[jax.Array], Any] = lambda key: None,
-                     init_client_extra: Callable[[jax.Array, Any, Any], Any] = lambda key, server, variables: None,
-                     model_context: Callable[[Any, Any], Any] = lambda server_extra, client_extra: None,
+                     init_algorithm_state: Callable[[jax.Array], Any] = lambda key: None,
+                     init_client_algorithm_state: Callable[[jax.Array, Any, Any], Any] = (
+                         lambda key, server, variables: None),
+                     model_context: Callable[[Any, Any], Any] = lambda server_state, client_state: None,
                      loss_terms: Callable[[LossInputs], Any] = _no_loss_terms,
                      grad_transform: Optional[Callable[..., Any]] = None,
                      finish: Callable[[FinishInputs], Any] = _no_finish,
-                     update_extra: Callable[[Any, Any, jax.Array], Any] = lambda extra, up, w: extra,
+                     update_algorithm_state: Callable[[Any, Any, jax.Array], Any] = lambda state, up, w: state,
                      server_optimizer: Optional[optax.GradientTransformation] = None,
                      aggregate: Optional[Callable[[ServerState, Upload, jax.Array], ServerState]] = None,
                      download: Optional[Callable[..., Any]] = None,
@@ -203,22 +205,26 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
       communicate: False for Local (nothing is uploaded, the server never changes).
       phases: the local work as :class:`Phase` s (default: one phase of ``local_epochs``
         epochs training everything).
-      init_extra: ``key -> the server's algorithm state``.
-      init_client_extra: ``(key, server_state, initial variables) -> a client's algorithm state``.
-      model_context: ``(server extra, client extra or None) -> the model's second argument``
+      init_algorithm_state: ``key -> the server's algorithm state``.
+      init_client_algorithm_state: ``(key, server's algorithm state, initial variables) -> a
+        client's algorithm state``.
+      model_context: ``(server's algorithm state, client's algorithm state or None) -> the
+        model's second argument``
         (OmniFM: the bank; GPFL: the client's conditional inputs). ``None`` for the client
         while the model is initialised.
       loss_terms: ``LossInputs -> (scalar loss, per-step stats)`` added to the task loss
         (FedProx's proximal term, MOON's contrastive term, OmniFM's SPAlign).
-      grad_transform: ``(grads, params, server extra, client extra) -> grads`` before the
+      grad_transform: ``(grads, params, server's algorithm state, client's algorithm state)
+        -> grads`` before the
         client optimizer (SCAFFOLD's correction).
-      finish: ``FinishInputs -> (new client extra, extra upload)``.
-      update_extra: ``(server extra, stacked extra uploads, weights) -> new server extra``.
+      finish: ``FinishInputs -> (new client algorithm state, algorithm upload)``.
+      update_algorithm_state: ``(server's algorithm state, stacked algorithm uploads, weights)
+        -> new server algorithm state``.
       server_optimizer: an optax transformation applied to the mean update (FedAvgM,
         FedAdam, FedYogi: :func:`aggregation.server_optimizer_step`); None: the mean itself.
       aggregate: replaces the whole server step: ``(server, uploads, weights) -> server``
         (SCAFFOLD, FedDyn).
-      download: ``(server, client, data, key) -> (variables, client extra)``: the variables
+      download: ``(server, client, data, key) -> (variables, client's algorithm state)``: the variables
         the round starts from and the client's algorithm state after receiving them (FedALA's
         adaptive aggregation); default: shared part from the server, personal part the
         client's own, the state unchanged.
@@ -233,39 +239,39 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
     def split(variables):
         return labels.partition(variables, labels.personal_mask(variables, personal_patterns, shared_collections))
 
-    def initial_variables(key, extra, x_example):
+    def initial_variables(key, server_state, x_example):
         k_model, _ = jax.random.split(key)
-        return model.init(k_model, x_example, model_context(extra, None), train=False)
+        return model.init(k_model, x_example, model_context(server_state, None), train=False)
 
     def init_server(key, x_example):
-        _, k_extra = jax.random.split(key)
-        extra = init_extra(k_extra)
-        shared, _ = split(initial_variables(key, extra, x_example))
+        _, k_state = jax.random.split(key)
+        server_state = init_algorithm_state(k_state)
+        shared, _ = split(initial_variables(key, server_state, x_example))
         opt_state = server_optimizer.init(shared) if server_optimizer is not None else None
-        return ServerState(params=shared, extra=extra, opt_state=opt_state)
+        return ServerState(params=shared, algorithm_state=server_state, opt_state=opt_state)
 
     def init_client(key, server, x_example):
         # Given the server's key, this is the personal part of the server's initial model.
-        _, personal = split(initial_variables(key, server.extra, x_example))
+        _, personal = split(initial_variables(key, server.algorithm_state, x_example))
         full = labels.combine(server.params, personal)
-        extra = init_client_extra(jax.random.fold_in(key, 1), server.extra, full)
-        return ClientState(personal=personal, opt_state=optimizer.init(full["params"]), extra=extra)
+        client_state = init_client_algorithm_state(jax.random.fold_in(key, 1), server.algorithm_state, full)
+        return ClientState(personal=personal, opt_state=optimizer.init(full["params"]), algorithm_state=client_state)
 
     def local_steps(n):
         return lt.num_local_steps(n, batch_size, sum(int(p.epochs) for p in phases), drop_last)
 
     def client_update(server, client, data, key):
         if download is not None:
-            variables, client_extra = download(server, client, data, jax.random.fold_in(key, 0x646C))
+            variables, client_state = download(server, client, data, jax.random.fold_in(key, 0x646C))
         else:
-            variables, client_extra = labels.combine(server.params, client.personal), client.extra
+            variables, client_state = labels.combine(server.params, client.personal), client.algorithm_state
         start = variables
-        context = model_context(server.extra, client_extra)
+        context = model_context(server.algorithm_state, client_state)
         loss_fn = make_task_loss(model, task, context, loss_terms, global_params=start["params"],
-                                 server=server.extra, client=client_extra)
+                                 server=server.algorithm_state, client=client_state)
         transform = None
         if grad_transform is not None:
-            transform = lambda g, p: grad_transform(g, p, server.extra, client_extra)
+            transform = lambda g, p: grad_transform(g, p, server.algorithm_state, client_state)
         opt_state, stats, loss_sum, steps = client.opt_state, None, jnp.zeros((), jnp.float32), jnp.int32(0)
         for i, phase in enumerate(phases):
             if int(phase.epochs) == 0:
@@ -279,11 +285,13 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
             stats = out.stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, out.stats)
             loss_sum = loss_sum + out.loss_sum
             steps = steps + out.steps
-        new_extra, extra_up = finish(FinishInputs(variables, start, stats, steps, server.extra, client_extra))
+        new_state, algorithm_upload = finish(FinishInputs(variables, start, stats, steps, server.algorithm_state,
+                                                          client_state))
         shared, personal = split(variables)
-        upload = Upload(shared=shared if communicate else None, extra=extra_up if communicate else None)
+        upload = Upload(shared=shared if communicate else None,
+                        algorithm_upload=algorithm_upload if communicate else None)
         metrics = {"train_loss": loss_sum / jnp.maximum(steps, 1).astype(jnp.float32), "local_steps": steps}
-        return ClientResult(ClientState(personal, opt_state, new_extra), upload, metrics)
+        return ClientResult(ClientState(personal, opt_state, new_state), upload, metrics)
 
     def server_update(server, uploads, weights):
         if not communicate:
@@ -295,17 +303,18 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         if server_optimizer is not None:
             params, opt_state = aggregation.server_optimizer_step(server_optimizer, server.params, mean,
                                                                   server.opt_state, aggregation.any_accepted(weights))
-        extra = update_extra(server.extra, uploads.extra, weights)
-        return ServerState(params=params, extra=extra, opt_state=opt_state)
+        server_state = update_algorithm_state(server.algorithm_state, uploads.algorithm_upload, weights)
+        return ServerState(params=params, algorithm_state=server_state, opt_state=opt_state)
 
     def predict(server, client, x, mask=None):
         variables = labels.combine(server.params, client.personal)
-        out, _ = model.apply(variables, x, model_context(server.extra, client.extra), train=False, mask=mask)
+        context = model_context(server.algorithm_state, client.algorithm_state)
+        out, _ = model.apply(variables, x, context, train=False, mask=mask)
         return task.predict(out, x)
 
     def inspect(server, client, x, mask=None, *, probe=None, context=None):
         variables = labels.combine(server.params, client.personal)
-        ctx = model_context(server.extra, client.extra) if context is None else context
+        ctx = model_context(server.algorithm_state, client.algorithm_state) if context is None else context
         kw = {} if probe is None else {"probe": probe}
         (out, aux), inter = model.apply(variables, x, ctx, train=False, mask=mask, mutable=["intermediates"], **kw)
         return out, aux, inter.get("intermediates", {})

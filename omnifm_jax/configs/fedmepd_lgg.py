@@ -22,7 +22,7 @@ def get_config():
         "algorithm": "fedmepd",
         "task": "segmentation",
         "task_kwargs": {"dice_weight": 1.0, "ce_weight": 1.0},
-        "dataset": "fedmepd_lgg",
+        "dataset": "lgg_multimodal_seg",
         "dataset_kwargs": dict(DATA),
         "algorithm_kwargs": {"channels": (8, 16, 32, 64), "attn_dim": 16, "num_anchors": 4,
                              "personalize_threshold": 1.0, "server_steps": 5, "server_lr": 0.01,

@@ -18,7 +18,7 @@ def get_config():
         "algorithm": "omnifm",
         "task": "fusion",
         "task_kwargs": {"head_widths": [32, 16, 8]},
-        "dataset": "fusion_harvard",
+        "dataset": "harvard_fusion",
         "dataset_kwargs": {"image_size": 64},
         "backbone": "u2fusion",
         "backbone_kwargs": {"features": 12, "num_dense": 5},

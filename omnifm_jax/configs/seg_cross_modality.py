@@ -12,7 +12,7 @@ def get_config():
     return {
         "algorithm": "omnifm",
         "task": "segmentation",
-        "dataset": "seg_cross_modality",
+        "dataset": "ph2_dsb_seg",
         "dataset_kwargs": {"size": 64, "test_fraction": 0.25},
         "backbone": "unet",
         "backbone_kwargs": {"channels": (8, 16, 32, 64, 128), "strides": (2, 2, 2, 2), "num_res_units": 2},

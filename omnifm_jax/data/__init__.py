@@ -11,7 +11,7 @@ handed to the JAX engine as :class:`Federation` objects. The modules by concern:
   :mod:`.paths` (the real-data folder);
 * one module per source: :mod:`.synthetic`, :mod:`.medmnist` (facts in
   :mod:`.medmnist_facts`), :mod:`.real4`, :mod:`.breakhis` and :mod:`.breakhis_sr`
-  (SR pairs in :mod:`.superres`), :mod:`.lgg`, :mod:`.brats`, :mod:`.seg_cross_modality`,
+  (SR pairs in :mod:`.sr`), :mod:`.lgg`, :mod:`.brats`, :mod:`.ph2_dsb_seg`,
   :mod:`.nifti` (shared segmentation rules in :mod:`.segmentation`), :mod:`.multimodal`,
   :mod:`.fusion`;
 * ``omnifm data describe``: :mod:`.describe`.

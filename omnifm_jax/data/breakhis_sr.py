@@ -1,6 +1,6 @@
 """Non-IID federated super-resolution on BreaKHis (OmniFM Sec. 4.2), registered as
 ``breakhis_sr``: images grouped into clients by magnification, subtype or tumour class, HR
-patches and their bicubic LR inputs made by :mod:`omnifm_jax.data.superres`.
+patches and their bicubic LR inputs made by :mod:`omnifm_jax.data.sr`.
 
 Federated splits never leak: by default (``group_split="patient"``) a client's test
 patches come from patients that no client trains on, a patient being a BreaKHis
@@ -24,7 +24,7 @@ from .breakhis import MAGNIFICATIONS, SUBTYPES, TUMOR_CLASSES, BreakHisRecord, l
 from .federation import Federation
 from .options import dataset_options
 from .paths import default_real_data_dir
-from .superres import check_scale, sr_pairs_federation
+from .sr import check_scale, sr_pairs_federation
 
 __all__ = [
     "SPLIT_BY",

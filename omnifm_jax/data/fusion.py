@@ -1,6 +1,6 @@
 """Multi-modal image fusion data (OmniFM Sec. 4.5, Table 7): registered source pairs.
 
-``fusion_harvard`` reads the Harvard Whole Brain Atlas (AANLIB) pairs laid out as
+``harvard_fusion`` reads the Harvard Whole Brain Atlas (AANLIB) pairs laid out as
 ``<root>/fusion_harvard/<PAIR>/{<OTHER>,MRI}/<name>.png`` with ``PAIR`` in ``CT-MRI``,
 ``PET-MRI``, ``SPECT-MRI``. As in the paper, each pair type is one client (client 1
 CT-MRI, client 2 PET-MRI, client 3 SPECT-MRI): the federation is heterogeneous across
@@ -59,7 +59,7 @@ __all__ = [
     "Pair",
     "scan_pairs",
     "load_pair_images",
-    "fusion_harvard_federation",
+    "harvard_fusion_federation",
     "synthetic_fusion_federation",
 ]
 
@@ -118,7 +118,7 @@ def scan_pairs(root: str | os.PathLike, pair: str) -> list[Pair]:
     out = []
     for name in sorted(files["MRI"]):
         a, b = files["MRI"][name], files[other][name]
-        with open_image(a, "fusion_harvard") as ia, open_image(b, "fusion_harvard") as ib:
+        with open_image(a, "harvard_fusion") as ia, open_image(b, "harvard_fusion") as ib:
             sa, sb = ia.size, ib.size
         if sa != sb:
             raise ValueError(f"fusion data: pair {name!r} of {pair} has different sizes: {a} is {sa[0]}x{sa[1]}, "
@@ -131,7 +131,7 @@ def scan_pairs(root: str | os.PathLike, pair: str) -> list[Pair]:
 
 def _read_grey(path: Path) -> np.ndarray:
     """float64 ``[H, W]`` grey levels of a PNG: luma Y of an RGB image, grey as stored."""
-    with open_image(path, "fusion_harvard") as im:
+    with open_image(path, "harvard_fusion") as im:
         mode = im.mode
         if mode == "L":
             return np.asarray(im, np.float64)
@@ -212,7 +212,7 @@ def _federation(images: list[np.ndarray], names: list[list[str]], modality_names
     return fed
 
 
-def fusion_harvard_federation(
+def harvard_fusion_federation(
     *,
     num_clients: int = 3,
     seed: int = 0,
@@ -249,7 +249,7 @@ def fusion_harvard_federation(
         raise ValueError(f"pairs must be distinct pair types out of {PAIR_TYPES}, got {list(pairs)}")
     num_clients = _check_int("num_clients", num_clients, 1)
     if num_clients != len(pairs):
-        raise ValueError(f"fusion_harvard has one client per pair type: {len(pairs)} pair type(s) {list(pairs)} "
+        raise ValueError(f"harvard_fusion has one client per pair type: {len(pairs)} pair type(s) {list(pairs)} "
                          f"but num_clients={num_clients} (choose the pair types with dataset_kwargs.pairs)")
     image_size = _check_int("image_size", image_size, 1)
     if not 0.0 < float(test_fraction) < 1.0:
@@ -277,7 +277,7 @@ def fusion_harvard_federation(
     images = [load_pair_images(sc, image_size) for sc in scanned]
     native = sorted({p.size for sc in scanned for p in sc})
     info = {
-        "dataset": "fusion_harvard",
+        "dataset": "harvard_fusion",
         "root": str(folder),
         "pairs": list(pairs),
         "image_size": image_size,
@@ -313,7 +313,7 @@ def _synthetic_pair(rng: np.random.Generator, size: int, kind: int) -> np.ndarra
 
 def synthetic_fusion_federation(*, num_clients: int = 3, seed: int = 0, image_size: int = 24,
                                 pairs_per_client: int = 8, test_fraction: float = 0.25) -> Federation:
-    """A tiny deterministic fusion federation with :func:`fusion_harvard_federation`'s layout.
+    """A tiny deterministic fusion federation with :func:`harvard_fusion_federation`'s layout.
 
     Client ``k`` fuses an MRI-like source (head mask, fine grating, blobs) with a source
     of kind ``k mod 3`` (a CT-like bright rim, PET-like smooth hot spots or SPECT-like
@@ -333,11 +333,11 @@ def synthetic_fusion_federation(*, num_clients: int = 3, seed: int = 0, image_si
                        names, seed=seed, test_fraction=float(test_fraction), info=info)
 
 
-@DATASETS.register("fusion_harvard")
-def _fusion_harvard(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+@DATASETS.register("harvard_fusion")
+def _harvard_fusion(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = dataset_options("fusion_harvard", kw, fusion_harvard_federation)
-    return fusion_harvard_federation(num_clients=num_clients, seed=seed, **kw)
+    kw = dataset_options("harvard_fusion", kw, harvard_fusion_federation)
+    return harvard_fusion_federation(num_clients=num_clients, seed=seed, **kw)
 
 
 @DATASETS.register("synthetic_fusion")

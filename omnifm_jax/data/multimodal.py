@@ -4,11 +4,11 @@ Two loaders (registered in :data:`omnifm_jax.registry.DATASETS`), one protocol: 
 holds only a SUBSET of the MR sequences, and a held-out full-modal set of patients is the
 server's.
 
-* ``fedmepd_lgg``: TCGA-LGG FLAIR-abnormality slices (the ``lgg_seg`` file, 64x64, channels
+* ``lgg_multimodal_seg``: TCGA-LGG FLAIR-abnormality slices (the ``lgg_seg`` file, 64x64, channels
   pre-contrast T1, FLAIR, post-contrast T1Gd; binary target). Clients are hospitals, as in
   ``lgg_seg`` (small ones merged). Default subsets of the 4 clients: ``[[0, 1, 2], [1], [0,
   1], [1, 2]]`` (FLAIR, index 1, always present since the masks are FLAIR abnormality).
-* ``fedmepd_brats``: BraTS tumour slices (the ``brats_seg`` file, 96x96, channels T1, T1ce,
+* ``brats_multimodal_seg``: BraTS tumour slices (the ``brats_seg`` file, 96x96, channels T1, T1ce,
   T2, FLAIR; 8 cases of 7 patients). ``target`` as ``brats_seg``: ``multiclass`` by default
   (labels {0, 1, 2, 4}; ``info["regions"]`` names ET/TC/WT, so the segmentation task
   reports Dice per region), or a binary ``et``/``tc``/``wt``. Only 2 cases have all four
@@ -68,7 +68,7 @@ from .segmentation import (
     split_by_patient,
 )
 
-__all__ = ["DEFAULT_SUBSETS", "SHORT_NAMES", "fedmepd_brats_federation", "fedmepd_lgg_federation",
+__all__ = ["DEFAULT_SUBSETS", "SHORT_NAMES", "brats_multimodal_seg_federation", "lgg_multimodal_seg_federation",
            "missing_modality_federation", "server_set"]
 
 #: Default modality subsets per source (indices into the source's channels).
@@ -103,7 +103,7 @@ def _present(z: dict, path, n: int, m: int) -> np.ndarray:
 
 def _load_lgg(root, target: str) -> _Source:
     if target != "mask":
-        raise ValueError(f"fedmepd_lgg has one target (the FLAIR abnormality mask): target must be 'mask', got "
+        raise ValueError(f"lgg_multimodal_seg has one target (the FLAIR abnormality mask): target must be 'mask', got "
                          f"{target!r}")
     path = real_data_root(root) / LGG_FILE
     z = load_arrays(path, ("images", "masks", "case", "site"), optional=("modality_present",))
@@ -284,12 +284,12 @@ def missing_modality_federation(dataset: str, *, num_clients: Optional[int] = No
     return dataclasses.replace(fed, server=ServerData(*server))
 
 
-def fedmepd_lgg_federation(**kw):
+def lgg_multimodal_seg_federation(**kw):
     """LGG with per-client modality subsets and a held-out full-modal server set (module docstring)."""
     return missing_modality_federation("lgg", **kw)
 
 
-def fedmepd_brats_federation(**kw):
+def brats_multimodal_seg_federation(**kw):
     """BraTS slices with per-client modality subsets and the full-modal server patient (module docstring)."""
     return missing_modality_federation("brats", **kw)
 
@@ -298,15 +298,15 @@ _OPTIONS = ("root", "modality_subsets", "server_fraction", "server_seed", "test_
             "incomplete")
 
 
-@DATASETS.register("fedmepd_lgg")
-def _fedmepd_lgg(spec: str, num_clients: int, seed: int, kw: dict):
+@DATASETS.register("lgg_multimodal_seg")
+def _lgg_multimodal_seg(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = dataset_options("fedmepd_lgg", kw, missing_modality_federation, allowed=_OPTIONS)
-    return fedmepd_lgg_federation(num_clients=num_clients, seed=seed, **kw)
+    kw = dataset_options("lgg_multimodal_seg", kw, missing_modality_federation, allowed=_OPTIONS)
+    return lgg_multimodal_seg_federation(num_clients=num_clients, seed=seed, **kw)
 
 
-@DATASETS.register("fedmepd_brats")
-def _fedmepd_brats(spec: str, num_clients: int, seed: int, kw: dict):
+@DATASETS.register("brats_multimodal_seg")
+def _brats_multimodal_seg(spec: str, num_clients: int, seed: int, kw: dict):
     del spec
-    kw = dataset_options("fedmepd_brats", kw, missing_modality_federation, allowed=_OPTIONS + ("target",))
-    return fedmepd_brats_federation(num_clients=num_clients, seed=seed, **kw)
+    kw = dataset_options("brats_multimodal_seg", kw, missing_modality_federation, allowed=_OPTIONS + ("target",))
+    return brats_multimodal_seg_federation(num_clients=num_clients, seed=seed, **kw)

@@ -14,13 +14,13 @@ from groups of patients, the split by patient and the :class:`Federation` of mas
   tumour), ``tc`` ({1, 4}), ``wt`` (> 0) or ``multiclass`` ({0, 1, 2, 4}; ``info["regions"]``
   then names ET/TC/WT, which the segmentation task reports); input channels default T1ce
   only (the paper's). Clients are groups of patients.
-* ``seg_cross_modality`` (:mod:`omnifm_jax.data.seg_cross_modality`): PH2 dermoscopy lesions
+* ``ph2_dsb_seg`` (:mod:`omnifm_jax.data.ph2_dsb_seg`): PH2 dermoscopy lesions
   (64x64 RGB) + DSB2018 nuclei (128x128, box-resized to 64x64, masks re-thresholded at
   50 %): a 2-modality federation.
 * ``nifti_seg`` (:mod:`omnifm_jax.data.nifti`): a FeTS/BraTS-style NIfTI folder
   ``<root>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (needs the optional ``nibabel``:
   ``pip install omnifm-jax[nifti]``).
-* ``fedmepd_lgg`` / ``fedmepd_brats`` (:mod:`omnifm_jax.data.multimodal`): the LGG and BraTS
+* ``lgg_multimodal_seg`` / ``brats_multimodal_seg`` (:mod:`omnifm_jax.data.multimodal`): the LGG and BraTS
   slices with a modality subset per client and a full-modal server set.
 
 Every federation stores masks as class indices ``y uint8[N, H, W, 1]`` into
@@ -28,7 +28,7 @@ Every federation stores masks as class indices ``y uint8[N, H, W, 1]`` into
 ``task=segmentation`` checks), ``info["class_names"]``, ``info["client_names"]``, the
 patients of each client's train and test split (``train_patients``/``test_patients``) and
 their source rows (``train_indices``/``test_indices``: rows of the npz file; for
-``seg_cross_modality`` rows of PH2 followed by DSB; for ``nifti_seg`` indices into
+``ph2_dsb_seg`` rows of PH2 followed by DSB; for ``nifti_seg`` indices into
 ``info["slices"]``, the ``(case, z)`` of every slice). ``num_classes`` is 0: in a
 :class:`Federation` it counts image-level labels (validation then expects image targets,
 as for super-resolution); the number of mask classes is ``len(info["label_values"])``.

@@ -162,8 +162,8 @@ class OmniFM(nn.Module):
             keys = jnp.concatenate([s[:, None, :], protos], axis=1)
             keys_valid = jnp.concatenate([jnp.ones((s.shape[0], 1), bool), valid], axis=1)
         if self.eca_keys == "centered":  # without the component every token shares (the bank's mean)
-            mu, _ = bank_lib.mean_valid(jax.lax.stop_gradient(bank.embeddings), bank.valid)
-            keys = l2_normalize(keys - mu)
+            mean, _ = bank_lib.mean_valid(jax.lax.stop_gradient(bank.embeddings), bank.valid)
+            keys = l2_normalize(keys - mean)
         if self.eca_keys in ("scaled", "centered"):  # unit norm = per-entry scale 1/sqrt(d_s); lift it to ~1
             keys = keys * jnp.sqrt(jnp.float32(keys.shape[-1]))
         keys = keys.astype(r.dtype)

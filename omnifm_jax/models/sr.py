@@ -5,7 +5,7 @@ The backbone keeps the LR resolution, so its ``h*w`` tokens map one-to-one onto 
 pixels. The head adds the prefix tokens ``Z`` (one per body token; ECA's output) to the
 body, adds a linear read-out of the mean suffix token (a per-client bias), reshapes to
 ``(h, w, d)`` and upsamples with sub-pixel convolutions (pixel shuffle). The task adds
-the bicubic upsampling of the input as a global skip connection (see tasks/superres.py).
+the bicubic upsampling of the input as a global skip connection (see tasks/sr.py).
 """
 from __future__ import annotations
 

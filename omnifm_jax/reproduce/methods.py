@@ -3,8 +3,9 @@ algorithm with the hyper-parameters the tables use. Written once here; every tab
 takes its rows from :func:`method`.
 
 The papers give no hyper-parameters for the baselines. Where PFLlib's default switches a
-method off (``mu=0``) a usual value is set: FedProx ``mu=0.01``, Ditto ``mu=0.1``, MOON
-``mu=1.0`` (MOON's value for CIFAR-100), GPFL ``lamda=0.01, mu=0.1`` (GPFL's scripts).
+method off (a weight of 0) a usual value is set: FedProx ``mu=0.01``, Ditto ``mu=0.1``, MOON
+``contrastive_weight=1.0`` (MOON's value for CIFAR-100), GPFL ``lambda_reg=0.01,
+weight_decay=0.1`` (GPFL's scripts: ``lamda=0.01, mu=0.1``).
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ METHODS: Tuple[Method, ...] = (
     _m("FedProx", "fedprox", "mu=0.01"),
     _m("Ditto", "ditto", "mu=0.1"),
     _m("SCAFFOLD", "scaffold"),
-    _m("MOON", "moon", "mu=1.0"),
-    _m("GPFL", "gpfl", "lamda=0.01", "mu=0.1"),
+    _m("MOON", "moon", "contrastive_weight=1.0"),
+    _m("GPFL", "gpfl", "lambda_reg=0.01", "weight_decay=0.1"),
     _m("FedDyn", "feddyn"),
     _m("FedRep", "fedrep"),
     _m("FedPer", "fedper"),

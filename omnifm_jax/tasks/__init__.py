@@ -28,7 +28,7 @@ from omnifm_jax.tasks.base import (
 )
 from omnifm_jax.tasks.classification import classification, macro_f1
 from omnifm_jax.tasks.segmentation import segmentation
-from omnifm_jax.tasks.superres import bicubic_upsample, super_resolution
+from omnifm_jax.tasks.sr import bicubic_upsample, super_resolution
 
 __all__ = ["Task", "TaskInfo", "MetricSpec", "available", "declaration", "build", "check_data", "check_options",
            "accepts", "target_kind", "metric_spec", "higher_is_better", "register_task",

@@ -6,7 +6,7 @@ Evaluation is per sample: the engine runs every client's personalised model over
 held-out samples and returns ``eval_stats`` for each sample, in the split's flat order
 (client after client); ``client_metrics`` and ``summarize`` turn those into numbers on
 the host. Each task owns its metrics (accuracy, macro-F1 and AUC in
-``classification.py``, PSNR/SSIM via dm-pix in ``superres.py``) rather than a shared
+``classification.py``, PSNR/SSIM via dm-pix in ``sr.py``) rather than a shared
 ``metrics.py``: a metric is only meaningful with the targets and reductions of its task,
 and a new task stays one file.
 

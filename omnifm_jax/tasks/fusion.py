@@ -359,7 +359,7 @@ def _check_data(cfg, fed, opts) -> None:
 
 
 INFO = TaskInfo("fusion", targets=("fusion",),
-                needs="paired registered sources (info['target'] = 'fusion', e.g. dataset=fusion_harvard)",
+                needs="paired registered sources (info['target'] = 'fusion', e.g. dataset=harvard_fusion)",
                 metrics=METRIC_SPECS, primary_metric="vif", options=dict(DEFAULTS), check=_check_options,
                 check_data=_check_data)
 

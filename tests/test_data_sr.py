@@ -14,7 +14,7 @@ from omnifm_jax.data.breakhis import load_breakhis_images, scan_breakhis
 from omnifm_jax.data.breakhis_sr import GROUP_SPLITS, SPLIT_BY, breakhis_sr_federation
 from omnifm_jax.data.federation import Federation, client_ids, client_slice, validate_federation
 from omnifm_jax.data.image import bicubic_resize
-from omnifm_jax.data.superres import (
+from omnifm_jax.data.sr import (
     bicubic_downscale,
     bicubic_upsample,
     extract_patch_grid,

@@ -1,5 +1,5 @@
 """PH2 skin lesions (dermoscopy) + DSB2018 nuclei (microscopy): a 2-modality segmentation
-federation, registered as ``seg_cross_modality``.
+federation, registered as ``ph2_dsb_seg``.
 
 PH2 (64x64 RGB) and DSB2018 (128x128, box-resized to 64x64, masks re-thresholded at 50 %)
 from the real-data folder; one modality per client, the train/test split by image (one
@@ -21,15 +21,15 @@ from .options import dataset_options
 from .paths import real_data_root
 from .segmentation import check_masks, load_arrays, mask_federation, split_by_patient
 
-__all__ = ["PH2_FILE", "DSB_FILE", "cross_modality_federation"]
+__all__ = ["PH2_FILE", "DSB_FILE", "ph2_dsb_seg_federation"]
 
 #: The two files, relative to the real-data folder.
 PH2_FILE = Path("skin_ph2_seg") / "ph2_lesion_seg_64.npz"
 DSB_FILE = Path("nuclei_dsb2018") / "dsb2018_nuclei_subset250_128.npz"
 
 
-def cross_modality_federation(*, num_clients: int = 2, seed: int = 0, root=None, size: int = 64,
-                              test_fraction: float = 0.25) -> Federation:
+def ph2_dsb_seg_federation(*, num_clients: int = 2, seed: int = 0, root=None, size: int = 64,
+                           test_fraction: float = 0.25) -> Federation:
     """PH2 skin lesions (dermoscopy) + DSB2018 nuclei (microscopy): one modality per client.
 
     The ``num_clients`` clients are dealt to the two modalities (skin gets the odd one);
@@ -40,7 +40,7 @@ def cross_modality_federation(*, num_clients: int = 2, seed: int = 0, root=None,
     foreground).
     """
     if not isinstance(num_clients, (int, np.integer)) or num_clients < 2:
-        raise ValueError(f"seg_cross_modality needs num_clients >= 2 (one per modality at least), got {num_clients!r}")
+        raise ValueError(f"ph2_dsb_seg needs num_clients >= 2 (one per modality at least), got {num_clients!r}")
     base = real_data_root(root)
     sources = [("skin_dermoscopy", base / PH2_FILE, "ids"), ("nuclei_microscopy", base / DSB_FILE, "ids")]
     loaded = []
@@ -71,7 +71,7 @@ def cross_modality_federation(*, num_clients: int = 2, seed: int = 0, root=None,
     modality, unit = np.concatenate(modality), np.concatenate(unit)
     slices_of = {u: 1 for u in unit.tolist()}
     train_u, test_u = split_by_patient(client_units, slices_of, test_fraction=test_fraction, seed=seed)
-    info = {"dataset": "seg_cross_modality", "root": str(base), "seed": int(seed), "num_clients": int(num_clients),
+    info = {"dataset": "ph2_dsb_seg", "root": str(base), "seed": int(seed), "num_clients": int(num_clients),
             "size": int(size), "test_fraction": float(test_fraction), "partition": "modality",
             "sources": [str(p) for _, p, _ in loaded],
             "split_note": "one modality per client; train/test split by image (one lesion / field of view each)"}
@@ -80,9 +80,8 @@ def cross_modality_federation(*, num_clients: int = 2, seed: int = 0, root=None,
                            modality_names=tuple(n for n, _, _ in loaded), client_names=names, info=info)
 
 
-@DATASETS.register("seg_cross_modality")
-def _cross(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
+@DATASETS.register("ph2_dsb_seg")
+def _ph2_dsb_seg(spec: str, num_clients: int, seed: int, kw: dict) -> Federation:
     del spec
-    kw = dataset_options("seg_cross_modality", kw, cross_modality_federation,
-                         allowed=("root", "size", "test_fraction"))
-    return cross_modality_federation(num_clients=num_clients, seed=seed, **kw)
+    kw = dataset_options("ph2_dsb_seg", kw, ph2_dsb_seg_federation, allowed=("root", "size", "test_fraction"))
+    return ph2_dsb_seg_federation(num_clients=num_clients, seed=seed, **kw)

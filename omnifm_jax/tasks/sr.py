@@ -28,7 +28,7 @@ SCALES = (2, 4, 8)
 def bicubic_upsample(lr: jax.Array, scale: int) -> jax.Array:
     """Bicubic upsampling ``(..., h, w, C) -> (..., h*scale, w*scale, C)`` (jax.image).
 
-    The in-graph twin of :func:`omnifm_jax.data.superres.bicubic_upsample` (Pillow, on the
+    The in-graph twin of :func:`omnifm_jax.data.sr.bicubic_upsample` (Pillow, on the
     host), which builds the data; tests/test_tasks.py checks the two agree.
     """
     shape = lr.shape[:-3] + (lr.shape[-3] * scale, lr.shape[-2] * scale, lr.shape[-1])
