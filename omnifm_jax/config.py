@@ -20,8 +20,8 @@ from omnifm_jax.checks import ConfigError
 from omnifm_jax.registry import BACKBONES, TASKS, ComponentImportError, import_components
 
 __all__ = ["ConfigError", "CONFIG_DIR", "DEFAULTS", "MOVED_KEYS", "RENAMED_KEYS", "OPTIMIZERS", "INPUT_SCALINGS",
-           "COMPONENT_KWARGS", "load_config", "update", "parse_value", "set_dotted", "get_dotted", "apply_overrides",
-           "validate", "algorithm_kwargs", "upgrade_spelling"]
+           "WEIGHT_INITS", "COMPONENT_KWARGS", "load_config", "update", "parse_value", "set_dotted", "get_dotted",
+           "apply_overrides", "validate", "algorithm_kwargs", "upgrade_spelling"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
@@ -50,6 +50,7 @@ DEFAULTS: Dict[str, Any] = {
     # Protocol (PFLlib's semantics by default; see docs/protocol.md's table)
     "drop_last": True,              # skip each epoch's last partial batch (PFLlib's DataLoader)
     "aggregate_bn_stats": False,    # average BatchNorm running statistics too (PFLlib keeps them local)
+    "weight_init": "flax",          # pytorch: PyTorch's default init of backbone and head (PFLlib); flax: flax's
     "shared_init": True,            # all clients start from ONE initial model (PFLlib)
     "random_join": False,           # PFLlib's random_join_ratio: participants drawn from int(ratio*K)..K
     "dropped_keep_update": True,    # a dropped-out participant keeps what it trained (PFLlib)
@@ -67,6 +68,7 @@ DEFAULTS: Dict[str, Any] = {
 
 OPTIMIZERS = ("sgd", "adam")
 INPUT_SCALINGS = ("auto", "pflib", "unit")
+WEIGHT_INITS = ("flax", "pytorch")  # see omnifm_jax.models.init
 
 #: Former top-level keys and where they live now (a task's own options): refused, naming the new key.
 MOVED_KEYS = {"scale": "task_kwargs.scale", "head_pool": "task_kwargs.head_pool"}
@@ -247,6 +249,10 @@ def validate(cfg: Dict[str, Any]) -> None:
     checks.interval("client_dropout", cfg["client_dropout"], 0, 1, lo_open=False, hi_open=True)
     checks.interval("momentum", cfg["momentum"], 0, 1, lo_open=False, hi_open=True)
     checks.choice("input_scaling", cfg["input_scaling"], INPUT_SCALINGS)
+    checks.choice("weight_init", cfg["weight_init"], WEIGHT_INITS)
+    require(cfg["weight_init"] == "flax" or "weight_init" in algorithms.run_args(cfg["algorithm"]),
+            f"weight_init={cfg['weight_init']!r}: algorithm {cfg['algorithm']!r} builds its own model and "
+            f"takes only weight_init='flax'")
     require(cfg["diagnostics"] == "auto" or checks.is_int(cfg["diagnostics"]) and cfg["diagnostics"] >= 0,
             f"diagnostics must be 'auto' or an integer >= 0 (0: off; N: round 1, every N-th and the last), "
             f"got {cfg['diagnostics']!r}")
@@ -273,7 +279,7 @@ def validate(cfg: Dict[str, Any]) -> None:
 
 def algorithm_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The keyword arguments of the config's algorithm factory besides the engine's: the run
-    values it takes (``drop_last``, ``aggregate_bn_stats``, ``lr``, ``num_clients``) and
+    values it takes (``drop_last``, ``aggregate_bn_stats``, ``weight_init``, ``lr``, ``num_clients``) and
     its ``algorithm_kwargs``."""
     from omnifm_jax import algorithms
 

@@ -33,12 +33,14 @@ def validate(hp, context):
 
 
 @register("ditto", validate=validate)
-def ditto(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def ditto(*, task, backbone, optimizer, local_epochs, batch_size,
+          weight_init="flax", drop_last=True, aggregate_bn_stats=False,
           mu: float = 0.0, plocal_epochs: int = 1):
     """Ditto with proximal weight ``mu`` and ``plocal_epochs`` personal epochs."""
     model = TokenModel(backbone=backbone, head=task.make_head())
     base = personalized_sgd(name="ditto", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                            local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                            local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                            drop_last=drop_last,
                             aggregate_bn_stats=aggregate_bn_stats,
                             init_client_algorithm_state=lambda key, server, variables: variables)
 

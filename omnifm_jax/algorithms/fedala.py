@@ -96,7 +96,8 @@ def adaptive_local_aggregation(loss_on_batch, global_params, local_params, weigh
 
 
 @register("fedala", validate=validate)
-def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def fedala(*, task, backbone, optimizer, local_epochs, batch_size,
+           weight_init="flax", drop_last=True, aggregate_bn_stats=False,
            eta: float = 1.0, rand_percent: float = 80, layers=(r"^params/head/",), threshold: float = 0.1,
            num_pre_loss: int = 10, max_start_passes: int = 100):
     """FedALA; ``layers``: path patterns of the layers aggregated adaptively."""
@@ -134,7 +135,8 @@ def fedala(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
         return dict(inputs.client, local=inputs.variables["params"]), None
 
     base = personalized_sgd(name="fedala", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                            local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                            local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                            drop_last=drop_last,
                             aggregate_bn_stats=aggregate_bn_stats,
                             init_client_algorithm_state=init_client_algorithm_state,
                             download=download, finish=finish)

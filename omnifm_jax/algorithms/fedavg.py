@@ -7,8 +7,10 @@ __all__ = ["fedavg"]
 
 
 @register("fedavg")
-def fedavg(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False):
+def fedavg(*, task, backbone, optimizer, local_epochs, batch_size,
+           weight_init="flax", drop_last=True, aggregate_bn_stats=False):
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name="fedavg", model=model, task=task, optimizer=optimizer,
                             personal_patterns=(), local_epochs=local_epochs, batch_size=batch_size,
+                            weight_init=weight_init,
                             drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats)

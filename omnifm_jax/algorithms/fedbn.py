@@ -8,8 +8,10 @@ __all__ = ["fedbn"]
 
 
 @register("fedbn")
-def fedbn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True):
+def fedbn(*, task, backbone, optimizer, local_epochs, batch_size,
+          weight_init="flax", drop_last=True):
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name="fedbn", model=model, task=task, optimizer=optimizer,
                             personal_patterns=(r"norm[^/]*/(scale|bias)$",), local_epochs=local_epochs,
+                            weight_init=weight_init,
                             batch_size=batch_size, drop_last=drop_last)

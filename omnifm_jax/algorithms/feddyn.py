@@ -40,7 +40,8 @@ def validate(hp, context):
 
 
 @register("feddyn", validate=validate)
-def feddyn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def feddyn(*, task, backbone, optimizer, local_epochs, batch_size,
+           weight_init="flax", drop_last=True, aggregate_bn_stats=False,
            num_clients=None, alpha: float = 1.0, squared_norm: bool = True):
     """FedDyn; ``num_clients`` (the federation's size) is filled from the run config."""
     if num_clients is None:
@@ -70,7 +71,8 @@ def feddyn(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tru
                            opt_state=server.opt_state)
 
     algorithm = personalized_sgd(name="feddyn", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                                 local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                                 local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                                 drop_last=drop_last,
                                  aggregate_bn_stats=aggregate_bn_stats, init_client_algorithm_state=zeros_like_params,
                                  loss_terms=loss_terms, finish=finish, aggregate=aggregate)
     return with_zero_server_slot(algorithm)

@@ -21,11 +21,12 @@ __all__ = ["validate_momentum", "validate_adaptive", "fedavgm", "fedadam", "fedy
 
 
 def _fedavg_with(name, server_optimizer, *, task, backbone, optimizer, local_epochs, batch_size, drop_last,
-                 aggregate_bn_stats):
+                 aggregate_bn_stats, weight_init):
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name=name, model=model, task=task, optimizer=optimizer, personal_patterns=(),
                             local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
-                            aggregate_bn_stats=aggregate_bn_stats, server_optimizer=server_optimizer)
+                            aggregate_bn_stats=aggregate_bn_stats, server_optimizer=server_optimizer,
+                            weight_init=weight_init)
 
 
 def validate_momentum(hp, context):
@@ -43,27 +44,33 @@ def validate_adaptive(hp, context):
 
 
 @register("fedavgm", validate=validate_momentum)
-def fedavgm(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def fedavgm(*, task, backbone, optimizer, local_epochs, batch_size,
+            weight_init="flax", drop_last=True, aggregate_bn_stats=False,
             server_lr: float = 1.0, server_momentum: float = 0.9):
     """FedAvg with server momentum."""
     tx = optax.sgd(server_lr, momentum=server_momentum or None)
     return _fedavg_with("fedavgm", tx, task=task, backbone=backbone, optimizer=optimizer, local_epochs=local_epochs,
-                        batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats)
+                        batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
+                        weight_init=weight_init)
 
 
 @register("fedadam", validate=validate_adaptive)
-def fedadam(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def fedadam(*, task, backbone, optimizer, local_epochs, batch_size,
+            weight_init="flax", drop_last=True, aggregate_bn_stats=False,
             server_lr: float = 0.01, server_b1: float = 0.9, server_b2: float = 0.99, server_eps: float = 1e-3):
     """FedAvg with Adam on the server."""
     tx = optax.adam(server_lr, b1=server_b1, b2=server_b2, eps=server_eps)
     return _fedavg_with("fedadam", tx, task=task, backbone=backbone, optimizer=optimizer, local_epochs=local_epochs,
-                        batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats)
+                        batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
+                        weight_init=weight_init)
 
 
 @register("fedyogi", validate=validate_adaptive)
-def fedyogi(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def fedyogi(*, task, backbone, optimizer, local_epochs, batch_size,
+            weight_init="flax", drop_last=True, aggregate_bn_stats=False,
             server_lr: float = 0.01, server_b1: float = 0.9, server_b2: float = 0.99, server_eps: float = 1e-3):
     """FedAvg with Yogi on the server."""
     tx = optax.yogi(server_lr, b1=server_b1, b2=server_b2, eps=server_eps)
     return _fedavg_with("fedyogi", tx, task=task, backbone=backbone, optimizer=optimizer, local_epochs=local_epochs,
-                        batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats)
+                        batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
+                        weight_init=weight_init)

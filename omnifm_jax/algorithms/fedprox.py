@@ -29,7 +29,8 @@ def validate(hp, context):
 
 
 @register("fedprox", validate=validate)
-def fedprox(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def fedprox(*, task, backbone, optimizer, local_epochs, batch_size,
+            weight_init="flax", drop_last=True, aggregate_bn_stats=False,
             mu: float = 0.0):
     """FedProx with proximal weight ``mu``."""
     model = TokenModel(backbone=backbone, head=task.make_head())
@@ -38,5 +39,6 @@ def fedprox(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=Tr
         return proximal_term(inputs.params, inputs.global_params, mu), {}
 
     return personalized_sgd(name="fedprox", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                            local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                            local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                            drop_last=drop_last,
                             aggregate_bn_stats=aggregate_bn_stats, loss_terms=loss_terms)

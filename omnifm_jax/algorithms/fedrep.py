@@ -23,11 +23,13 @@ def validate(hp, context):
 
 
 @register("fedrep", validate=validate)
-def fedrep(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def fedrep(*, task, backbone, optimizer, local_epochs, batch_size,
+           weight_init="flax", drop_last=True, aggregate_bn_stats=False,
            plocal_epochs: int = 1):
     """FedRep: ``plocal_epochs`` head epochs, then ``local_epochs`` body epochs."""
     model = TokenModel(backbone=backbone, head=task.make_head())
     return personalized_sgd(name="fedrep", model=model, task=task, optimizer=optimizer, personal_patterns=(HEAD,),
-                            local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                            local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                            drop_last=drop_last,
                             aggregate_bn_stats=aggregate_bn_stats,
                             phases=(Phase(plocal_epochs, (HEAD,)), Phase(local_epochs, (BODY,))))

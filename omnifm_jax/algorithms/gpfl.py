@@ -103,7 +103,8 @@ def validate(hp, context):
 
 
 @register("gpfl", validate=validate, tasks=("classification",), renamed={"lamda": "lambda_reg", "mu": "weight_decay"})
-def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def gpfl(*, task, backbone, optimizer, local_epochs, batch_size,
+         weight_init="flax", drop_last=True, aggregate_bn_stats=False,
          lambda_reg: float = 1.0, weight_decay: float = 0.0):
     """GPFL; classification only (the GCE needs class labels)."""
     head = task.make_head()
@@ -145,6 +146,7 @@ def gpfl(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
 
     return personalized_sgd(name="gpfl", model=model, task=task, optimizer=optimizer,
                             personal_patterns=(r"^params/head/",), local_epochs=local_epochs, batch_size=batch_size,
+                            weight_init=weight_init,
                             drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
                             init_client_algorithm_state=init_client_algorithm_state, download=download,
                             model_context=lambda server_state, client_state: (

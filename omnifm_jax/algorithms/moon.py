@@ -55,7 +55,8 @@ def validate(hp, context):
 
 
 @register("moon", validate=validate, renamed={"mu": "contrastive_weight"})
-def moon(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def moon(*, task, backbone, optimizer, local_epochs, batch_size,
+         weight_init="flax", drop_last=True, aggregate_bn_stats=False,
          contrastive_weight: float = 0.0, tau: float = 1.0):
     """MOON with contrastive weight ``contrastive_weight`` and temperature ``tau``."""
     model = TokenModel(backbone=backbone, head=task.make_head(), features=True)
@@ -64,7 +65,8 @@ def moon(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True,
         return inputs.variables["params"], None
 
     return personalized_sgd(name="moon", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                            local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                            local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                            drop_last=drop_last,
                             aggregate_bn_stats=aggregate_bn_stats,
                             init_client_algorithm_state=lambda key, server, variables: variables["params"],
                             loss_terms=moon_loss_terms(contrastive_weight, tau), finish=finish)

@@ -111,7 +111,8 @@ def validate(hp, context):
 
 
 @register("omnifm", validate=validate)
-def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align: float = 0.1,
+def omnifm(*, task, backbone, optimizer, local_epochs, batch_size,
+           weight_init="flax", lambda_align: float = 0.1,
            top_k: int = 2, bank_capacity: int = 256, rho: float = 1.0, min_hits: int = 1,
            prune_warmup: int = 2, low_pass_ratio: float = 0.25, log_magnitude: bool = True,
            spectral_dim: int = 64, attn_dim: int = 64, num_heads: int = 1, num_suffix: int = 4,
@@ -187,7 +188,7 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size, lambda_align:
         return bank_lib.insert(bank, up["embedding"].reshape(-1, spectral_dim), rho=rho, mask=flags.reshape(-1))
 
     return personalized_sgd(name="omnifm", model=model, task=task, optimizer=optimizer,
-                            personal_patterns=SHARING[sharing], local_epochs=local_epochs,
+                            personal_patterns=SHARING[sharing], local_epochs=local_epochs, weight_init=weight_init,
                             batch_size=batch_size, drop_last=drop_last, aggregate_bn_stats=aggregate_bn_stats,
                             init_algorithm_state=init_algorithm_state, model_context=lambda bank, client_state: bank,
                             loss_terms=loss_terms, finish=finish, update_algorithm_state=update_algorithm_state)

@@ -3,7 +3,7 @@
 A new algorithm is one new file in this package whose factory is decorated with
 :func:`register`; the package imports every module in it. A factory takes the engine's
 arguments (``task, backbone, optimizer, local_epochs, batch_size``), the run's protocol
-and context values it wants (any of ``drop_last, aggregate_bn_stats, lr, num_clients``,
+and context values it wants (any of ``drop_last, aggregate_bn_stats, weight_init, lr, num_clients``,
 filled from the run config; ``server``, the federation's server-side split), and its own
 hyper-parameters as keyword arguments with defaults: those defaults are the algorithm's
 defaults, and ``validate(hparams, context)`` in the same file checks them (``algorithm_kwargs``
@@ -25,7 +25,7 @@ __all__ = ["ENGINE_ARGS", "RUN_ARGS", "DATA_ARGS", "register", "available", "sup
 #: Arguments every factory gets from the engine / experiment, not hyper-parameters.
 ENGINE_ARGS = ("task", "backbone", "optimizer", "local_epochs", "batch_size")
 #: Run-config values a factory receives when its signature names them (not set in algorithm_kwargs).
-RUN_ARGS = ("drop_last", "aggregate_bn_stats", "lr", "num_clients")
+RUN_ARGS = ("drop_last", "aggregate_bn_stats", "weight_init", "lr", "num_clients")
 #: Arguments filled from the federation, not the config (``server``: its server-side split).
 DATA_ARGS = ("server",)
 

@@ -33,7 +33,8 @@ def validate(hp, context):
 
 
 @register("scaffold", validate=validate)
-def scaffold(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=True, aggregate_bn_stats=False,
+def scaffold(*, task, backbone, optimizer, local_epochs, batch_size,
+             weight_init="flax", drop_last=True, aggregate_bn_stats=False,
              lr=None, num_clients=None, server_lr: float = 1.0):
     """SCAFFOLD; ``lr`` is the client learning rate and ``num_clients`` the federation's size
     (both filled from the run config)."""
@@ -63,7 +64,8 @@ def scaffold(*, task, backbone, optimizer, local_epochs, batch_size, drop_last=T
         return ServerState(params=params, algorithm_state=c, opt_state=server.opt_state)
 
     algorithm = personalized_sgd(name="scaffold", model=model, task=task, optimizer=optimizer, personal_patterns=(),
-                                 local_epochs=local_epochs, batch_size=batch_size, drop_last=drop_last,
+                                 local_epochs=local_epochs, batch_size=batch_size, weight_init=weight_init,
+                                 drop_last=drop_last,
                                  aggregate_bn_stats=aggregate_bn_stats, init_client_algorithm_state=zeros_like_params,
                                  grad_transform=grad_transform, finish=finish, aggregate=aggregate)
     return with_zero_server_slot(algorithm)

@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from omnifm_jax import checks
 from omnifm_jax.algorithms import aggregation, labels
 from omnifm_jax.algorithms import local_training as lt
 from omnifm_jax.algorithms.base import ClientResult, FederatedAlgorithm
+from omnifm_jax.models import init as init_lib
 from omnifm_jax.tasks.base import Task
 
 __all__ = ["ServerState", "ClientState", "Upload", "LossInputs", "FinishInputs", "Phase", "make_task_loss",
@@ -189,6 +191,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
                      server_optimizer: Optional[optax.GradientTransformation] = None,
                      aggregate: Optional[Callable[[ServerState, Upload, jax.Array], ServerState]] = None,
                      download: Optional[Callable[..., Any]] = None,
+                     weight_init: str = "flax",
                      ) -> FederatedAlgorithm:
     """Build a partial-sharing local-SGD algorithm.
 
@@ -228,12 +231,16 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
         the round starts from and the client's algorithm state after receiving them (FedALA's
         adaptive aggregation); default: shared part from the server, personal part the
         client's own, the state unchanged.
+      weight_init: ``"flax"`` (flax's initialisers) or ``"pytorch"`` (PyTorch's defaults for
+        the model's ``backbone`` and ``head``, PFLlib's models:
+        :func:`omnifm_jax.models.init.apply_weight_init`); the config key ``weight_init``.
     """
     if local_epochs < 1 or batch_size < 1:
         raise ValueError(f"local_epochs and batch_size must be >= 1, got {local_epochs}, {batch_size}")
     phases = tuple(phases) if phases is not None else (Phase(local_epochs),)
     if not phases or any(int(p.epochs) < 0 for p in phases) or sum(int(p.epochs) for p in phases) < 1:
         raise ValueError(f"phases must hold >= 1 epoch in all, got {phases}")
+    checks.choice("weight_init", weight_init, init_lib.WEIGHT_INITS)
     shared_collections = ("params", "batch_stats") if aggregate_bn_stats else ("params",)
 
     def split(variables):
@@ -241,7 +248,8 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
 
     def initial_variables(key, server_state, x_example):
         k_model, _ = jax.random.split(key)
-        return model.init(k_model, x_example, model_context(server_state, None), train=False)
+        variables = model.init(k_model, x_example, model_context(server_state, None), train=False)
+        return init_lib.apply_weight_init(weight_init, jax.random.fold_in(k_model, 0x7079), variables)
 
     def init_server(key, x_example):
         _, k_state = jax.random.split(key)
