@@ -107,6 +107,20 @@ def test_every_cell_config_loads_and_validates():
                 assert "needs data that are not here" in str(exc), (scale, name, str(exc))
                 continue
             assert len(plan.cells) == len(table.cells)
+    # Table 1 at `cpu`: the real4 runs' size, 60 rounds evaluated every round; all methods at 20%,
+    # FedAvg / FedPer / OmniFM also at 100%.
+    try:
+        plan = R.build_plan("table1", scale="cpu", seeds=(0,))
+    except ConfigError as exc:
+        assert "needs data that are not here" in str(exc)
+    else:
+        assert len(plan.cells) == 10 * 3 + 3 * 3
+        assert {pc.cell.row_key for pc in plan.cells if pc.cell.col_key.endswith("-100")} == {
+            "fedavg", "fedper", "omnifm"}
+        cfg = plan.cells[0].configs[0]
+        assert (cfg["dataset"], cfg["num_clients"], cfg["rounds"], cfg["eval_every"], cfg["batch_size"],
+                cfg["lr"], cfg["local_epochs"], cfg["backbone"]) == ("real4", 20, 60, 1, 32, 0.05, 1, "cnn")
+        assert "39 run(s), 2340 run-rounds" in writers.estimate_text(plan)   # one seed
 
 
 def test_smoke_defaults_are_a_subset_and_shrink_the_rounds():
@@ -251,6 +265,36 @@ def test_a_broken_or_duplicate_table_file_is_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------- verdicts
+
+def _history(values, key="accuracy"):
+    return [{"round": i, key: v, "clients": [{key: v}]} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("values, metric, expected", [
+    ([0.1, 0.5] + [0.80] * 5 + [0.805] * 6, "acc", True),                  # plateaued: +0.5 point in the last 10
+    ([0.1] + [0.5 + 0.0009 * i for i in range(11)], "acc", True),           # rising 0.9 point in the last 10
+    ([0.1] + [0.5 + 0.0011 * i for i in range(11)], "acc", False),          # rising 1.1 points in the last 10
+    ([0.1, 0.9] + [0.5] * 10, "acc", True),                                  # best-so-far: worse rounds don't count
+    ([0.1] + [0.8] * 9, "acc", False),                                       # 10 evaluated rounds: too short
+    ([20.0] + [30.0] * 6 + [30.099] * 5, "psnr", True),                     # PSNR: +0.099 dB < 0.1 dB
+    ([20.0] + [30.0] * 6 + [30.1001] * 5, "psnr", False),                   # +0.1001 dB: still rising
+])
+def test_convergence_rule(values, metric, expected):
+    key = R.METRICS[metric].key
+    assert R.converged(_history(values, key), R.METRICS[metric]) is expected
+    assert R.converged(_history(values, key), R.METRICS[metric], client=0) is expected
+
+
+def test_convergence_tolerances_live_in_one_place():
+    from omnifm_jax.reproduce import spec
+
+    assert spec.PLATEAU == {"*": 0.01, "psnr": 0.1} and R.PLATEAU_ROUNDS == 10
+    assert R.METRICS["acc"].tolerance == 0.01 and R.METRICS["psnr"].tolerance == 0.1
+    assert R.get_table("sr_splits").metric("psnr_gain").tolerance == 0.1      # a table's own PSNR metric
+    lower = R.Metric("l1", "L1", higher_is_better=False)
+    assert R.converged(_history([0.5, 0.2] + [0.2] * 10, "l1"), lower)
+    assert not R.converged(_history([0.5] + [0.2 - 0.0011 * i for i in range(11)], "l1"), lower)
+
 
 @pytest.mark.parametrize("margins, label", [
     ([], "not measured"),
@@ -463,7 +507,7 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
         ("fedavg", "all", 0), ("fedavg", "all", 1), ("fedavg", "c0", 0), ("fedavg", "c0", 1)]
     assert not (out / "toy.csv").exists()
     assert cli.main(base[:2] + ["--render-only", "--tables", str(toy_dir), "--out", str(out)]) == 0  # the partial table
-    assert "| FedAvg | 75.00 ± 7.07 (2) |" in (out / "toy.md").read_text()
+    assert "| FedAvg | 75.00 ± 7.07 (2) † |" in (out / "toy.md").read_text()   # one round: not converged
     calls.clear()
     monkeypatch.setattr(sweep, "run_sweep", _fake_sweep(calls))
     assert cli.main(base + ["--resume"]) == 0
@@ -503,8 +547,13 @@ def test_tiny_table8_end_to_end(tmp_path, capsys):
         vals = [float(r["acc_best"]) for r in recs if r["row_key"] == key]
         mean, std, n = R.mean_std(vals)
         line = next(l for l in md.splitlines() if l.startswith(f"| {row} |"))
-        assert line.split(" | ")[1] == R.format_measured(mean, std, n, 2)
-        assert re.search(rf"\| {re.escape(f'{mean:.2f}')} ± [0-9.]+ \(2\) \|", line)
+        assert line.split(" | ")[1] == R.format_measured(mean, std, n, 2) + " †"   # 1 round: not converged
+        assert re.search(rf"\| {re.escape(f'{mean:.2f}')} ± [0-9.]+ \(2\) † \|", line)
+    assert {r["converged"] for r in recs} == {"False"} and all(
+        r["converged"] is False for r in R.read_jsonl(out / "table8_cells.jsonl"))
+    assert ("† Not converged (the run had not plateaued; a longer run may change the value): OmniFM / CLS (Acc %): "
+            "2 of 2 seeds; w/o SPAlign / CLS (Acc %): 2 of 2 seeds. Rule: converged = the best-so-far Acc (%) changed "
+            "by less than 1 point over the last 10 evaluated rounds (at least 11 evaluated rounds).") in md
     protocol = (out / "table8_protocol.md").read_text()
     assert "omnifm reproduce table8 --scale tiny" in protocol and "CpuDevice" in protocol
     assert "data_seed = 0" in protocol and "best round" in protocol

@@ -48,7 +48,16 @@ from omnifm_jax.reproduce.spec import (
     paper_metric,
     transcription_errors,
 )
-from omnifm_jax.reproduce.stats import aggregate, evaluate_claims, mean_std, per_seed, verdict
+from omnifm_jax.reproduce.stats import (
+    PLATEAU_ROUNDS,
+    aggregate,
+    converged,
+    evaluate_claims,
+    mean_std,
+    per_seed,
+    unconverged,
+    verdict,
+)
 from omnifm_jax.reproduce.writers import format_measured, markdown, protocol_text, write_markdown, write_plot
 
 __all__ = ["METRICS", "Metric", "paper_metric", "Cell", "Claim", "Setting", "Scale", "Reference", "PrintedRow",
@@ -56,5 +65,6 @@ __all__ = ["METRICS", "Metric", "paper_metric", "Cell", "Claim", "Setting", "Sca
            "TABLES", "find_tables", "get_table", "load_dir", "available_tables", "Plan", "PlannedCell", "Program",
            "build_plan", "cell_config", "check_data", "execute", "records_from", "references_from", "read_csv",
            "read_jsonl", "write_csv", "mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims",
+           "PLATEAU_ROUNDS", "converged", "unconverged",
            "format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "output_files", "reproduce",
            "render", "table_listing", "parse_seeds", "add_parser"]

@@ -163,6 +163,9 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     row_keys = _parse_subset("row", rows, t.rows)
     col_keys = _parse_subset("column", cols, t.cols)
     sc, notes = t.scales[scale], []
+    also = set(sc.also) if row_keys is None and col_keys is None else set()
+    if also:
+        notes.append(f"{scale} default also runs: " + ", ".join(f"{r} / {c}" for r, c in sc.also))
     if row_keys is None and sc.rows is not None:
         row_keys = list(sc.rows)
         notes.append(f"{scale} default rows: {', '.join(row_keys)} (--only selects others)")
@@ -174,7 +177,7 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     if sc.note:
         notes.append(sc.note)
     selected = [c for c in t.cells if (row_keys is None or c.row_key in row_keys)
-                and (col_keys is None or c.col_key in col_keys)]
+                and (col_keys is None or c.col_key in col_keys) or (c.row_key, c.col_key) in also]
     if not selected:
         raise ConfigError(f"{name}: the selection (rows {row_keys}, columns {col_keys}) holds no cell")
     planned = []

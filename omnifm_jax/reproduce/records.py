@@ -3,8 +3,10 @@ hold them (pure functions and file I/O; nothing is run here).
 
 A record holds the measured value of each metric under both evaluation rules
 (``<metric>_best``, ``<metric>_last``), the paper's number (``<metric>_paper``), the task's
-model-free baseline (``<metric>_baseline``, e.g. bicubic for SR), and how it was run
-(config, overrides, program, ``config_sha`` for ``--resume``).
+model-free baseline (``<metric>_baseline``, e.g. bicubic for SR), whether the run had
+plateaued on the cell's primary metric (``converged``, the rule of
+:func:`omnifm_jax.reproduce.stats.converged`; None without a round history), and how it was
+run (config, overrides, program, ``config_sha`` for ``--resume``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omnifm_jax.reproduce.plan import Plan, config_sha
 from omnifm_jax.reproduce.spec import Cell, Metric
+from omnifm_jax.reproduce.stats import converged
 
 __all__ = ["CSV_FIXED", "records_from", "references_from", "write_csv", "read_csv", "append_jsonl", "read_jsonl",
            "record_key", "merge_records"]
@@ -72,7 +75,11 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
             base = s.get("baseline") or None
             if base and cell.client is not None:
                 base = (s.get("baseline_clients") or [None] * (cell.client + 1))[cell.client]
-            for m in cell.reports(t.metrics):
+            reported = cell.reports(t.metrics)
+            history = s.get("history")
+            rec["converged"] = (converged(history, t.metric(reported[0]), cell.client)
+                                if history and reported else None)
+            for m in reported:
                 metric = t.metric(m)
                 for which in ("best", "last"):
                     rec[f"{m}_{which}"] = _value(_line(s, cell, which), metric, base)

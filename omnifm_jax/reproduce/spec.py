@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["Metric", "paper_metric", "METRICS", "Cell", "Claim", "Setting", "Scale", "Reference", "PrintedRow",
+__all__ = ["Metric", "PLATEAU", "paper_metric", "METRICS",
+           "Cell", "Claim", "Setting", "Scale", "Reference", "PrintedRow",
            "PaperText", "Table", "beats_all", "transcription_errors"]
 
 
@@ -31,19 +32,34 @@ class Metric:
     paper's units (accuracy 0.97 -> 97 %); ``decimals`` as printed in the paper. The label
     and the direction (``higher_is_better``) are the task's (:func:`paper_metric`).
     ``minus_baseline``: the metric minus the task's model-free baseline on the same test
-    samples (e.g. the PSNR gain over bicubic upsampling)."""
+    samples (e.g. the PSNR gain over bicubic upsampling). ``plateau``: the convergence
+    tolerance in the run's units (None: :data:`PLATEAU` by key, else 0.01, one point of a 0-1
+    metric such as accuracy), see :func:`omnifm_jax.reproduce.stats.converged`."""
     key: str
     label: str
     factor: float = 1.0
     decimals: int = 2
     higher_is_better: bool = True
     minus_baseline: bool = False
+    plateau: Optional[float] = None
+
+    @property
+    def tolerance(self) -> float:
+        """The convergence tolerance in the run's units (``plateau``, else :data:`PLATEAU`)."""
+        return self.plateau if self.plateau is not None else PLATEAU.get(self.key, PLATEAU["*"])
 
 
-def paper_metric(task: str, key: str, factor: float = 1.0, decimals: int = 2, note: str = "") -> Metric:
+#: Convergence tolerances in the run's units, by metric key ("*": every other metric): one
+#: point of a 0-1 metric (accuracy 0.01 = 1 %), 0.1 dB of PSNR. The one place they are set.
+PLATEAU: Dict[str, float] = {"*": 0.01, "psnr": 0.1}
+
+
+def paper_metric(task: str, key: str, factor: float = 1.0, decimals: int = 2, note: str = "",
+                 plateau: Optional[float] = None) -> Metric:
     """The task's metric ``key`` (its :class:`~omnifm_jax.tasks.MetricSpec`: label, higher
     or lower is better) in the paper's units: times ``factor`` (100: "%" in the label), shown
-    with ``decimals``; ``note`` is appended to the label. A key the task does not declare
+    with ``decimals``; ``note`` is appended to the label; ``plateau``: the convergence
+    tolerance in the run's units (:class:`Metric`). A key the task does not declare
     gives the bare key as label, higher is better."""
     from omnifm_jax import tasks
 
@@ -52,7 +68,7 @@ def paper_metric(task: str, key: str, factor: float = 1.0, decimals: int = 2, no
     except ValueError:
         spec = tasks.MetricSpec(key, key)
     unit = " (%)" if factor == 100.0 else ""
-    return Metric(key, spec.label + unit + note, factor, decimals, spec.higher_is_better)
+    return Metric(key, spec.label + unit + note, factor, decimals, spec.higher_is_better, plateau=plateau)
 
 
 #: The paper's metrics, by the names the tables use: the task's metric in the paper's units.
@@ -141,12 +157,18 @@ class Setting:
 class Scale:
     """A scale of a table: ``settings[cell config]`` lists candidate :class:`Setting` s (the
     first whose data are present runs); ``rows`` / ``cols`` / ``rounds``: the defaults when
-    the command names none (None: every row / column, each config's rounds)."""
+    the command names none (None: every row / column, each config's rounds); ``also``:
+    (row_key, col_key) cells added to that default selection (when the command names
+    neither rows nor columns), e.g. a few methods at one more participation;
+    ``cpu_s_per_round``: the expected 2-core CPU seconds per round of one run, for the
+    ``--dry-run`` estimate (None: the smoke rule of thumb)."""
     settings: Mapping[str, Tuple[Setting, ...]]
     rows: Optional[Tuple[str, ...]] = None
     cols: Optional[Tuple[str, ...]] = None
     rounds: Optional[int] = None
     note: str = ""
+    also: Tuple[Tuple[str, str], ...] = ()
+    cpu_s_per_round: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,70 @@
   and at least 2 sample std of the per-seed margins; "holds weakly" when it is positive but
   smaller than 2 std (or only one seed ran); "does not hold here" when it is zero or
   negative. Each claim is also checked on the paper's own numbers.
+* Convergence (:func:`converged`, the one home of the rule): a run has plateaued when its
+  best-so-far primary metric changed by less than the metric's tolerance
+  (:data:`~omnifm_jax.reproduce.spec.PLATEAU`: 0.01 = 1 point of accuracy, 0.1 dB of PSNR)
+  over its last :data:`PLATEAU_ROUNDS` evaluated rounds; fewer than ``PLATEAU_ROUNDS + 1``
+  evaluated rounds never count as converged.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from omnifm_jax.reproduce.spec import Table
+from omnifm_jax.reproduce.spec import Metric, Table
 
-__all__ = ["mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims"]
+__all__ = ["mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims", "PLATEAU_ROUNDS", "converged",
+           "convergence_rule", "unconverged"]
+
+#: The convergence window: the last this-many evaluated rounds (see :func:`converged`).
+PLATEAU_ROUNDS = 10
+
+
+def converged(history: Sequence[Mapping[str, Any]], metric: Metric, client: Optional[int] = None) -> bool:
+    """Whether a run has plateaued on ``metric``: its best-so-far value (the best under
+    ``metric.higher_is_better``, over the evaluated rounds of ``history``, round 0 included)
+    changed by less than ``metric.tolerance`` (run units) over the last
+    :data:`PLATEAU_ROUNDS` evaluated rounds. A run with fewer than ``PLATEAU_ROUNDS + 1``
+    evaluated rounds has not converged. ``client``: read that client's line of each round."""
+    values = []
+    for line in history:
+        if client is not None:
+            line = (line.get("clients") or [None] * (client + 1))[client] or {}
+        v = line.get(metric.key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            values.append(float(v))
+    if len(values) < PLATEAU_ROUNDS + 1:
+        return False
+    pick = max if metric.higher_is_better else min
+    best, best_so_far = values[0], []
+    for v in values:
+        best = pick(best, v)
+        best_so_far.append(best)
+    return abs(best_so_far[-1] - best_so_far[-1 - PLATEAU_ROUNDS]) < metric.tolerance
+
+
+def convergence_rule(metric: Metric) -> str:
+    """The rule in words, for the tables' footnotes."""
+    tol = f"{metric.tolerance * metric.factor:g}" + (" point" if metric.factor == 100.0 else "")
+    return (f"converged = the best-so-far {metric.label} changed by less than {tol} over the last "
+            f"{PLATEAU_ROUNDS} evaluated rounds (at least {PLATEAU_ROUNDS + 1} evaluated rounds)")
+
+
+def unconverged(records: Sequence[Mapping[str, Any]]) -> Dict[Tuple[str, str], Tuple[int, int]]:
+    """``{(row_key, col_key): (seeds not converged, seeds with a convergence mark)}`` for the
+    cells with at least one seed that had not converged (records without the mark, e.g. older
+    results, count neither way)."""
+    out: Dict[Tuple[str, str], List[int]] = {}
+    for r in records:
+        c = r.get("converged")
+        if c is None or c == "":
+            continue
+        no = str(c).lower() in ("false", "0")
+        n = out.setdefault((r["row_key"], r["col_key"]), [0, 0])
+        n[0] += no
+        n[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items() if v[0]}
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:

@@ -1,8 +1,9 @@
 """Writers: the table in the paper's layout (markdown), its plot, and ``protocol.md``.
 
 Every measured cell is shown as ``mean ± sample std (n seeds) | paper | difference`` in
-the paper's units (a column without paper numbers shows the measurement only), then the
-references (model-free rows), the claims with their verdicts, and the table's appendix.
+the paper's units (a column without paper numbers shows the measurement only), a dagger
+(†) after a cell some seed of which had not converged (:func:`omnifm_jax.reproduce.stats.converged`,
+with a footnote), then the references (model-free rows), the claims with their verdicts, and the table's appendix.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from omnifm_jax.reproduce.plan import Plan
 from omnifm_jax.reproduce.settings import H100_MINUTES_PER_100_ROUNDS
 from omnifm_jax.reproduce.spec import Table
-from omnifm_jax.reproduce.stats import aggregate, evaluate_claims, mean_std
+from omnifm_jax.reproduce.stats import aggregate, convergence_rule, evaluate_claims, mean_std, unconverged
 
 __all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "estimate_text"]
 
@@ -92,6 +93,19 @@ def _claim_lines(table: Table, claims: List[Dict[str, Any]]) -> List[str]:
     return lines + [""]
 
 
+def _convergence_lines(table: Table, unconv: Mapping[Any, Any], cells: Mapping[Any, Any]) -> List[str]:
+    """The footnote of the † marks: per marked cell, how many of its seeds had not plateaued,
+    and the rule (per primary metric of the marked cells)."""
+    if not unconv:
+        return []
+    marked = [(cells[k], n) for k, n in unconv.items() if k in cells]
+    which = "; ".join(f"{c.row} / {c.col}: {no} of {of} seed{'s' if of != 1 else ''}" for c, (no, of) in marked)
+    rules = list(dict.fromkeys(convergence_rule(table.metric(c.reports(table.metrics)[0])) for c, _ in marked
+                               if c.reports(table.metrics)))
+    return [f"† Not converged (the run had not plateaued; a longer run may change the value): {which}. "
+            f"Rule: {'; '.join(rules)}.", ""]
+
+
 def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = "best", seeds: Sequence[int] = (),
              scale: str = "", claims: Optional[List[Dict[str, Any]]] = None, header: Sequence[str] = (),
              references: Optional[References] = None) -> str:
@@ -102,6 +116,7 @@ def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = 
     measured_cols = [(k, l) for k, l in table.cols if any((r, k) in agg for r, _ in table.rows)]
     cells = {(c.row_key, c.col_key): c for c in table.cells}
     n_seeds = sorted({v[2] for cell in agg.values() for v in cell.values()})
+    unconv = unconverged(records)
     lines = [f"# {table.title}", ""]
     lines += list(header)
     how = ("best round (PFLlib: round 0 included, the round with the best primary metric; every metric from "
@@ -131,7 +146,8 @@ def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = 
                 stat = agg.get((rk, ck), {}).get(m)
                 cell = cells.get((rk, ck))
                 pv = cell.paper_value(m) if cell is not None else None
-                row.append(format_measured(*stat, metric.decimals) if stat else "—")
+                row.append((format_measured(*stat, metric.decimals) + (" †" if (rk, ck) in unconv else ""))
+                           if stat else "—")
                 if ck in with_paper:
                     diff = _fmt(stat[0] - pv, metric.decimals, sign=True) if stat and pv is not None else "—"
                     row += [_fmt(pv, metric.decimals), diff]
@@ -148,6 +164,7 @@ def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = 
     if rule == "best" and stuck:
         lines += [f"Best round = 0 (no training round beat the untrained model; for SR, the bicubic skip) in some "
                   f"seed of: {'; '.join(stuck)}. Such cells measure the initial model, not training.", ""]
+    lines += _convergence_lines(table, unconv, cells)
     skipped = [f"{c.row} / {c.col}" for c in table.cells if (c.row_key, c.col_key) not in agg]
     if skipped:
         lines += [f"Not run here ({len(skipped)} of {len(table.cells)} cells; `--only` / `--cols` select them).", ""]
@@ -292,10 +309,16 @@ def estimate_text(plan: Plan) -> str:
     """The expected wall time at the paper's scale, from the README's measured H100 figures
     (a Table-1 ResNet-18 run: ~83 min per 100 rounds at 100% participation; scaled by
     rounds x participation, times the seeds: a sweep shares compilation, not training)."""
+    runs = sum(len(p.runs) for p in plan.programs)
+    run_rounds = sum(int(r.get("rounds", p.base["rounds"])) for p in plan.programs for r in p.runs)
+    cost = f"{len(plan.programs)} program(s), {runs} run(s), {run_rounds} run-rounds"
+    per_round = plan.table.scales[plan.scale].cpu_s_per_round
+    if per_round is not None:
+        return (f"expected wall time: ~{run_rounds * per_round / 3600:.1f} h on a 2-core CPU ({cost}; "
+                f"~{per_round:g} s per round of one run, the scale's estimate, compilation not included)")
     if plan.scale != "paper":
-        return (f"expected wall time: ~{len(plan.programs)} min on a 2-core CPU ({len(plan.programs)} program(s), "
-                f"{sum(len(p.runs) for p in plan.programs)} run(s); the smoke defaults measured 0.5-2 min per "
-                "program of 3-6 runs, compilation included)")
+        return (f"expected wall time: ~{len(plan.programs)} min on a 2-core CPU ({cost}; the smoke defaults "
+                "measured 0.5-2 min per program of 3-6 runs, compilation included)")
     minutes, unknown = 0.0, []
     for pc in plan.cells:
         per = H100_MINUTES_PER_100_ROUNDS.get(pc.setting.config)
@@ -306,7 +329,8 @@ def estimate_text(plan: Plan) -> str:
         minutes += per * cfg["rounds"] / 100 * cfg["participation"] * len(pc.configs)
     text = (f"expected wall time on one H100: ~{minutes / 60:.1f} h for {len(plan.cells)} cells x "
             f"{len(plan.seeds)} seeds (README: ~83 min per 100-round ResNet-18 Table-1 run at 100% participation, "
-            "scaled by participation and rounds)") if minutes else "expected wall time: not estimated"
+            f"scaled by participation and rounds; {cost})") if minutes else (
+        f"expected wall time: not estimated ({cost})")
     if unknown:
         text += (f"; no measured H100 figure for {sorted(set(unknown))} (not included; the README's Performance "
                  "section has none)")
