@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omnifm_jax.reproduce.plan import Plan, config_sha
 from omnifm_jax.reproduce.spec import Cell, Metric
-from omnifm_jax.reproduce.stats import converged
+from omnifm_jax.reproduce.stats import client_entry, converged
 
 __all__ = ["CSV_FIXED", "records_from", "references_from", "write_csv", "read_csv", "append_jsonl", "read_jsonl",
            "record_key", "merge_records"]
@@ -36,7 +36,7 @@ def _line(summary: Mapping[str, Any], cell: Cell, which: str) -> Optional[Mappin
         line = _round_line(summary, cell.at_round)
         if line is None or cell.client is None:
             return line
-        return (line.get("clients") or [None] * (cell.client + 1))[cell.client]
+        return client_entry(line.get("clients"), cell.client)
     if cell.client is None:
         return summary.get(which)
     if which == "last" and "last_clients" in summary:
@@ -74,7 +74,7 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
                    "last_round": (s.get("last") or {}).get("round")}
             base = s.get("baseline") or None
             if base and cell.client is not None:
-                base = (s.get("baseline_clients") or [None] * (cell.client + 1))[cell.client]
+                base = client_entry(s.get("baseline_clients"), cell.client)
             reported = cell.reports(t.metrics)
             history = s.get("history")
             rec["converged"] = (converged(history, t.metric(reported[0]), cell.client)

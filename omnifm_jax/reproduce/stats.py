@@ -20,10 +20,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from omnifm_jax.reproduce.spec import Metric, Table
 
 __all__ = ["mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims", "PLATEAU_ROUNDS", "converged",
-           "convergence_rule", "unconverged"]
+           "convergence_rule", "unconverged", "client_entry"]
 
 #: The convergence window: the last this-many evaluated rounds (see :func:`converged`).
 PLATEAU_ROUNDS = 10
+
+
+def client_entry(values: Optional[Sequence[Any]], client: int) -> Any:
+    """Entry ``client`` of a per-client list of a run's output (``None`` when the list is absent)."""
+    return (values or [None] * (client + 1))[client]
 
 
 def converged(history: Sequence[Mapping[str, Any]], metric: Metric, client: Optional[int] = None) -> bool:
@@ -35,7 +40,7 @@ def converged(history: Sequence[Mapping[str, Any]], metric: Metric, client: Opti
     values = []
     for line in history:
         if client is not None:
-            line = (line.get("clients") or [None] * (client + 1))[client] or {}
+            line = client_entry(line.get("clients"), client) or {}
         v = line.get(metric.key)
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             values.append(float(v))
