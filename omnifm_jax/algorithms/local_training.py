@@ -58,7 +58,7 @@ def local_train(loss_fn: Callable, tx: optax.GradientTransformation, variables: 
                 data: ClientData, key: jax.Array, *, epochs: int, batch_size: int,
                 scale_inputs: Callable, drop_last: bool = True, stats_init: Any = None,
                 grad_transform: Optional[Callable[[Any, Any], Any]] = None,
-                trainable: Any = None) -> LocalTrainOutput:
+                trainable: Any = None, grad_barrier: bool = True) -> LocalTrainOutput:
     """Local minibatch training of ONE client (the engine maps it over clients).
 
     Args:
@@ -79,6 +79,9 @@ def local_train(loss_fn: Callable, tx: optax.GradientTransformation, variables: 
         SCAFFOLD's control-variate correction).
       trainable: a tree of bools like ``params`` (or None: all): parameters marked False
         get neither a gradient nor an update (e.g. FedRep's body while its head trains).
+      grad_barrier: an ``optimization_barrier`` between the gradient and the update (see
+        the step below); False only to measure what it does (``experiments/benchmarks/
+        formulations.py``).
 
     The step loop is a ``lax.while_loop`` that runs exactly this client's number of
     steps; mapped over clients with ``vmap`` it runs the longest client's count and
@@ -113,7 +116,8 @@ def local_train(loss_fn: Callable, tx: optax.GradientTransformation, variables: 
             grads = _masked(grads, trainable)
         # Keeps XLA from fusing the per-client weight gradient into the update, which
         # picks a far slower layout under vmap (measured: several-fold on GPU).
-        grads = jax.lax.optimization_barrier(grads)
+        if grad_barrier:
+            grads = jax.lax.optimization_barrier(grads)
         updates, new_opt = tx.update(grads, opt_state, params)
         if trainable is not None:
             updates = _masked(updates, trainable)

@@ -192,6 +192,7 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
                      aggregate: Optional[Callable[[ServerState, Upload, jax.Array], ServerState]] = None,
                      download: Optional[Callable[..., Any]] = None,
                      weight_init: str = "flax",
+                     grad_barrier: bool = True,
                      ) -> FederatedAlgorithm:
     """Build a partial-sharing local-SGD algorithm.
 
@@ -234,6 +235,9 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
       weight_init: ``"flax"`` (flax's initialisers) or ``"pytorch"`` (PyTorch's defaults for
         the model's ``backbone`` and ``head``, PFLlib's models:
         :func:`omnifm_jax.models.init.apply_weight_init`); the config key ``weight_init``.
+      grad_barrier: keep the optimization barrier between each local step's gradient and
+        update (:func:`~omnifm_jax.algorithms.local_training.local_train`); False only to
+        measure its effect.
     """
     if local_epochs < 1 or batch_size < 1:
         raise ValueError(f"local_epochs and batch_size must be >= 1, got {local_epochs}, {batch_size}")
@@ -288,7 +292,8 @@ def personalized_sgd(*, name: str, model: nn.Module, task: Task, optimizer: opta
             out = lt.local_train(loss_fn, optimizer, variables, opt_state, data, phase_key,
                                  epochs=int(phase.epochs), batch_size=batch_size, drop_last=drop_last,
                                  scale_inputs=task.scale_inputs, grad_transform=transform,
-                                 trainable=trainable_mask(variables["params"], phase.trainable))
+                                 trainable=trainable_mask(variables["params"], phase.trainable),
+                                 grad_barrier=grad_barrier)
             variables, opt_state = out.variables, out.opt_state
             stats = out.stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, out.stats)
             loss_sum = loss_sum + out.loss_sum

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax.models.common import Conv, feature_map_to_tokens
+from omnifm_jax.models.common import feature_map_to_tokens, make_conv
 from omnifm_jax.registry import BACKBONES
 
 __all__ = ["FedAvgCNN"]
@@ -27,11 +27,13 @@ class FedAvgCNN(nn.Module):
     hidden: int = 512
     tokens: str = "fc"
     dtype: Any = jnp.float32  # computation dtype; parameters stay float32
+    conv: str = "auto"        # the convolutions' gradient formulation (models.common.CONV_PATHS)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, mask=None) -> jax.Array:
         del train, mask  # no dropout or normalisation: samples never interact
         dtype = jnp.dtype(self.dtype)
+        Conv = make_conv(self.conv)
         x = nn.relu(Conv(32, (5, 5), padding="VALID", dtype=dtype, name="conv1")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = nn.relu(Conv(64, (5, 5), padding="VALID", dtype=dtype, name="conv2")(x))

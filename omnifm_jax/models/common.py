@@ -7,14 +7,14 @@ statistic, so :class:`BatchNorm` computes its statistics over the masked samples
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["NORMS", "TokenLayout", "conv_general_dilated", "BatchNorm", "make_norm", "feature_map_to_tokens",
+__all__ = ["NORMS", "CONV_PATHS", "TokenLayout", "conv_general_dilated", "resolve_conv_path", "make_conv", "BatchNorm", "make_norm", "feature_map_to_tokens",
            "masked_batch_mean", "prompted_body"]
 
 NORMS = ("batch", "group", "none")
@@ -72,43 +72,167 @@ def _canonical_bwd(strides, pads, res, g):
 _canonical_conv2d.defvjp(_canonical_fwd, _canonical_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-    """``lax.conv_general_dilated`` whose gradients stay in XLA:CPU's fast form.
+def _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+              feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count,
+                                    precision, preferred_element_type)
 
-    XLA:CPU runs a convolution through its fast library kernel only in the canonical
-    ``NHWC x HWIO -> NHWC`` form. The gradients JAX derives are convolutions in other
-    dimension orders (the weight gradient ``f01b_i01o->01bf``), which XLA:CPU rewrites into
-    the canonical form -- but only in the program's entry computation
-    (``ConvCanonicalization`` visits nothing else). Inside a ``while`` loop (every
-    ``lax.scan``, ``fori_loop`` or ``lax.map`` of local steps) they fall back to a generic
-    loop nest: measured 9x slower for FedAvgCNN's training step. Here the backward pass
-    is written as canonical convolutions with explicit transposes, so every convolution
-    inside a loop is a fast one. Values are those of ``lax.conv_general_dilated``
-    (tests compare both, forward and gradients). Used on CPU only: GPU libraries take
-    any dimension order, and the explicit transposes would cost memory traffic there.
-    """
-    simple = (jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
-              and batch_group_count == 1 and preferred_element_type is None
-              and all(d == 1 for d in (lhs_dilation or (1, 1)))
-              and all(d == 1 for d in (rhs_dilation or (1, 1)))
-              and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-              == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if not simple:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
+
+def _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                    batch_group_count, preferred_element_type) -> bool:
+    return (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type is None
+            and all(d == 1 for d in (lhs_dilation or (1, 1)))
+            and all(d == 1 for d in (rhs_dilation or (1, 1)))
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+
+
+def _static_pads(lhs, rhs, window_strides, padding):
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
         pads = tuple(lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[0:2], strides, padding))
     else:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return strides, tuple((int(lo), int(hi)) for lo, hi in pads)
+
+
+def _canonical_path(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                    precision=None, preferred_element_type=None):
+    """XLA:CPU's fast form (see :func:`conv_general_dilated`); other convolutions: XLA's own."""
+    if not _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                           batch_group_count, preferred_element_type):
+        return _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                         feature_group_count, batch_group_count, precision, preferred_element_type)
+    strides, pads = _static_pads(lhs, rhs, window_strides, padding)
     return _canonical_conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
 
 
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-Conv.__doc__ = "``flax.linen.Conv`` with :func:`conv_general_dilated` (fast gradients in XLA:CPU loops)."
+# ----------------------------------------------------------------------------- per-client convolution
+#
+# Under the engine's client ``vmap`` the gradient is taken INSIDE the map: JAX transposes each
+# client's convolution first and batches the transposed convolution afterwards, so every weight
+# gradient becomes a FEATURE-grouped convolution (the client's batch acting as input channels,
+# the whole image as the window), which XLA:GPU runs as a cuDNN *forward* convolution with a
+# huge window (its backward-filter rewrite needs ``feature_group_count == 1``). Here the
+# backward pass is a function with its own batching rule: under ``vmap`` over per-client
+# kernels it is computed as the VJP of the batched (grouped) forward convolution, whose weight
+# gradient JAX writes as a BATCH-grouped convolution -- what cuDNN's backward-filter takes.
+
+
+@functools.lru_cache(maxsize=None)
+def _grads_for(strides, pads):
+    """The backward pass for one (strides, padding): ``(x, w, g) -> (dx, dw)`` with a batching
+    rule that keeps per-client weight gradients batch-grouped."""
+    conv = lambda a, b: _nhwc_conv(a, b, strides, pads)
+
+    @jax.custom_batching.custom_vmap
+    def grads(x, w, g):
+        return jax.vjp(conv, x, w)[1](g)
+
+    @grads.def_vmap
+    def rule(axis_size, in_batched, x, w, g):
+        x_b, w_b, g_b = in_batched
+        if not w_b:
+            # A kernel shared by the mapped axis: JAX's own batching folds that axis into the
+            # batch, already the backward-filter form.
+            one = lambda a, c: jax.vjp(conv, a, w)[1](c)
+            return jax.vmap(one, in_axes=(0 if x_b else None, 0 if g_b else None))(x, g), (True, True)
+        x, g = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in ((x, x_b), (g, g_b)))
+        return jax.vjp(jax.vmap(conv), x, w)[1](g), (True, True)
+
+    return grads
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _per_client_conv2d(x, w, strides, pads):
+    return _nhwc_conv(x, w, strides, pads)
+
+
+def _per_client_fwd(x, w, strides, pads):
+    return _nhwc_conv(x, w, strides, pads), (x, w)
+
+
+def _per_client_bwd(strides, pads, res, g):
+    x, w = res
+    # Strides and padding travel as a closure: custom_vmap maps over array arguments only.
+    dx, dw = _grads_for(strides, pads)(x, w, g)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_per_client_conv2d.defvjp(_per_client_fwd, _per_client_bwd)
+
+
+def _per_client_path(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                     dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                     precision=None, preferred_element_type=None):
+    """The per-client formulation (see the comment above); other convolutions: XLA's own."""
+    if not _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                           batch_group_count, preferred_element_type):
+        return _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                         feature_group_count, batch_group_count, precision, preferred_element_type)
+    strides, pads = _static_pads(lhs, rhs, window_strides, padding)
+    return _per_client_conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
+
+
+#: How a backbone computes its convolutions (the backbones' ``conv`` attribute).
+CONV_PATHS = ("auto", "xla", "canonical", "per_client")
+_PATHS = {"xla": _xla_conv, "canonical": _canonical_path, "per_client": _per_client_path}
+
+
+def resolve_conv_path(path: str) -> str:
+    """``"auto"`` -> ``"canonical"`` on CPU, ``"per_client"`` on accelerators; others unchanged.
+
+    * ``xla``: ``lax.conv_general_dilated`` and the gradients JAX derives;
+    * ``canonical``: gradients as canonical NHWC convolutions with explicit transposes
+      (XLA:CPU runs only that form fast inside loops; see :func:`conv_general_dilated`);
+    * ``per_client``: gradients with a batching rule that keeps per-client weight gradients
+      batch-grouped (cuDNN's backward-filter convolution on GPU) under the client ``vmap``.
+    All three give the same values (tests compare forward and gradients, under ``vmap`` and
+    ``jit``). Forward-mode differentiation (``jax.jvp``) of ``canonical`` and ``per_client``
+    raises JAX's custom-VJP error; use ``xla`` for it.
+    """
+    if path not in CONV_PATHS:
+        raise ValueError(f"unknown conv path {path!r}; expected one of {CONV_PATHS}")
+    if path == "auto":
+        return "canonical" if jax.default_backend() == "cpu" else "per_client"
+    return path
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, *, path: str = "auto"):
+    """``lax.conv_general_dilated`` with the gradient formulation ``path`` (:data:`CONV_PATHS`,
+    :func:`resolve_conv_path`); ``"auto"`` picks the backend's.
+
+    Why ``canonical`` on CPU: XLA:CPU runs a convolution through its fast library kernel only
+    in the canonical ``NHWC x HWIO -> NHWC`` form. The gradients JAX derives are convolutions
+    in other dimension orders (the weight gradient ``f01b_i01o->01bf``), which XLA:CPU rewrites
+    into the canonical form -- but only in the program's entry computation
+    (``ConvCanonicalization`` visits nothing else). Inside a ``while`` loop (every
+    ``lax.scan``, ``fori_loop`` or ``lax.map`` of local steps) they fall back to a generic
+    loop nest: measured 9x slower for FedAvgCNN's training step. ``canonical`` writes the
+    backward pass as canonical convolutions with explicit transposes, so every convolution
+    inside a loop is a fast one. GPU libraries take any dimension order (the transposes would
+    only cost memory traffic there); what they need is the weight gradient as a backward-filter
+    convolution, which ``per_client`` gives under the client ``vmap``.
+    """
+    return _PATHS[resolve_conv_path(path)](lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                           dimension_numbers, feature_group_count, batch_group_count,
+                                           precision, preferred_element_type)
+
+
+def make_conv(path: str = "auto"):
+    """``flax.linen.Conv`` computing with :func:`conv_general_dilated` and ``path``."""
+    resolve_conv_path(path)  # unknown path: error here, at model construction
+    return functools.partial(nn.Conv, conv_general_dilated=functools.partial(conv_general_dilated, path=path))
+
+
+Conv = make_conv("auto")
+Conv.__doc__ = ("``flax.linen.Conv`` with :func:`conv_general_dilated` (the backend's gradient formulation: "
+                "fast in XLA:CPU loops, backward-filter convolutions on GPU).")
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -159,6 +283,7 @@ class BatchNorm(nn.Module):
 
 class _GroupNormAuto(nn.Module):
     groups: int = 32
+    dtype: Optional[Any] = None  # output dtype; None: flax's promotion with the f32 parameters
 
     @nn.compact
     def __call__(self, x, mask=None):
@@ -167,7 +292,7 @@ class _GroupNormAuto(nn.Module):
         g = min(self.groups, c)
         while c % g:
             g -= 1
-        return nn.GroupNorm(num_groups=g, epsilon=1e-5)(x)
+        return nn.GroupNorm(num_groups=g, epsilon=1e-5, dtype=self.dtype)(x)
 
 
 class _Identity(nn.Module):
@@ -178,15 +303,19 @@ class _Identity(nn.Module):
         return x
 
 
-def make_norm(kind: str, *, train: bool, name: str, groups: int = 32) -> nn.Module:
+def make_norm(kind: str, *, train: bool, name: str, groups: int = 32, dtype: Optional[Any] = None) -> nn.Module:
     """BatchNorm (running statistics in the ``batch_stats`` collection) or GroupNorm.
 
-    The returned module is called as ``norm(x, mask)``.
+    The returned module is called as ``norm(x, mask)``. ``dtype``: GroupNorm's output dtype
+    (its statistics are computed in float32 either way; parameters stay float32). Pass the
+    compute dtype: with ``None``, flax promotes a bfloat16 input with the float32 scale and
+    bias to a float32 output, and a bfloat16 network goes back to float32 after every norm.
+    BatchNorm returns its input's dtype.
     """
     if kind == "batch":
         return BatchNorm(use_running_average=not train, name=name)
     if kind == "group":
-        return _GroupNormAuto(groups=groups, name=name)
+        return _GroupNormAuto(groups=groups, dtype=dtype, name=name)
     if kind == "none":
         return _Identity(name=name)
     raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
