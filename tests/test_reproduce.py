@@ -40,8 +40,12 @@ def test_every_table_is_consistent_and_its_numbers_come_from_its_printed_rows():
 
 def test_table_shapes_match_the_paper():
     t = R.TABLES
-    assert len(t["table1"].cells) == 10 * 9 and [r for _, r in t["table1"].rows] == [
-        "FedAvg", "FedProx", "Ditto", "SCAFFOLD", "MOON", "GPFL", "FedDyn", "FedRep", "FedPer", "OmniFM"]
+    assert len(t["table1"].cells) == 11 * 9 and [r for _, r in t["table1"].rows] == [
+        "FedAvg", "FedProx", "Ditto", "SCAFFOLD", "MOON", "GPFL", "FedDyn", "FedRep", "FedPer", "OmniFM",
+        "OmniFM (activated)"]  # the last is ours: no paper number
+    activated = next(c for c in t["table1"].cells if c.row_key == "omnifm_activated" and c.col_key == "s1-20")
+    assert activated.paper == {"acc": None, "f1": None} and "algorithm=omnifm" in activated.overrides
+    assert "algorithm_kwargs.spectrum_norm=batch" in activated.overrides
     assert len(t["table2"].cells) == 3 * 2 * 5
     assert [r for r, _ in t["table8"].rows] == ["omnifm", "no_gskr", "no_eca", "no_psp", "no_spalign"]
     cell = next(c for c in t["table1"].cells if c.row == "OmniFM" and c.col_key == "s1-20")
@@ -108,19 +112,19 @@ def test_every_cell_config_loads_and_validates():
                 continue
             assert len(plan.cells) == len(table.cells)
     # Table 1 at `cpu`: the real4 runs' size, 60 rounds evaluated every round; all methods at 20%,
-    # FedAvg / FedPer / OmniFM also at 100%.
+    # FedAvg / FedPer / both OmniFM variants also at 100%.
     try:
         plan = R.build_plan("table1", scale="cpu", seeds=(0,))
     except ConfigError as exc:
         assert "needs data that are not here" in str(exc)
     else:
-        assert len(plan.cells) == 10 * 3 + 3 * 3
+        assert len(plan.cells) == 11 * 3 + 4 * 3
         assert {pc.cell.row_key for pc in plan.cells if pc.cell.col_key.endswith("-100")} == {
-            "fedavg", "fedper", "omnifm"}
+            "fedavg", "fedper", "omnifm", "omnifm_activated"}
         cfg = plan.cells[0].configs[0]
         assert (cfg["dataset"], cfg["num_clients"], cfg["rounds"], cfg["eval_every"], cfg["batch_size"],
                 cfg["lr"], cfg["local_epochs"], cfg["backbone"]) == ("real4", 20, 60, 1, 32, 0.05, 1, "cnn")
-        assert "39 run(s), 2340 run-rounds" in writers.estimate_text(plan)   # one seed
+        assert "45 run(s), 2700 run-rounds" in writers.estimate_text(plan)   # one seed
 
 
 def test_smoke_defaults_are_a_subset_and_shrink_the_rounds():

@@ -17,15 +17,25 @@ __all__ = ["Method", "METHODS", "method"]
 
 
 class Method(NamedTuple):
-    """A compared method: ``label`` (as the papers print it), ``key`` (the row key and the
-    registered algorithm), ``overrides`` (``algorithm=...`` and its hyper-parameters)."""
+    """A compared method: ``label`` (as the papers print it), ``key`` (the row key: the
+    registered algorithm's name, or a variant's), ``overrides`` (``algorithm=...`` and its
+    hyper-parameters)."""
     label: str
     key: str
     overrides: Tuple[str, ...]
 
 
-def _m(label: str, algorithm: str, *kwargs: str) -> Method:
-    return Method(label, algorithm, (f"algorithm={algorithm}",) + tuple(f"algorithm_kwargs.{kw}" for kw in kwargs))
+def _m(label: str, algorithm: str, *kwargs: str, key: str = "") -> Method:
+    return Method(label, key or algorithm,
+                  (f"algorithm={algorithm}",) + tuple(f"algorithm_kwargs.{kw}" for kw in kwargs))
+
+
+def _activated() -> Tuple[str, ...]:
+    """OmniFM's switches of the shipped ``real4_mechanism`` config (the mechanism study's
+    "activated" variant, docs/method.md), read from that config so they are written once."""
+    from omnifm_jax.configs import real4_mechanism
+
+    return tuple(f"{k}={v}" for k, v in real4_mechanism.get_config()["algorithm_kwargs"].items())
 
 
 METHODS: Tuple[Method, ...] = (
@@ -39,6 +49,7 @@ METHODS: Tuple[Method, ...] = (
     _m("FedRep", "fedrep"),
     _m("FedPer", "fedper"),
     _m("OmniFM", "omnifm"),
+    _m("OmniFM (activated)", "omnifm", *_activated(), key="omnifm_activated"),
     _m("Local", "local"),
     _m("FedMEPD", "fedmepd"),
 )
