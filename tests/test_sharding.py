@@ -13,10 +13,12 @@ SCRIPT = textwrap.dedent(r"""
     from omnifm_jax.data import load_federation
     from omnifm_jax.tasks import classification
 
+    from omnifm_jax.models.common import make_conv
+
     class Tiny(nn.Module):
         @nn.compact
         def __call__(self, x, *, train=False, mask=None):
-            y = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2))(x))
+            y = nn.relu(make_conv(sys.argv[2])(4, (3, 3), strides=(2, 2))(x))
             return y.reshape(y.shape[0], -1, 4)
 
     fed = load_federation("synthetic", num_clients=8, seed=1, image_size=8, num_classes=3,
@@ -28,7 +30,9 @@ SCRIPT = textwrap.dedent(r"""
                               if sys.argv[1] == "omnifm" else {}))
     train = jax.device_put(fed.train)
     state0 = jax.jit(lambda k: federated.init(alg, k, train))(jax.random.key(0))
-    round_fn = federated.make_round(alg, fed.train, participation=0.5, donate=False)
+    # all participants vmapped at once (the accelerator strategy), so that the per-client
+    # convolution's batching rule runs under the sharded client axis
+    round_fn = federated.make_round(alg, fed.train, participation=0.5, donate=False, client_chunk=None)
 
     single = state0
     for _ in range(2):
@@ -67,16 +71,16 @@ SCRIPT = textwrap.dedent(r"""
 """)
 
 
-def _run(algorithm):
+def _run(algorithm, conv):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, algorithm], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, algorithm, conv], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "SHARDED-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_sharded_fedavg_round_equals_single_device():
-    _run("fedavg")
+    _run("fedavg", "per_client")  # the accelerator path's convolution (models.common.CONV_PATHS)
 
 
 def test_sharded_omnifm_round_equals_single_device():
-    _run("omnifm")
+    _run("omnifm", "xla")
