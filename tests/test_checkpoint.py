@@ -280,10 +280,11 @@ def get_config():
 
 def _env(cache: Path):
     env = dict(os.environ)
-    # Share compiled programs between the processes of this test (compilation dominates).
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-               PYTHONWARNINGS="default")
+    # Share compiled programs between the processes of this test (compilation dominates): the
+    # suite's persistent cache (tests/conftest.py), or ``cache`` where none is set.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
+    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", PYTHONWARNINGS="default")
     return env
 
 

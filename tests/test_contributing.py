@@ -27,7 +27,7 @@ PAGE = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
 REGISTRIES = (ALGORITHMS, TASKS, BACKBONES, DATASETS)
 #: Tiny sizes appended to every command (later ``--set`` values win).
 TINY = ["rounds=1", "num_clients=3", "batch_size=8", "local_epochs=1", "eval_train_loss=False",
-        "checkpoint_every=0"]
+        "checkpoint_every=0", "diagnostics=0"]  # OmniFM's diagnostics: tests/test_diagnostics.py
 #: The default config's data set at tiny size (for recipes that keep it).
 TINY_SYNTHETIC = ["dataset_kwargs.samples_per_class_per_modality=3", "dataset_kwargs.image_size=16"]
 

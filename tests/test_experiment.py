@@ -13,9 +13,11 @@ from omnifm_jax import algorithms, cli, experiment, federated
 from omnifm_jax import config as config_lib
 
 #: A tiny classification run: 3 clients, 16x16 images, small FedAvgCNN and OmniFM widths.
+#: diagnostics=0: OmniFM's diagnostics only evaluate, and cost a compiled program of four
+#: model passes per run; tests/test_diagnostics.py runs them through the run path.
 TINY = ["rounds=2", "num_clients=3", "local_epochs=1", "batch_size=8",
         "dataset_kwargs.samples_per_class_per_modality=3", "dataset_kwargs.image_size=16",
-        "backbone_kwargs.hidden=16"]
+        "backbone_kwargs.hidden=16", "diagnostics=0"]
 #: OmniFM's modules at tiny widths (its own hyper-parameters: algorithm_kwargs).
 TINY_OMNIFM = ["algorithm_kwargs.spectral_dim=8", "algorithm_kwargs.attn_dim=8", "algorithm_kwargs.bank_capacity=8",
                "algorithm_kwargs.num_suffix=2"]
@@ -174,7 +176,8 @@ def test_cli_unknown_config_exit_2(capsys):
 #: Measured with PFLlib's protocol (drop_last, inputs in [-1, 1]), best round, seeds 0/1/2:
 #: FedAvg 0.58 / 0.44 / 0.73 (chance 0.167); at 5 rounds FedAvg seed 0 was still at 0.30.
 QUALITY = ["num_clients=4", "rounds=8", "dataset_kwargs.samples_per_class_per_modality=20",
-           "dataset_kwargs.image_size=16", "backbone_kwargs.hidden=64", "checkpoint_every=0"]
+           "dataset_kwargs.image_size=16", "backbone_kwargs.hidden=64", "checkpoint_every=0",
+           "diagnostics=0"]  # OmniFM's diagnostics only evaluate (tests/test_diagnostics.py)
 QUALITY_OMNIFM = ["algorithm_kwargs.spectral_dim=16", "algorithm_kwargs.attn_dim=16"]
 
 
@@ -203,11 +206,12 @@ def test_train_loss_is_pflibs_pooled_loss_of_the_current_models(tiny_run):
     task = experiment.build_task(cfg, fed)
     alg = experiment.build_algorithm(cfg, task)
     state = summary["state"]
+    predict = jax.jit(alg.predict)  # one compiled program for every client (same shapes)
     losses = []
     for k in range(fed.num_clients):
         x, y, _ = client_slice(fed.train, k)
         client = jax.tree_util.tree_map(lambda a: a[k], state.clients)
-        logits = np.asarray(alg.predict(state.server, client, task.scale_inputs(jax.numpy.asarray(x))), np.float64)
+        logits = np.asarray(predict(state.server, client, task.scale_inputs(jax.numpy.asarray(x))), np.float64)
         logp = logits - logits.max(1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(1, keepdims=True))
         losses.append(-logp[np.arange(len(y)), y])

@@ -37,6 +37,7 @@ def test_cli_runs_without_optional_packages(tmp_path):
         codes = {{
             "train": cli.main(["train", "--quiet", "--set", "rounds=1", "--set", "checkpoint_every=0",
                                "--set", "num_clients=3", "--set", "dataset_kwargs.samples_per_class_per_modality=6",
+                               "--set", "dataset_kwargs.image_size=16", "--set", "backbone_kwargs.hidden=16",
                                "--out", out]),
             "algorithms": cli.main(["algorithms"]),
             "describe": cli.main(["data", "describe", "--dataset", "synthetic", "--clients", "3"]),
