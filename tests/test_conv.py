@@ -88,6 +88,20 @@ def test_conv_paths_equal_numpy_under_vmap(path, xs, ws, strides, padding):
         np.testing.assert_allclose(np.asarray(grads[1][k]), dw_ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("path", ["canonical", "per_client"])
+def test_dilated_and_grouped_convolutions_keep_xlas_formulation(path):
+    """Dilations and feature groups (none of the backbones uses them) go to XLA's own
+    convolution unchanged: values and gradients under vmap equal lax's."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(K, 2, 9, 9, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(K, 3, 3, 2, 6)), jnp.float32)
+    kw = dict(rhs_dilation=(2, 2), dimension_numbers=DN, feature_group_count=2)
+    ref = lambda a, b: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(a, b, (1, 1), "SAME", **kw)))
+    new = lambda a, b: jnp.sum(jnp.sin(conv_general_dilated(a, b, (1, 1), "SAME", path=path, **kw)))
+    for u, v in zip(jax.jit(jax.vmap(jax.grad(new, (0, 1))))(x, w), jax.jit(jax.vmap(jax.grad(ref, (0, 1))))(x, w)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batched", [(True, False), (False, True), (True, True)])
 def test_per_client_grads_with_shared_operands_and_nested_maps(batched):
     """The backward pass's batching rule: a kernel or an input shared by the mapped axis, and
