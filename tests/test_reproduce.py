@@ -47,7 +47,13 @@ def test_table_shapes_match_the_paper():
     assert activated.paper == {"acc": None, "f1": None} and "algorithm=omnifm" in activated.overrides
     assert "algorithm_kwargs.spectrum_norm=batch" in activated.overrides
     assert len(t["table2"].cells) == 3 * 2 * 5
-    assert [r for r, _ in t["table8"].rows] == ["omnifm", "no_gskr", "no_eca", "no_psp", "no_spalign"]
+    assert [r for r, _ in t["table8"].rows] == ["omnifm", "no_gskr", "no_eca", "no_psp", "no_spalign",
+                                                "omnifm_activated", "activated_no_gskr", "activated_no_eca",
+                                                "activated_no_psp", "activated_no_spalign"]
+    t8 = {(c.row_key, c.col_key): c for c in t["table8"].cells}
+    assert t8[("activated_no_eca", "SR")].paper == {"acc": None, "psnr": None, "dice": None}
+    assert {"algorithm_kwargs.use_eca=False", "algorithm_kwargs.eca_keys=centered"} <= set(
+        t8[("activated_no_eca", "SR")].overrides)
     cell = next(c for c in t["table1"].cells if c.row == "OmniFM" and c.col_key == "s1-20")
     assert cell.paper == {"acc": 96.85, "f1": 0.589} and "participation=0.2" in cell.overrides
     assert next(c for c in t["table8"].cells if c.row_key == "no_gskr" and c.col_key == "CLS").paper["acc"] == 95.82
@@ -240,8 +246,8 @@ def test_cli_reports_errors_and_unavailable_tasks(capsys, monkeypatch):
     listing = capsys.readouterr().out
     assert "table6: Table 6: federated segmentation  [unavailable: table6 needs the task 'segmentation'" in listing
     assert "table8: Table 8: ablations of OmniFM\n" in listing
-    assert "    scales: paper, smoke (default), tiny\n    smoke default: rows ['all'], cols ['CLS', 'SR'], 6 rounds" \
-        in listing
+    assert ("    scales: paper, smoke (default), tiny, cpu\n    smoke default: rows ['omnifm', 'no_gskr', 'no_eca', "
+            "'no_psp', 'no_spalign'], cols ['CLS', 'SR'], 6 rounds") in listing
 
 
 def test_without_a_checkout_list_says_where_it_looked(monkeypatch, tmp_path, capsys):
@@ -378,7 +384,7 @@ def test_markdown_and_csv_from_hand_made_results(tmp_path):
     assert "| OmniFM | 30.50 ± 0.50 (3) | 35.79 | -5.29 |" in psnr and "| w/o GSKR | — | 34.88 | — |" in psnr
     assert ("- removing GSKR lowers CLS (Acc %): **holds** (+11.00 ± 1.00 vs w/o GSKR, 3 seeds; "
             "paper: holds (+2.00))") in md
-    assert "Not run here (12 of 15 cells" in md and "## Dice" not in md
+    assert "Not run here (27 of 30 cells" in md and "## Dice" not in md
     R.write_plot(R.TABLES["table8"], back, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
     single = R.markdown(R.TABLES["table8"], _records("table8", {("omnifm", "CLS"): {"acc": [61.0]}}))

@@ -8,13 +8,12 @@ from omnifm_jax.reproduce import (
     PaperText,
     PrintedRow,
     Scale,
-    Setting,
     Table,
     beats_all,
     method,
     standard_scales,
 )
-from omnifm_jax.reproduce.settings import RUN
+from omnifm_jax.reproduce.settings import CPU_CLS
 
 METHODS = ("FedAvg", "FedProx", "Ditto", "SCAFFOLD", "MOON", "GPFL", "FedDyn", "FedRep", "FedPer", "OmniFM")
 PARTICIPATION = (20, 50, 100)
@@ -86,17 +85,12 @@ CELLS = tuple(_cells())
 #: experiments/results/README.md: a 50-round real4 run at 20% participation, evaluation every
 #: round, takes about 2 minutes on a 2-core CPU (100% participation trains 5x as much).
 CPU_S_PER_ROUND = 2.4
-CPU = Scale({"table1_resnet18": (Setting("real4", RUN + (
-    "num_clients=20", "local_epochs=1", "batch_size=32", "lr=0.05", "backbone=cnn", "eval_every=1",
-    "eval_train_loss=False"), "real4",
-    "the paper's Table-1 data are not on this machine; the stand-in is real4 (real blood microscopy, fundus, chest "
-    "X-ray and breast ultrasound images, 17 classes, all splits) at the size of the real4 runs: 20 clients, "
-    "FedAvgCNN, batch 32, lr 0.05, 1 local epoch"),)},
-    cols=("s1-20", "s2-20", "s3-20"), rounds=60,
-    also=tuple((m, f"{s}-100") for m in ("fedavg", "fedper", "omnifm", "omnifm_activated") for s in ("s1", "s2", "s3")),
-    cpu_s_per_round=CPU_S_PER_ROUND,
-    note="cpu: ~2.4 s per round is the 20%-participation figure; the 100% cells train 5x as much, so the "
-         "estimate is a lower bound")
+CPU = Scale({"table1_resnet18": (CPU_CLS,)}, cols=("s1-20", "s2-20", "s3-20"), rounds=60,
+            also=tuple((m, f"{s}-100") for m in ("fedavg", "fedper", "omnifm", "omnifm_activated")
+                       for s in ("s1", "s2", "s3")),
+            cpu_s_per_round=CPU_S_PER_ROUND,
+            note="cpu: ~2.4 s per round is the 20%-participation figure; the 100% cells train 5x as much, so the "
+                 "estimate is a lower bound")
 TABLE = Table(
     "table1", "Table 1: federated cross-modality classification", ("acc", "f1"), CELLS, tuple(_claims(CELLS)),
     scales={**standard_scales(smoke_rows=("fedavg", "fedper", "omnifm"),

@@ -26,7 +26,7 @@ from omnifm_jax.reproduce.spec import Scale, Setting
 
 __all__ = ["DATA_FILES", "RUN", "SMOKE_OMNIFM", "SMOKE_CLS", "SMOKE_SR", "SMOKE_SEG", "SMOKE_FUSION", "TINY_CLS",
            "TINY_SR", "PAPER_SEG", "REAL4_NOTE", "SYNTHETIC_NOTE", "PAPER", "SMOKE", "TINY", "standard_scales",
-           "H100_MINUTES_PER_100_ROUNDS", "data_present", "resolve_setting"]
+           "H100_MINUTES_PER_100_ROUNDS", "CPU_CLS", "CPU_SR", "data_present", "resolve_setting"]
 
 #: Files (relative to ``default_real_data_dir()``) that a setting needs.
 DATA_FILES: Dict[str, Tuple[str, ...]] = {
@@ -115,6 +115,22 @@ TINY: Dict[str, Tuple[Setting, ...]] = {
     "table1_resnet18": (Setting("default", TINY_CLS, None, "tests only: tiny synthetic federation"),),
     "sr_breakhis": (Setting("sr_synthetic", TINY_SR, None, "tests only: tiny synthetic SR federation"),),
 }
+
+
+#: ``cpu`` scales (converged runs on a 2-core CPU, hours per table): classification on the real4
+#: stand-in at the size of the real4 runs (omnifm_jax/configs/real4.py: all of its images, 20
+#: clients, FedAvgCNN, batch 32, lr 0.05, 1 local epoch), evaluated every round so that the
+#: convergence rule can see the plateau.
+CPU_CLS = Setting("real4", RUN + (
+    "num_clients=20", "local_epochs=1", "batch_size=32", "lr=0.05", "backbone=cnn", "eval_every=1",
+    "eval_train_loss=False"), "real4",
+    "the paper's Table-1 data are not on this machine; the stand-in is real4 (real blood microscopy, fundus, chest "
+    "X-ray and breast ultrasound images, 17 classes, all splits) at the size of the real4 runs: 20 clients, "
+    "FedAvgCNN, batch 32, lr 0.05, 1 local epoch")
+#: Super-resolution on BreaKHis with the config's own protocol (3 clients by magnification,
+#: patient-level split, its EDSR), evaluated every round.
+CPU_SR = Setting("sr_breakhis", RUN + ("eval_every=1", "eval_train_loss=False"), "breakhis",
+                 "the config's protocol: 3 clients by magnification, patient-level split, the config's EDSR")
 
 
 def standard_scales(*, smoke_rows: Optional[Sequence[str]] = None, smoke_cols: Optional[Sequence[str]] = None,
