@@ -59,7 +59,7 @@ def _cells():
 
 def _claims():
     for variants, full, which in ((VARIANTS, "omnifm", ""), (ACTIVATED_VARIANTS, ACTIVATED.key, " (activated)")):
-        for (label, key, _), (plain, _, _) in zip(variants[1:], VARIANTS[1:]):
+        for (_, key, _), (plain, _, _) in zip(variants[1:], VARIANTS[1:]):
             for col in TASK_COLUMNS:
                 yield Claim(f"removing {plain[4:]} lowers {col.label}{which}", col.metric, "beats", (full, col.key),
                             ((key, col.key),))

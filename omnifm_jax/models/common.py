@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["NORMS", "CONV_PATHS", "TokenLayout", "conv_general_dilated", "resolve_conv_path", "make_conv", "BatchNorm", "make_norm", "feature_map_to_tokens",
-           "masked_batch_mean", "prompted_body"]
+__all__ = ["NORMS", "CONV_PATHS", "TokenLayout", "conv_general_dilated", "resolve_conv_path", "make_conv",
+           "BatchNorm", "make_norm", "feature_map_to_tokens", "masked_batch_mean", "prompted_body"]
 
 NORMS = ("batch", "group", "none")
 
