@@ -42,17 +42,26 @@ def _nhwc_conv(x, w, strides, pads, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
                                     rhs_dilation=rhs_dilation, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _canonical_conv2d(x, w, strides, pads):
-    return _nhwc_conv(x, w, strides, pads)
+def _conv_with_backward(backward):
+    """An NHWC convolution ``(x, w, strides, pads)`` whose VJP is ``backward(strides, pads, x,
+    w, g) -> (dx, dw)`` (cast back to the operands' dtypes)."""
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+    def conv(x, w, strides, pads):
+        return _nhwc_conv(x, w, strides, pads)
+
+    def fwd(x, w, strides, pads):
+        return _nhwc_conv(x, w, strides, pads), (x, w)
+
+    def bwd(strides, pads, res, g):
+        x, w = res
+        dx, dw = backward(strides, pads, x, w, g)
+        return dx.astype(x.dtype), dw.astype(w.dtype)
+
+    conv.defvjp(fwd, bwd)
+    return conv
 
 
-def _canonical_fwd(x, w, strides, pads):
-    return _nhwc_conv(x, w, strides, pads), (x, w)
-
-
-def _canonical_bwd(strides, pads, res, g):
-    x, w = res
+def _canonical_grads(strides, pads, x, w, g):
     in_hw, k_hw, out_hw = x.shape[1:3], w.shape[0:2], g.shape[1:3]
     # d/dx: the stride-dilated output gradient convolved with the spatially reversed kernel,
     # its input/output channels swapped by an explicit transpose (HWOI -> HWIO).
@@ -66,10 +75,10 @@ def _canonical_bwd(strides, pads, res, g):
     pad_w = [(p[0], k + (o - 1) * s - n - p[0]) for n, k, o, s, p in zip(in_hw, k_hw, out_hw, strides, pads)]
     dw = _nhwc_conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), pad_w,
                     rhs_dilation=strides)
-    return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+    return dx, jnp.transpose(dw, (1, 2, 0, 3))
 
 
-_canonical_conv2d.defvjp(_canonical_fwd, _canonical_bwd)
+_canonical_conv2d = _conv_with_backward(_canonical_grads)
 
 
 def _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
@@ -98,16 +107,20 @@ def _static_pads(lhs, rhs, window_strides, padding):
     return strides, tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
-def _canonical_path(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                    dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                    precision=None, preferred_element_type=None):
-    """XLA:CPU's fast form (see :func:`conv_general_dilated`); other convolutions: XLA's own."""
-    if not _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                           batch_group_count, preferred_element_type):
-        return _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                         feature_group_count, batch_group_count, precision, preferred_element_type)
-    strides, pads = _static_pads(lhs, rhs, window_strides, padding)
-    return _canonical_conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
+def _custom_path(conv2d, doc: str):
+    """A ``lax.conv_general_dilated``-like function that computes plain 2-D NHWC convolutions
+    with ``conv2d`` and every other convolution with XLA's own."""
+    def path(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+             feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
+        if not _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                               batch_group_count, preferred_element_type):
+            return _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                             feature_group_count, batch_group_count, precision, preferred_element_type)
+        strides, pads = _static_pads(lhs, rhs, window_strides, padding)
+        return conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
+
+    path.__doc__ = doc
+    return path
 
 
 # ----------------------------------------------------------------------------- per-client convolution
@@ -146,40 +159,15 @@ def _grads_for(strides, pads):
     return grads
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _per_client_conv2d(x, w, strides, pads):
-    return _nhwc_conv(x, w, strides, pads)
-
-
-def _per_client_fwd(x, w, strides, pads):
-    return _nhwc_conv(x, w, strides, pads), (x, w)
-
-
-def _per_client_bwd(strides, pads, res, g):
-    x, w = res
-    # Strides and padding travel as a closure: custom_vmap maps over array arguments only.
-    dx, dw = _grads_for(strides, pads)(x, w, g)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_per_client_conv2d.defvjp(_per_client_fwd, _per_client_bwd)
-
-
-def _per_client_path(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                     dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                     precision=None, preferred_element_type=None):
-    """The per-client formulation (see the comment above); other convolutions: XLA's own."""
-    if not _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                           batch_group_count, preferred_element_type):
-        return _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                         feature_group_count, batch_group_count, precision, preferred_element_type)
-    strides, pads = _static_pads(lhs, rhs, window_strides, padding)
-    return _per_client_conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
+# Strides and padding travel as a closure: custom_vmap maps over array arguments only.
+_per_client_conv2d = _conv_with_backward(lambda strides, pads, x, w, g: _grads_for(strides, pads)(x, w, g))
 
 
 #: How a backbone computes its convolutions (the backbones' ``conv`` attribute).
 CONV_PATHS = ("auto", "xla", "canonical", "per_client")
-_PATHS = {"xla": _xla_conv, "canonical": _canonical_path, "per_client": _per_client_path}
+_PATHS = {"xla": _xla_conv,
+          "canonical": _custom_path(_canonical_conv2d, "XLA:CPU's fast form (see conv_general_dilated)"),
+          "per_client": _custom_path(_per_client_conv2d, "per-client weight gradients batch-grouped under vmap")}
 
 
 def resolve_conv_path(path: str) -> str:
