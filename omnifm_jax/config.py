@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Sequence
 
@@ -21,7 +22,7 @@ from omnifm_jax.registry import BACKBONES, TASKS, ComponentImportError, import_c
 
 __all__ = ["ConfigError", "CONFIG_DIR", "DEFAULTS", "MOVED_KEYS", "RENAMED_KEYS", "OPTIMIZERS", "INPUT_SCALINGS",
            "WEIGHT_INITS", "COMPONENT_KWARGS", "load_config", "update", "parse_value", "set_dotted", "get_dotted",
-           "apply_overrides", "validate", "algorithm_kwargs", "upgrade_spelling"]
+           "apply_overrides", "validate", "algorithm_kwargs", "upgrade_spelling", "INERT", "without_inert"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
@@ -64,7 +65,21 @@ DEFAULTS: Dict[str, Any] = {
     "checkpoint_keep": 3,           # how many of the latest checkpoints to keep
     "diagnostics": "auto",          # OmniFM's diag/* metrics: auto = every eval round, 0 off, N
     "validation_fraction": None,    # f: evaluate on f of each client's TRAINING samples (never the test split)
+    # Fine-tuning (omnifm_jax/finetune.py, docs/protocol.md)
+    "init_from": None,              # start from a run directory's (or checkpoint's) shared parameters
+    "init_params": None,            # which to load: path rules "REGEX" or "REGEX=TEMPLATE"; None: all
+    "trainable": None,              # regexes on params/... paths: only these train (None: all)
 }
+
+#: Keys whose value here means "the feature is off", which runs written before the key
+#: existed also meant: left out of config fingerprints (resume, reproduction hashes), so that
+#: adding such a key keeps old checkpoints and finished cells valid.
+INERT = {"init_from": None, "init_params": None, "trainable": None}
+
+
+def without_inert(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` without the :data:`INERT` keys that hold their inert value."""
+    return {k: v for k, v in cfg.items() if not (k in INERT and v == INERT[k])}
 
 OPTIMIZERS = ("sgd", "adam")
 INPUT_SCALINGS = ("auto", "pflib", "unit")
@@ -258,6 +273,25 @@ def validate(cfg: Dict[str, Any]) -> None:
             f"got {cfg['diagnostics']!r}")
     if cfg["validation_fraction"] is not None:
         checks.interval("validation_fraction", cfg["validation_fraction"], 0, 1, lo_open=True, hi_open=True)
+    require(cfg["init_from"] is None or isinstance(cfg["init_from"], str) and cfg["init_from"],
+            f"init_from must be a path (a run directory or RUN/checkpoints/<round>), got {cfg['init_from']!r}")
+    require(cfg["init_params"] is None or cfg["init_from"] is not None,
+            "init_params selects what init_from loads: set init_from too")
+    for key in ("init_params", "trainable"):
+        value = cfg[key]
+        require(value is None or isinstance(value, (list, tuple)) and value
+                and all(isinstance(v, str) and v for v in value),
+                f"{key} must be None or a non-empty list of path patterns, got {value!r}")
+    if cfg["trainable"] is not None:
+        for pattern in cfg["trainable"]:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"trainable pattern {pattern!r}: bad regular expression ({exc})") from None
+    if cfg["init_params"] is not None:
+        from omnifm_jax.finetune import parse_rules
+
+        parse_rules(cfg["init_params"])
     require(checks.is_number(cfg["lr"]) and 0 < cfg["lr"] < float("inf"),
             f"lr must be a finite number > 0, got {cfg['lr']!r}")
     require(cfg["client_chunk"] in ("auto", None) or (checks.is_int(cfg["client_chunk"]) and cfg["client_chunk"] >= 1),

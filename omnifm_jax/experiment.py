@@ -23,13 +23,13 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import jax
 import numpy as np
 import optax
 
-from omnifm_jax import algorithms, federated, rundir, tasks
+from omnifm_jax import algorithms, federated, finetune, rundir, tasks
 from omnifm_jax import checkpoint as ckpt_lib
 from omnifm_jax import config as config_lib
 from omnifm_jax.data.federation import Federation, ServerData, validate_federation
@@ -54,12 +54,15 @@ class Setup(NamedTuple):
       task: the task, built for the federation.
       backbone: the backbone module.
       algorithm: the federated algorithm (given ``fed.server`` if its factory takes ``server``).
+      init: with ``init_from``: ``(source model, {target path: source path})`` that the first
+        round starts from (:mod:`omnifm_jax.finetune`), checked against this model; else None.
     """
     cfg: Dict[str, Any]
     fed: Federation
     task: tasks.Task
     backbone: Any
     algorithm: algorithms.FederatedAlgorithm
+    init: Optional[Tuple[Any, Dict[str, str]]] = None
 
 
 def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
@@ -82,7 +85,25 @@ def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
     validate_data(cfg, fed)
     task = build_task(cfg, fed)
     algorithm = build_algorithm(cfg, task, backbone=backbone, server=fed.server)
-    return Setup(cfg, fed, task, backbone, algorithm)
+    return Setup(cfg, fed, task, backbone, algorithm, check_finetuning(cfg, fed, algorithm))
+
+
+def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm) -> Optional[Tuple[Any, Dict[str, str]]]:
+    """``init_from`` / ``trainable`` checked before any training (:mod:`omnifm_jax.finetune`):
+    the source model loads, was not trained on this run's test images, and has every
+    selected parameter in this model's shape; every ``trainable`` pattern names a parameter.
+    Returns :attr:`Setup.init`."""
+    if cfg["init_from"] is None and cfg["trainable"] is None:
+        return None
+    abstract = jax.eval_shape(lambda k: federated.init(algorithm, k, fed.train, shared_init=cfg["shared_init"]),
+                              jax.random.key(0))
+    finetune.check_trainable(cfg["trainable"], abstract)
+    if cfg["init_from"] is None:
+        return None
+    source = finetune.load_source_params(cfg["init_from"])
+    finetune.check_disjoint(source.fed.train.x, fed.train.x, fed.test.x, where=cfg["init_from"])
+    rules = finetune.parse_rules(cfg["init_params"])
+    return source, finetune.plan_init(abstract, source, rules, where=cfg["init_from"])
 
 
 def check_devices(cfg: Dict[str, Any]) -> None:
@@ -128,6 +149,7 @@ def build_algorithm(cfg: Dict[str, Any], task, *, checked: bool = True, server: 
         tx = optax.adam(cfg["lr"])
     else:
         tx = optax.sgd(cfg["lr"], momentum=cfg["momentum"] or None)
+    tx = finetune.frozen_optimizer(tx, cfg["trainable"])
     return algorithms.unchecked(name)(task=task, backbone=build_backbone(cfg) if backbone is None else backbone,
                                       optimizer=tx, local_epochs=cfg["local_epochs"], batch_size=cfg["batch_size"],
                                       **kw)
@@ -393,6 +415,10 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
         log(f"resuming from the checkpoint of round {resumed_from} in {ckpt_dir}")
     else:
         state = init_fn(init_key)
+        if prepared.init is not None:
+            source, mapping = prepared.init
+            state = finetune.apply_init(state, source, mapping)
+            log(finetune.describe(sorted(mapping), source, cfg["init_from"]))
     if cfg["shard_clients"]:
         from omnifm_jax import sharding
 

@@ -147,6 +147,9 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
     cfgs, varying = _run_configs(cfg, runs)
     if cfg["shard_clients"]:
         raise ConfigError("shard_clients splits the client axis over devices; a sweep's run axis is not sharded")
+    if cfg["init_from"] is not None:
+        raise config_lib.ConfigError("init_from is not supported in a sweep (its runs start from one fresh "
+                                     "init); run each fine-tuning run with `omnifm train`")
     prepared = experiment.setup(cfg)
     fed, task, template = prepared.fed, prepared.task, prepared.algorithm
     floats = [k for k in varying if k != "seed"]

@@ -171,4 +171,26 @@ CASES = [
      (_CK + "test_no_good_checkpoint_is_an_error",)),
     ("run", "half-written temporary checkpoint directory", "ignored, and removed when the manager starts",
      (_CK + "test_partially_written_tmp_directory_is_ignored",)),
+    # ------------------------------------------------------------------ fine-tuning
+    ("run", "`init_from` that is neither a run directory nor a checkpoint",
+     "ConfigError: init_from='…' is neither a run directory (with checkpoints/) nor a checkpoint directory "
+     "(RUN/checkpoints/<round>); train the source run with checkpoint_every > 0",
+     ("test_finetune.py::test_mismatched_or_missing_parameters_are_refused_before_training",)),
+    ("run", "`init_from` whose parameters do not fit the model (another width, a personal head)",
+     "ConfigError: init_from=…: cannot load 3 parameter(s): params/backbone/fc1/bias: shape (8,) here, (16,) in "
+     "the source (…); … Select what to load with init_params (path rules, e.g. 'params/backbone/')",
+     ("test_finetune.py::test_mismatched_or_missing_parameters_are_refused_before_training",)),
+    ("run", "`init_from` a model trained on this run's test images",
+     "ConfigError: init_from=… was trained on N of this run's test images: a fine-tuning run must start from a "
+     "model trained on data disjoint from its test split",
+     ("test_finetune.py::test_a_source_trained_on_this_runs_test_images_is_refused",)),
+    ("config", "`trainable` pattern that names no parameter",
+     "ConfigError: trainable pattern 'params/nothing' matches no parameter of this model (its parameters: [...])",
+     ("test_finetune.py::test_trainable_freezes_every_other_parameter_on_server_and_clients",)),
+    ("config", "`init_params` without `init_from`, `trainable` not a list, a bad regex",
+     "ConfigError: init_params selects what init_from loads: set init_from too (and similar)",
+     ("test_finetune.py::test_bad_finetuning_settings",)),
+    ("config", "`init_from` in a sweep",
+     "ConfigError: init_from is not supported in a sweep (its runs start from one fresh init); run each "
+     "fine-tuning run with `omnifm train`", ("test_finetune.py::test_sweeps_refuse_init_from",)),
 ]
