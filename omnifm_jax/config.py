@@ -69,12 +69,13 @@ DEFAULTS: Dict[str, Any] = {
     "init_from": None,              # start from a run directory's (or checkpoint's) shared parameters
     "init_params": None,            # which to load: path rules "REGEX" or "REGEX=TEMPLATE"; None: all
     "trainable": None,              # regexes on params/... paths: only these train (None: all)
+    "lora": None,                   # LoRA adapters on the backbone's dense layers: {"targets": [...], "rank", "alpha"}
 }
 
 #: Keys whose value here means "the feature is off", which runs written before the key
 #: existed also meant: left out of config fingerprints (resume, reproduction hashes), so that
 #: adding such a key keeps old checkpoints and finished cells valid.
-INERT = {"init_from": None, "init_params": None, "trainable": None}
+INERT = {"init_from": None, "init_params": None, "trainable": None, "lora": None}
 
 
 def without_inert(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -288,6 +289,10 @@ def validate(cfg: Dict[str, Any]) -> None:
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"trainable pattern {pattern!r}: bad regular expression ({exc})") from None
+    if cfg["lora"] is not None:
+        from omnifm_jax.models.lora import check_options
+
+        check_options(cfg["lora"])
     if cfg["init_params"] is not None:
         from omnifm_jax.finetune import parse_rules
 

@@ -34,6 +34,7 @@ from omnifm_jax import checkpoint as ckpt_lib
 from omnifm_jax import config as config_lib
 from omnifm_jax.data.federation import Federation, ServerData, validate_federation
 from omnifm_jax.data.registry import load_federation
+from omnifm_jax.models import lora
 from omnifm_jax.registry import BACKBONES
 
 __all__ = ["NO_LEARNING", "Setup", "setup", "run", "run_summary", "best_line", "new_totals", "count_round",
@@ -89,15 +90,17 @@ def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
 
 
 def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm) -> Optional[Tuple[Any, Dict[str, str]]]:
-    """``init_from`` / ``trainable`` checked before any training (:mod:`omnifm_jax.finetune`):
-    the source model loads, was not trained on this run's test images, and has every
-    selected parameter in this model's shape; every ``trainable`` pattern names a parameter.
+    """``init_from`` / ``trainable`` / ``lora`` checked before any training
+    (:mod:`omnifm_jax.finetune`): the source model loads, was not trained on this run's test
+    images, and has every selected parameter in this model's shape; every ``trainable``
+    pattern names a parameter; every ``lora`` target adapts a dense layer.
     Returns :attr:`Setup.init`."""
-    if cfg["init_from"] is None and cfg["trainable"] is None:
+    if cfg["init_from"] is None and cfg["trainable"] is None and cfg["lora"] is None:
         return None
     abstract = jax.eval_shape(lambda k: federated.init(algorithm, k, fed.train, shared_init=cfg["shared_init"]),
                               jax.random.key(0))
     finetune.check_trainable(cfg["trainable"], abstract)
+    finetune.check_lora(cfg["lora"], abstract)
     if cfg["init_from"] is None:
         return None
     source = finetune.load_source_params(cfg["init_from"])
@@ -114,12 +117,14 @@ def check_devices(cfg: Dict[str, Any]) -> None:
 
 
 def build_backbone(cfg: Dict[str, Any]):
-    """The config's backbone module (ConfigError when ``backbone_kwargs`` do not fit it)."""
+    """The config's backbone module (ConfigError when ``backbone_kwargs`` do not fit it), with
+    the ``lora`` adapters when the config asks for them."""
     kw = dict(cfg["backbone_kwargs"])
     try:
-        return BACKBONES.get(cfg["backbone"])(**kw)
+        backbone = BACKBONES.get(cfg["backbone"])(**kw)
     except TypeError as e:
         raise config_lib.ConfigError(f"backbone_kwargs {kw} do not fit backbone {cfg['backbone']!r}: {e}") from None
+    return lora.wrap(backbone, cfg.get("lora"))  # LoRA adapters (omnifm_jax/models/lora.py), if asked
 
 
 def build_task(cfg: Dict[str, Any], fed):

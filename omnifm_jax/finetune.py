@@ -38,7 +38,7 @@ from omnifm_jax.algorithms.labels import path_name
 from omnifm_jax.checks import ConfigError
 
 __all__ = ["SourceModel", "parse_rules", "source_of", "load_source_params", "select", "plan_init", "apply_init",
-           "frozen_optimizer", "check_trainable", "image_digests", "check_disjoint", "describe"]
+           "frozen_optimizer", "check_trainable", "check_lora", "image_digests", "check_disjoint", "describe"]
 
 
 def parse_rules(rules: Optional[Sequence[str]]) -> List[Tuple[re.Pattern, Optional[str]]]:
@@ -198,6 +198,18 @@ def check_trainable(patterns: Optional[Sequence[str]], state: Any) -> None:
         if not any(re.search(pattern, p) for p in paths):
             raise ConfigError(f"trainable pattern {pattern!r} matches no parameter of this model "
                               f"(its parameters: {paths[:6]}{' ...' if len(paths) > 6 else ''})")
+
+
+def check_lora(options: Optional[Dict[str, Any]], state: Any) -> None:
+    """Each ``lora`` target must have put adapters on a dense layer (ConfigError)."""
+    if options is None:
+        return
+    adapted = [p.rsplit("/", 1)[0] for p in _param_shapes(state) if p.endswith("/lora_a")]
+    dense = sorted({p.rsplit("/", 1)[0] for p in _param_shapes(state) if p.endswith("/kernel")})
+    for target in options["targets"]:
+        if not any(re.search(target, p.split("/", 1)[1]) for p in adapted):
+            raise ConfigError(f"lora target {target!r} matches no dense layer of the backbone (layers with a "
+                              f"kernel: {dense[:8]}{' ...' if len(dense) > 8 else ''})")
 
 
 def image_digests(x: np.ndarray) -> set:

@@ -193,4 +193,10 @@ CASES = [
     ("config", "`init_from` in a sweep",
      "ConfigError: init_from is not supported in a sweep (its runs start from one fresh init); run each "
      "fine-tuning run with `omnifm train`", ("test_finetune.py::test_sweeps_refuse_init_from",)),
+    ("config", "`lora` target that adapts no dense layer",
+     "ConfigError: lora target 'conv9' matches no dense layer of the backbone (layers with a kernel: [...])",
+     ("test_finetune.py::test_lora_fine_tuning_regime_trains_only_the_adapters_and_head",)),
+    ("config", "`lora` without targets, a rank < 1, an unknown option",
+     "ConfigError: lora.targets must be a non-empty list of regexes on module paths, got [] (and similar)",
+     ("test_finetune.py::test_bad_lora_settings",)),
 ]

@@ -154,3 +154,64 @@ def test_inert_keys_stay_out_of_fingerprints():
     assert ck.config_differences(old, cfg) == [] and config_sha(old) == config_sha(cfg)
     assert ck.config_differences(old, dict(cfg, trainable=["params/head/"])) == ["trainable"]
     assert config_sha(dict(cfg, init_from="x")) != config_sha(cfg)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+def test_lora_dense_equals_the_low_rank_formula_in_float64():
+    """A LoRA-adapted dense layer computes x W + b + (alpha / r) x A B (NumPy float64 on fresh
+    random parameters); at initialisation (B = 0) it is the plain layer; other layers and
+    every path are unchanged."""
+    import flax.linen as nn
+
+    from omnifm_jax.models.lora import LoRA
+
+    class Two(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3, name="out")(nn.relu(nn.Dense(5, name="fc")(x)))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    plain, adapted = Two(), LoRA(inner=Two(), targets=("fc",), rank=2, alpha=8.0)
+    v = adapted.init(jax.random.key(0), x)
+    assert set(v["params"]["fc"]) == {"kernel", "bias", "lora_a", "lora_b"} and set(v["params"]["out"]) == {
+        "kernel", "bias"}
+    base = {"params": {"fc": {k: v["params"]["fc"][k] for k in ("kernel", "bias")}, "out": v["params"]["out"]}}
+    np.testing.assert_allclose(np.asarray(adapted.apply(v, x)), np.asarray(plain.apply(base, x)), rtol=1e-6)
+    p = jax.tree_util.tree_map(lambda a: np.asarray(rng.normal(size=a.shape), np.float32), v["params"])
+    got = np.asarray(adapted.apply({"params": p}, x), np.float64)
+    f = {k: np.asarray(a, np.float64) for k, a in p["fc"].items()}
+    h = np.maximum(x @ f["kernel"] + f["bias"] + 8.0 / 2 * (x @ f["lora_a"]) @ f["lora_b"], 0)
+    want = h @ np.asarray(p["out"]["kernel"], np.float64) + np.asarray(p["out"]["bias"], np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_fine_tuning_regime_trains_only_the_adapters_and_head(source):
+    """The F-C-like regime as a config: pretrained backbone (init_from), adapters on fc1, only
+    the adapters and the head train."""
+    cfg = cfg_of("algorithm=fedper", f"init_from={source['fedavg']}", 'init_params=["conv", "fc1/(kernel|bias)"]',
+                 'lora={"targets": ["fc1"], "rank": 4}', 'trainable=["lora_", "params/head/"]')
+    with pytest.warns(UserWarning, match="training images"):
+        prepared = experiment.setup(cfg)
+    src = finetune.load_source_params(source["fedavg"])
+    summary = experiment.run(prepared, None, progress=False, log=lambda _: None)
+    after = flat(summary["state"].server.params)
+    for k in ("params/backbone/conv1/kernel", "params/backbone/fc1/kernel"):
+        np.testing.assert_allclose(after[k], src.params[k], rtol=1e-6, atol=1e-7)  # loaded, frozen
+    assert np.max(np.abs(after["params/backbone/fc1/lora_b"])) > 0  # the adapter trained (from zeros)
+    with pytest.raises(ConfigError, match="lora target 'conv9' matches no dense layer"):
+        experiment.setup(cfg_of('lora={"targets": ["conv9"]}'))
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"targets": []}, "lora.targets must be a non-empty list"),
+    ({"targets": ["fc1"], "rank": 0}, "lora.rank must be an integer >= 1"),
+    ({"targets": ["fc1"], "ranks": 2}, "lora: unknown option(s) ['ranks']"),
+    ("fc1", "lora must be None or a dict"),
+])
+def test_bad_lora_settings(value, message):
+    cfg = cfg_of()
+    cfg["lora"] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_lib.validate(cfg)
