@@ -149,10 +149,13 @@ def test_seeds_and_shape_free_values_share_one_program():
     sizes = sorted(len(p.runs) for p in plan.programs)
     assert sizes == [3, 6]                       # OmniFM + w/o SPAlign (lambda 0.1 / 0) x 3 seeds; w/o ECA x 3
     assert all(p.mode == "sweep" for p in plan.programs)
-    fig5 = R.build_plan("fig5", scale="tiny", seeds=(0, 1), cols=["CLS"])
+    paper_rows = [k for k, _ in R.TABLES["fig5"].rows if not k.startswith("activated_")]
+    fig5 = R.build_plan("fig5", scale="tiny", seeds=(0, 1), cols=["CLS"], rows=paper_rows)
     runs = sum(len(p.runs) for p in fig5.programs)
     assert runs == (5 + 4 - 1) * 2                # lambda=0.1 and k=2 are one config: run once
     assert len(fig5.programs) == 4                # all lambdas in one program; k = 1, 3, 4 apart
+    both = R.build_plan("fig5", scale="tiny", seeds=(0, 1), cols=["CLS"])  # and the activated series
+    assert sum(len(p.runs) for p in both.programs) == 2 * runs and len(both.programs) == 8
 
 
 def test_without_sweep_module_every_config_is_its_own_program(monkeypatch):
