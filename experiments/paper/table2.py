@@ -1,7 +1,8 @@
 """Table 2 of the OmniFM paper: federated super-resolution on BreaKHis, three clients, x2 /
 x4 / x8, two scenarios. Only the paper's "Avg." rows (mean over the three clients) are
 compared."""
-from omnifm_jax.reproduce import METRICS, Cell, Claim, PaperText, PrintedRow, Table, method, standard_scales
+from omnifm_jax.reproduce import METRICS, Cell, Claim, PaperText, PrintedRow, Scale, Table, method, standard_scales
+from omnifm_jax.reproduce.settings import CPU_SR
 
 METHODS = ("OmniFM", "FedAvg", "FedProx", "FedPer", "Local")
 SCENARIOS = (("s1", "Scenario 1", ()), ("s2", "Scenario 2", ("dataset_kwargs.split_by=subtype",)))
@@ -44,10 +45,16 @@ def _claims():
                            (-1.0, "x2", f"{skey}-omnifm"), (1.0, "x2", f"{skey}-fedper")))
 
 
+#: Converged runs on a 2-core CPU (``--scale cpu``): every scale and method in both scenarios
+#: with the config's protocol (patient-level split), 40 rounds evaluated every round (the
+#: BreaKHis split study's length: ~1 minute per x2 run, experiments/results/sr_breakhis_splits.md).
+CPU = Scale({"sr_breakhis": (CPU_SR,)}, rounds=40, cpu_s_per_round=1.5,
+            note="cpu: ~1.5 s per round measured at x2 (the x4 and x8 inputs are smaller)")
+
 TABLE = Table(
     "table2", "Table 2: federated super-resolution (BreaKHis, three clients)", ("psnr", "ssim"), tuple(_cells()),
     tuple(_claims()), row_header="Scale",
-    scales=standard_scales(smoke_cols=tuple(f"s1-{method(n).key}" for n in METHODS), smoke_rounds=8),
+    scales={**standard_scales(smoke_cols=tuple(f"s1-{method(n).key}" for n in METHODS), smoke_rounds=8), "cpu": CPU},
     printed=PaperText("omnifm", "Table 2:", "3.3 Global", PRINTED),
     notes=("Only the 'Avg.' rows of the paper (mean over the three clients) are compared.",
            "Scenario 1 = clients by magnification (sr_breakhis's split); Scenario 2 = clients by tumour subtype: "
