@@ -204,8 +204,9 @@ def check_lora(options: Optional[Dict[str, Any]], state: Any) -> None:
     """Each ``lora`` target must have put adapters on a dense layer (ConfigError)."""
     if options is None:
         return
-    adapted = [p.rsplit("/", 1)[0] for p in _param_shapes(state) if p.endswith("/lora_a")]
-    dense = sorted({p.rsplit("/", 1)[0] for p in _param_shapes(state) if p.endswith("/kernel")})
+    paths = _param_shapes(state)
+    adapted = [p.rsplit("/", 1)[0] for p in paths if p.endswith("/lora_a")]
+    dense = sorted({p.rsplit("/", 1)[0] for p in paths if p.endswith("/kernel")})
     for target in options["targets"]:
         if not any(re.search(target, p.split("/", 1)[1]) for p in adapted):
             raise ConfigError(f"lora target {target!r} matches no dense layer of the backbone (layers with a "

@@ -647,10 +647,6 @@ def decide(records: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- output
 
-def _f(v, spec: str) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
-
-
 def to_markdown(records: List[Dict[str, Any]], decisions: Dict[str, Any], meta: Dict[str, Any]) -> str:
     lines = ["| workload | row | ms/step | / floor | TFLOP/s | convs fwd/in/wgt | grouped feature/batch/none | "
              "wgt grads feature/batch-grouped (emitted) | cuDNN fwd/in/filter | transpose | copy | peak MiB | "
@@ -671,8 +667,9 @@ def to_markdown(records: List[Dict[str, Any]], decisions: Dict[str, Any], meta: 
         peak = None if r.get("peak_bytes") in (None, -1) else r["peak_bytes"] / 2**20
         lines.append(
             f"| {r['workload']} | {r['row']} | {r['ms_per_step']:.3f} | {r['over_floor']:.2f} | "
-            f"{_f(r['tflops'], '.3f')} | " + " | ".join(cells) + f" | {_f(r.get('transpose'), 'd')} | "
-            f"{_f(r.get('copy'), 'd')} | {_f(peak, '.0f')} | {diff} | {_f(r.get('table1_run_min'), '.1f')} |")
+            f"{rs._fmt(r['tflops'], '.3f')} | " + " | ".join(cells) + f" | {rs._fmt(r.get('transpose'), 'd')} | "
+            f"{rs._fmt(r.get('copy'), 'd')} | {rs._fmt(peak, '.0f')} | {diff} | "
+            f"{rs._fmt(r.get('table1_run_min'), '.1f')} |")
     lines.append("\nDecision rules:\n")
     lines += [f"- {rule}" for rule in RULES]
     lines.append("\nPicks:\n")
