@@ -217,8 +217,15 @@ class RunCheckpointer:
         self._ocp = ocp
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=False)
+        # In a run over several processes only the primary one checkpoints (host copies of the
+        # state), so orbax must not wait for the others at its barriers.
+        single = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                    active_processes={jax.process_index()})
+        several = jax.process_count() > 1
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not several,  # made above
+                                               cleanup_tmp_directories=True, enable_async_checkpointing=False,
+                                               multiprocessing_options=single if several else
+                                               ocp.options.MultiprocessingOptions())
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     # -- listing
@@ -243,6 +250,8 @@ class RunCheckpointer:
 
         step = int(state.round)
         arrays, spec = flatten_state(state)
+        if jax.process_count() > 1:  # orbax writes host-local jax arrays from one process only as NumPy
+            arrays = {k: np.asarray(v) for k, v in arrays.items()}
         record = dict(meta or {})
         record.update(format=FORMAT_VERSION, round=step, leaves=spec, state_sha256=state_hash(state))
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),

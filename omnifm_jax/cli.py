@@ -1,6 +1,7 @@
 """The ``omnifm`` command.
 
   omnifm train [--config NAME_OR_PATH] [--set key=value ...] [--out DIR] [--resume | --overwrite]
+               [--coordinator HOST:PORT --num-processes N --process-id I]   one run over N processes
   omnifm data describe --dataset NAME --clients K [...]
   omnifm algorithms            every algorithm, its reference and its hyper-parameters
   omnifm reproduce TABLE [--scale smoke|paper] [--out DIR] [--seeds 0,1,2] [--only ROWS] [...]
@@ -18,24 +19,32 @@ from typing import Optional, Sequence
 
 from omnifm_jax.config import ConfigError
 from omnifm_jax.data.io import DataFileError
+from omnifm_jax.distributed import PeerFailure
 
 __all__ = ["build_parser", "main"]
 
 
 def _train(args) -> int:
     from omnifm_jax import config as config_lib
+    from omnifm_jax import distributed
     from omnifm_jax.experiment import NO_LEARNING, run
 
+    if distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                              heartbeat_timeout_s=args.peer_timeout) and not args.out:
+        raise ConfigError("a multi-process run needs --out (the same directory for every process; the first "
+                          "one writes it)")
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the output directory of the run to continue")
-    if args.resume and args.config is None:
-        base = _saved_config(Path(args.out))
+    if args.resume and args.config is None:  # read by the primary process (the others may not see --out)
+        base = distributed.from_primary(lambda: (None, _saved_config(Path(args.out))),
+                                        what=f"reading {Path(args.out) / 'config.json'}")[1]
     else:
         base = config_lib.load_config(args.config)
     cfg = config_lib.apply_overrides(base, args.set)  # run() validates it before any work
     out = args.out or _new_run_dir(cfg["algorithm"])
     summary = run(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
-    print(f"outputs in {out}")
+    if distributed.is_primary():
+        print(f"outputs in {out}")
     if summary.get("learned") is False:
         print(f"omnifm: error: {NO_LEARNING} (summary.json: \"learned\": false)", file=sys.stderr)
         return 1
@@ -100,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the outputs of an earlier run in --out (removed as a whole before this "
                             "run writes anything); without it such a directory is refused")
+    several = train.add_argument_group("several processes (one run over several hosts; or $JAX_COORDINATOR_ADDRESS, "
+                                       "$JAX_NUM_PROCESSES, $JAX_PROCESS_ID)")
+    several.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="address of process 0")
+    several.add_argument("--num-processes", type=int, default=None, help="number of processes in the run")
+    several.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. N-1")
+    several.add_argument("--peer-timeout", type=int, default=20, metavar="SECONDS",
+                         help="stop with an error when another process is silent this long (default 20)")
     train.set_defaults(func=_train)
     algs = sub.add_parser("algorithms", help="list the algorithms and their hyper-parameters (algorithm_kwargs)")
     algs.set_defaults(func=_algorithms)
@@ -116,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reproduce's protocol.md
     try:
         return args.func(args)
-    except (ConfigError, ValueError, DataFileError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, DataFileError, FileNotFoundError, PeerFailure) as exc:
         print(f"omnifm: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the output directory or a data file: the system's reason and the path

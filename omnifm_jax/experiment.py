@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import optax
 
-from omnifm_jax import algorithms, federated, finetune, rundir, tasks
+from omnifm_jax import algorithms, distributed, federated, finetune, rundir, tasks
 from omnifm_jax import checkpoint as ckpt_lib
 from omnifm_jax import config as config_lib
 from omnifm_jax.data.federation import Federation, ServerData, validate_federation
@@ -110,7 +110,11 @@ def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm) -> Optiona
 
 
 def check_devices(cfg: Dict[str, Any]) -> None:
-    """``shard_clients`` needs ``num_clients`` divisible by the devices (ConfigError)."""
+    """``shard_clients`` needs ``num_clients`` divisible by the devices, and a run over several
+    processes needs ``shard_clients`` (ConfigError)."""
+    if jax.process_count() > 1 and not cfg["shard_clients"]:
+        raise config_lib.ConfigError(f"this process is one of {jax.process_count()} (a multi-process run): "
+                                     "the clients must be split over their devices, set shard_clients=True")
     if cfg["shard_clients"] and cfg["num_clients"] % jax.device_count():
         raise config_lib.ConfigError(f"shard_clients needs num_clients divisible by the {jax.device_count()} "
                                      f"devices, got num_clients={cfg['num_clients']}")
@@ -355,12 +359,13 @@ def run(cfg: Union[Dict[str, Any], Setup], out_dir: Optional[str | Path] = None,
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise config_lib.ConfigError("resume needs the output directory of the run to continue")
-    if out is not None:
-        rundir.check(out, resume=resume, overwrite=overwrite)
+    if out is not None:  # in a multi-process run, the primary process owns the directory
+        distributed.from_primary(lambda: (rundir.check(out, resume=resume, overwrite=overwrite), None),
+                                 what=f"checking the output directory {out}")
     if prepared is None:
         prepared = setup(cfg)
-    if out is None:
-        return _run(prepared, None, progress=progress, log=log, resume=resume)
+    if out is None or not distributed.is_primary():
+        return _run(prepared, out, progress=progress, log=log, resume=resume)
     with rundir.RunDirectory(out, resume=resume, overwrite=overwrite):
         return _run(prepared, out, progress=progress, log=log, resume=resume)
 
@@ -382,14 +387,24 @@ def new_totals() -> Dict[str, Any]:
 
 
 def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict[str, Any]:
-    """:func:`run` after every check, with ``out`` (if any) owned by this run."""
+    """:func:`run` after every check, with ``out`` (if any) owned by this run.
+
+    In a run over several processes every process calls this; only the primary one
+    (:func:`omnifm_jax.distributed.is_primary`) writes ``out`` and its checkpoints, and on
+    resume it reads the checkpoint and sends the state to the others."""
     from tqdm.auto import tqdm
 
     cfg, fed, task, algorithm = prepared.cfg, prepared.fed, prepared.task, prepared.algorithm
+    write = out is not None and distributed.is_primary()
+    if not distributed.is_primary():
+        progress, log = False, lambda _: None
 
     ckpt = None
     ckpt_dir = out / ckpt_lib.CHECKPOINT_SUBDIR if out is not None else None
-    if out is not None and (cfg["checkpoint_every"] > 0 or resume):
+    checkpointing = out is not None and (cfg["checkpoint_every"] > 0 or resume)
+
+    def open_checkpoints():
+        nonlocal ckpt
         ckpt = ckpt_lib.RunCheckpointer(ckpt_dir, keep=cfg["checkpoint_keep"])
         existing = ckpt.steps()
         if not resume and existing:
@@ -397,7 +412,11 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
             raise config_lib.ConfigError(
                 f"{ckpt_dir} already holds checkpoints (rounds {existing}); resume that run "
                 "(--resume) or choose another output directory")
-    data_sha = ckpt_lib.data_fingerprint(fed.train, fed.test) if ckpt is not None else None
+        return None, None
+
+    if checkpointing:
+        distributed.from_primary(open_checkpoints, what=f"opening the checkpoints in {ckpt_dir}")
+    data_sha = ckpt_lib.data_fingerprint(fed.train, fed.test) if checkpointing else None
     train = jax.device_put(fed.train)
     test = jax.device_put(fed.test)
     history, resumed_from = [], None
@@ -408,12 +427,19 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
     init_key = jax.random.key(cfg["seed"])
     if resume:
         template = jax.eval_shape(init_fn, init_key)
-        try:
-            state, meta = ckpt.restore_latest(template, check=lambda m: ckpt_lib.check_resumable(
-                m, cfg, data_sha256=data_sha, where=str(ckpt_dir)))
-        except BaseException:
-            ckpt.close()
-            raise
+
+        def restore():
+            try:
+                restored, meta = ckpt.restore_latest(template, check=lambda m: ckpt_lib.check_resumable(
+                    m, cfg, data_sha256=data_sha, where=str(ckpt_dir)))
+            except BaseException:
+                ckpt.close()
+                raise
+            return ckpt_lib.flatten_state(restored)[0], meta
+
+        arrays, meta = distributed.from_primary(restore, what=f"resuming from {ckpt_dir}",
+                                                template=ckpt_lib.flatten_state(template)[0])
+        state = ckpt_lib.unflatten_state(template, arrays, meta["leaves"])
         history = meta["history"]
         totals = {"accepted_updates": None, "useful_steps": None, **meta["totals"]}  # None: older checkpoint
         resumed_from = int(meta["round"])
@@ -432,7 +458,7 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
         train, test = sharding.replicate(train, mesh), sharding.replicate(test, mesh)
         state = sharding.shard_state(state, mesh)
     start_round = int(state.round)
-    if out is not None:
+    if write:
         (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         # The lines up to the checkpoint (later ones of a killed run are redone), as a new file
         # renamed over the old one; then this run, the directory's only writer, appends.
@@ -449,7 +475,7 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
 
     def record(line):
         history.append(line)
-        if out is not None:
+        if write:
             metrics_file.write(json.dumps(line) + "\n")
             metrics_file.flush()
         bar.set_postfix(_fmt({k: v for k, v in line.items() if k != "clients" and not k.startswith("diag/")}))
@@ -468,9 +494,12 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
         last = r + 1 == cfg["rounds"]
         if (r + 1) % cfg["eval_every"] == 0 or last:
             record(evaluation_line(state, r + 1, rm))
-        if ckpt is not None and every > 0 and ((r + 1) % every == 0 or last):
-            ckpt.save(state, {"config": cfg, "data_sha256": data_sha, "history": history, "totals": totals})
-        if out is not None:
+        if checkpointing and every > 0 and ((r + 1) % every == 0 or last):
+            host_state = distributed.to_host(state)  # every process takes part; the primary writes
+            if ckpt is not None:
+                ckpt.save(host_state, {"config": cfg, "data_sha256": data_sha, "history": history,
+                                       "totals": totals})
+        if write:
             timings_file.write(json.dumps({"round": r + 1, "elapsed_s": round(time.time() - start, 3),
                                            "resumed_from": resumed_from}) + "\n")
             timings_file.flush()
@@ -485,7 +514,7 @@ def _run(prepared: Setup, out: Optional[Path], *, progress, log, resume) -> Dict
         warnings.warn(NO_LEARNING, stacklevel=2)
     if ckpt is not None:
         ckpt.close()
-    if out is not None:
+    if write:
         metrics_file.close()
         timings_file.close()
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

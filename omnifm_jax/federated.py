@@ -548,9 +548,14 @@ def mean_loss(stats: Any) -> float:
 
 
 def state_hash(state: Any) -> str:
-    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (typed keys included)."""
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (typed keys included).
+
+    In a run over several processes, arrays split over them are gathered first (every process
+    must call it)."""
+    from omnifm_jax.distributed import to_host
+
     h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(state):
+    for leaf in jax.tree_util.tree_leaves(to_host(state)):
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
         arr = np.asarray(leaf)

@@ -199,4 +199,20 @@ CASES = [
     ("config", "`lora` without targets, a rank < 1, an unknown option",
      "ConfigError: lora.targets must be a non-empty list of regexes on module paths, got [] (and similar)",
      ("test_finetune.py::test_bad_lora_settings",)),
+    # ------------------------------------------------------------------ several processes
+    ("config", "`--coordinator` / `--num-processes` / `--process-id` given in part (or malformed)",
+     "ConfigError: a multi-process run needs the coordinator address, the number of processes and this "
+     "process's id; missing: num_processes (--num-processes or $JAX_NUM_PROCESSES)",
+     ("test_distributed.py::test_settings_from_arguments_and_environment",)),
+    ("config", "a multi-process run without `shard_clients=True` or without `--out`",
+     "ConfigError: this process is one of 2 (a multi-process run): the clients must be split over their "
+     "devices, set shard_clients=True",
+     ("test_distributed.py::test_a_multi_process_run_needs_sharded_clients_and_an_output_directory",)),
+    ("run", "a multi-process run whose step fails on process 0 (refused `--out`, bad checkpoint)",
+     "the other processes: PeerFailure: checking the output directory OUT failed on process 0: RunDirError: …",
+     ("test_distributed.py::test_a_step_that_fails_on_the_primary_stops_every_process",)),
+    ("run", "a process of a multi-process run dies",
+     "the others stop within --peer-timeout: JAX's \"The following tasks are unhealthy (stopped sending "
+     "heartbeats)\" (exit status 134)",
+     ("test_distributed.py::test_a_dead_peer_stops_the_run_with_an_error",)),
 ]

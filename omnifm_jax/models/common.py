@@ -170,6 +170,11 @@ _PATHS = {"xla": _xla_conv,
           "per_client": _custom_path(_per_client_conv2d, "per-client weight gradients batch-grouped under vmap")}
 
 
+def _check_conv_path(path: str) -> None:
+    if path not in CONV_PATHS:
+        raise ValueError(f"unknown conv path {path!r}; expected one of {CONV_PATHS}")
+
+
 def resolve_conv_path(path: str) -> str:
     """``"auto"`` -> ``"canonical"`` on CPU, ``"per_client"`` on accelerators; others unchanged.
 
@@ -182,8 +187,7 @@ def resolve_conv_path(path: str) -> str:
     ``jit``). Forward-mode differentiation (``jax.jvp``) of ``canonical`` and ``per_client``
     raises JAX's custom-VJP error; use ``xla`` for it.
     """
-    if path not in CONV_PATHS:
-        raise ValueError(f"unknown conv path {path!r}; expected one of {CONV_PATHS}")
+    _check_conv_path(path)
     if path == "auto":
         return "canonical" if jax.default_backend() == "cpu" else "per_client"
     return path
@@ -214,7 +218,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def make_conv(path: str = "auto"):
     """``flax.linen.Conv`` computing with :func:`conv_general_dilated` and ``path``."""
-    resolve_conv_path(path)  # unknown path: error here, at model construction
+    _check_conv_path(path)  # unknown path: error here, at model construction (without asking for the
+    # backend, which would start it: a multi-process run must join before that)
     return functools.partial(nn.Conv, conv_general_dilated=functools.partial(conv_general_dilated, path=path))
 
 
