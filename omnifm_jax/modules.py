@@ -35,11 +35,14 @@ class EmbeddingCrossAttention(nn.Module):
       learned_temperature: each head's logits are multiplied by ``exp(t_h)``, ``t_h`` a
         parameter starting at 0 (Eq. 4 exactly at initialisation), so training can sharpen the
         attention without growing ``W_Q`` and ``W_K``. Off by default (the paper's Eq. 4).
+      logit_scale: a fixed factor on the logits (1 = the paper's ``1/sqrt(d_h)`` scaling; larger
+        values sharpen the attention towards the best-matching key whatever the loss prefers).
     """
     head_dim: int = 64
     num_heads: int = 1
     out_dim: Optional[int] = None
     learned_temperature: bool = False
+    logit_scale: float = 1.0
 
     @nn.compact
     def __call__(self, r: jax.Array, prototypes: jax.Array,
@@ -62,6 +65,8 @@ class EmbeddingCrossAttention(nn.Module):
         k = nn.DenseGeneral((self.num_heads, dh), use_bias=False, name="w_k")(prototypes)
         v = nn.DenseGeneral((self.num_heads, dh), use_bias=False, name="w_v")(prototypes)
         logits = jnp.einsum("...lhe,...khe->...hlk", q, k) / jnp.sqrt(dh).astype(q.dtype)
+        if self.logit_scale != 1.0:
+            logits = logits * jnp.asarray(self.logit_scale, logits.dtype)
         if self.learned_temperature:
             t = self.param("log_temperature", nn.initializers.zeros, (self.num_heads,), jnp.float32)
             logits = logits * jnp.exp(t).astype(logits.dtype)[:, None, None]

@@ -38,8 +38,9 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def ref_eca(params, r, protos, valid, num_heads):
-    """Z = Softmax(Q K^T / sqrt(d_h)) V per head, over the valid prototypes only; heads concatenated."""
+def ref_eca(params, r, protos, valid, num_heads, logit_scale=1.0):
+    """Z = Softmax(c Q K^T / sqrt(d_h)) V per head (c = ``logit_scale``), over the valid prototypes
+    only; heads concatenated."""
     p = f64(params["params"])
     r, protos = np.asarray(r, np.float64), np.asarray(protos, np.float64)
     w_q, w_k, w_v = p["w_q"]["kernel"], p["w_k"]["kernel"], p["w_v"]["kernel"]  # (d_in, heads, d_h)
@@ -54,7 +55,7 @@ def ref_eca(params, r, protos, valid, num_heads):
             k = protos[b][sel] @ w_k[:, h, :]
             v = protos[b][sel] @ w_v[:, h, :]
             if sel.any():
-                heads.append(softmax(q @ k.T / np.sqrt(e)) @ v)
+                heads.append(softmax(logit_scale * (q @ k.T) / np.sqrt(e)) @ v)
             else:
                 heads.append(np.zeros((r.shape[1], e)))
         out.append(np.concatenate(heads, axis=-1))
@@ -69,6 +70,7 @@ ECA_CONFIGS = {
     "multi_head": EmbeddingCrossAttention(head_dim=D, num_heads=2),
     "single_head_proj": EmbeddingCrossAttention(head_dim=16, num_heads=1),        # d_h != d: w_o
     "multi_head_proj": EmbeddingCrossAttention(head_dim=12, num_heads=3),
+    "logit_scale": EmbeddingCrossAttention(head_dim=12, num_heads=2, logit_scale=7.5),  # sharpened
 }
 
 
@@ -97,7 +99,8 @@ def test_eca_matches_numpy_reference(seed, name):
     r, protos, valid = _eca_inputs(rng)
     z = np.asarray(jitted_apply(module)(params, r, protos, valid))
     assert z.shape == (B, L, D)
-    np.testing.assert_allclose(z, ref_eca(params, r, protos, valid, module.num_heads), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(z, ref_eca(params, r, protos, valid, module.num_heads, module.logit_scale),
+                               rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", list(ECA_CONFIGS))

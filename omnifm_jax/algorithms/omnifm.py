@@ -32,6 +32,7 @@ measures them on real4):
     output nearly constant: replacing it by a constant changed nothing);
   * ``eca_temperature="learned"``: a per-head temperature on ECA's logits (starting at the
     paper's 1/sqrt(d_h)), so that attention can sharpen;
+  * ``eca_logit_scale > 1``: a fixed factor on ECA's logits that forces sharper attention;
   * ``lambda_uniform > 0``: a uniformity term on ``s`` (:func:`uniformity`) against the collapse
     that SPAlign alone permits.
 
@@ -97,6 +98,7 @@ def validate(hp, context):
     checks.choice("eca_keys", hp["eca_keys"], ECA_KEYS)
     checks.choice("eca_temperature", hp["eca_temperature"], ECA_TEMPERATURES)
     checks.finite("lambda_uniform", hp["lambda_uniform"], positive=False)
+    checks.finite("eca_logit_scale", hp["eca_logit_scale"], positive=True)
     checks.interval("low_pass_ratio", hp["low_pass_ratio"], 0, 1, lo_open=True, hi_open=False)
     checks.interval("hit_decay", hp["hit_decay"], 0, 1, lo_open=False, hi_open=False)
     checks.finite("rho", hp["rho"], positive=True)
@@ -119,7 +121,7 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size,
            sharing: str = "fedper", use_gskr: bool = True, use_eca: bool = True, use_psp: bool = True,
            local_spectral_in_eca: bool = True, hit_decay: float = 0.0, spectrum_norm: str = "none",
            upload: str = "mean", lambda_uniform: float = 0.0, eca_keys: str = "unit", eca_temperature: str = "fixed",
-           drop_last: bool = True,
+           eca_logit_scale: float = 1.0, drop_last: bool = True,
            aggregate_bn_stats: bool = False, num_clients: int = 1):
     """OmniFM. Table 8 ablations: ``use_gskr=False``, ``use_eca=False``, ``use_psp=False``,
     and ``lambda_align=0`` (w/o SPAlign). ``local_spectral_in_eca``: ECA attends to the local
@@ -127,7 +129,8 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size,
     :func:`~omnifm_jax.bank.add_hits`; ``sharing``: see the module docstring.
 
     Switches beyond the paper's text (defaults = the paper; see the module docstring):
-    ``spectrum_norm``, ``upload``, ``lambda_uniform``, ``eca_keys``, ``eca_temperature``."""
+    ``spectrum_norm``, ``upload``, ``lambda_uniform``, ``eca_keys``, ``eca_temperature``,
+    ``eca_logit_scale``."""
     head = task.make_head()
     slots = 1
     if upload == "class_means":
@@ -139,7 +142,7 @@ def omnifm(*, task, backbone, optimizer, local_epochs, batch_size,
                        f"raise bank_capacity to >= {num_clients * slots}")
     model = OmniFM(backbone=backbone, head=head, spectral_dim=spectral_dim, spectrum_norm=spectrum_norm,
                    eca_keys=eca_keys,
-                   eca_temperature=eca_temperature,
+                   eca_temperature=eca_temperature, eca_logit_scale=eca_logit_scale,
                    low_pass_ratio=low_pass_ratio, log_magnitude=log_magnitude, attn_dim=attn_dim,
                    num_heads=num_heads, num_suffix=num_suffix, top_k=top_k, use_gskr=use_gskr,
                    use_eca=use_eca, use_psp=use_psp, local_spectral_in_eca=local_spectral_in_eca)

@@ -118,6 +118,7 @@ class OmniFM(nn.Module):
         ``sqrt(d_s)``: the component all tokens share removed, so that keys differ).
       eca_temperature: ``"fixed"`` (the paper's Eq. 4) or ``"learned"`` (a per-head
         temperature parameter, see :class:`~omnifm_jax.modules.EmbeddingCrossAttention`).
+      eca_logit_scale: fixed factor on ECA's logits (1 = Eq. 4).
 
     ``probe`` (:class:`Probe`) intervenes for the diagnostics; ECA's attention weights and
     ``Z`` are sown into the ``intermediates`` collection.
@@ -138,6 +139,7 @@ class OmniFM(nn.Module):
     spectrum_norm: str = "none"
     eca_keys: str = "unit"
     eca_temperature: str = "fixed"
+    eca_logit_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, bank: bank_lib.Bank, *, train: bool = False, mask=None,
@@ -169,7 +171,8 @@ class OmniFM(nn.Module):
         keys = keys.astype(r.dtype)
         if self.use_eca:
             z = EmbeddingCrossAttention(self.attn_dim, self.num_heads, out_dim=r.shape[-1],
-                                        learned_temperature=self.eca_temperature == "learned", name="eca")(
+                                        learned_temperature=self.eca_temperature == "learned",
+                                        logit_scale=self.eca_logit_scale, name="eca")(
                 r, keys, keys_valid)
         else:
             cond, _ = bank_lib.mean_valid(keys, keys_valid)
