@@ -7,6 +7,8 @@
   omnifm reproduce TABLE [--scale smoke|paper] [--out DIR] [--seeds 0,1,2] [--only ROWS] [...]
                                a table of the paper, measured vs the paper's numbers
   omnifm docs [--check]        regenerate the lists in the docs that come from the code
+  omnifm flower --nodes N [--config NAME] [--set ...] [--check]
+                               the config as a Flower deployment on this machine (the flower extra)
 """
 from __future__ import annotations
 
@@ -75,6 +77,47 @@ def _saved_config(out: Path) -> dict:
     return config_lib.update(copy.deepcopy(config_lib.DEFAULTS), saved, where=str(path))
 
 
+def _flower(args) -> int:
+    from omnifm_jax import config as config_lib
+
+    try:
+        from omnifm_jax import flower
+    except ImportError as exc:
+        raise ConfigError(f"omnifm flower needs Flower: pip install 'omnifm-jax[flower]' (Python >= 3.11); "
+                          f"{exc}") from None
+    # one client per node: --nodes sets num_clients (a --set num_clients=M != N is refused below)
+    cfg = config_lib.apply_overrides(config_lib.load_config(args.config), [f"num_clients={args.nodes}"] + args.set)
+    config_lib.validate(cfg)
+    out = Path(args.out or _new_run_dir(cfg["algorithm"] + "-flower"))
+    result = flower.launch(cfg, out, nodes=args.nodes, round_timeout=args.round_timeout)
+    lines = [{"round": h["round"], "participants": h["participants"], "no_reply": h["missing"],
+              "faulty": h["faulty"]} for h in result["history"]]
+    lines[-1].update(result["metrics"], clients=result["clients"])
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = {"algorithm": cfg["algorithm"], "dataset": cfg["dataset"], "rounds": cfg["rounds"], "nodes": args.nodes,
+               "last": {k: v for k, v in lines[-1].items() if k != "clients"}, "last_clients": result["clients"],
+               "evaluated_clients": result["evaluated_clients"], "config": cfg}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float))
+    print(f"deployment: {json.dumps(result['metrics'], default=float)}")
+    if args.check:
+        import numpy as np
+
+        from omnifm_jax import deploy, experiment
+
+        engine = experiment.run(cfg, None, progress=False, log=lambda _: None)
+        ours = dict(np.load(out / "server_state.npz"))
+        theirs = deploy.to_named(engine["state"].server)
+        if ours.keys() != theirs.keys():
+            raise ConfigError("the deployment's server state has other arrays than the engine's")
+        diff = max((float(np.max(np.abs(ours[k].astype(np.float64) - theirs[k].astype(np.float64))))
+                    for k in ours if ours[k].size), default=0.0)
+        print(f"engine comparison: max |difference| = {diff:g}")
+        if diff != 0.0:
+            return 1
+    print(f"outputs in {out}")
+    return 0
+
+
 def _algorithms(args) -> int:
     import inspect
 
@@ -117,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     several.add_argument("--peer-timeout", type=int, default=20, metavar="SECONDS",
                          help="stop with an error when another process is silent this long (default 20)")
     train.set_defaults(func=_train)
+    fl = sub.add_parser("flower", help="run a config as a Flower deployment on this machine (SuperLink + one "
+                        "SuperNode per client; needs the flower extra)")
+    fl.add_argument("--config", default=None, help="name in omnifm_jax/configs or a path (default: default)")
+    fl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    fl.add_argument("--nodes", type=int, required=True, help="SuperNodes to start, one per client (sets num_clients)")
+    fl.add_argument("--out", default=None, help="output directory (default runs/<algorithm>-flower-<time>)")
+    fl.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for a round's replies")
+    fl.add_argument("--check", action="store_true",
+                    help="also run the in-process engine and compare the final server states (exit 1 if they differ)")
+    fl.set_defaults(func=_flower)
     algs = sub.add_parser("algorithms", help="list the algorithms and their hyper-parameters (algorithm_kwargs)")
     algs.set_defaults(func=_algorithms)
     data = sub.add_parser("data", help="inspect data sets and federations")
