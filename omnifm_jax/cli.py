@@ -89,7 +89,8 @@ def _flower(args) -> int:
     cfg = config_lib.apply_overrides(config_lib.load_config(args.config), [f"num_clients={args.nodes}"] + args.set)
     config_lib.validate(cfg)
     out = Path(args.out or _new_run_dir(cfg["algorithm"] + "-flower"))
-    result = flower.launch(cfg, out, nodes=args.nodes, round_timeout=args.round_timeout)
+    result = flower.launch(cfg, out, nodes=args.nodes, round_timeout=args.round_timeout,
+                           log=lambda line: print(line, flush=True))
     lines = [{"round": h["round"], "participants": h["participants"], "no_reply": h["missing"],
               "faulty": h["faulty"]} for h in result["history"]]
     lines[-1].update(result["metrics"], clients=result["clients"])

@@ -189,6 +189,10 @@ class Coordinator:
         return [(i, np.asarray(jax.random.key_data(federated._client_key(client_key, jnp.int32(i)))))
                 for i in ids]
 
+    def check(self, client_id: int, reply: TrainReply) -> None:
+        """Raise :class:`UploadError` (naming the site) unless ``reply`` fits the model."""
+        from_named(reply.upload, self.upload_template, who=f"site {client_id}")
+
     def finish(self, plan: Sequence[Tuple[int, np.ndarray]], replies: Mapping[int, Optional[TrainReply]]
                ) -> Dict[str, Any]:
         """Aggregate the round: a participant without a reply (a dead site) or with a

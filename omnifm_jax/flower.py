@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -49,8 +49,10 @@ def _named(record: ArrayRecord) -> Dict[str, np.ndarray]:
     return out
 
 
-def _config(context: Context) -> dict:
-    return json.loads(Path(str(context.run_config["config-path"])).read_text())
+def _config(context: Context, *, node: bool = False) -> dict:
+    """The omnifm config: the node's own (``config-path`` in its node config) or the run's."""
+    path = context.node_config.get("config-path") if node else None
+    return json.loads(Path(str(path or context.run_config["config-path"])).read_text())
 
 
 # ----------------------------------------------------------------------------- client
@@ -59,7 +61,7 @@ client_app = ClientApp()
 
 
 def _site(context: Context) -> deploy.Site:
-    return deploy.Site(_config(context), int(context.node_config["partition-id"]))
+    return deploy.Site(_config(context, node=True), int(context.node_config["partition-id"]))
 
 
 @client_app.query()
@@ -80,7 +82,11 @@ def _train(msg: Message, context: Context) -> Message:
     reply, new = site.train(_named(msg.content["server"]), msg.content["key"]["data"].numpy(),
                             _state(site, context))
     context.state[STATE_KEY] = _record(new)  # the personal state stays on this node
-    content = RecordDict({"upload": _record(reply.upload), "info": ConfigRecord({"n": reply.n}),
+    upload = reply.upload
+    if context.node_config.get("fault") == "malformed-upload":  # fault injection: a wrong dtype
+        name = sorted(upload)[0]
+        upload = {**upload, name: upload[name].astype(np.float64)}
+    content = RecordDict({"upload": _record(upload), "info": ConfigRecord({"n": reply.n}),
                           "metrics": MetricRecord({k: float(v) for k, v in reply.metrics.items()})})
     return Message(content=content, reply_to=msg)
 
@@ -145,10 +151,19 @@ def _main(grid: Grid, context: Context) -> None:
                                message_type=MessageType.TRAIN, dst_node_id=node_of[i], group_id=f"round-{r + 1}")
                     for i, key in plan if i in node_of}
         replies = _exchange(grid, messages, timeout)
-        results = {i: deploy.TrainReply(_named(rep.content["upload"]), int(rep.content["info"]["n"]),
-                                        dict(rep.content["metrics"])) for i, rep in replies.items()}
+        results, rejected = {}, []
+        for i, rep in replies.items():
+            reply = deploy.TrainReply(_named(rep.content["upload"]), int(rep.content["info"]["n"]),
+                                      dict(rep.content["metrics"]))
+            try:
+                coord.check(i, reply)
+            except deploy.UploadError as exc:  # left out of the round like a faulty client
+                rejected.append(i)
+                print(f"[omnifm] round {r + 1}: rejected the upload of node {node_of[i]}: {exc}", flush=True)
+                continue
+            results[i] = reply
         entry = coord.finish(plan, results)
-        history.append({"round": r + 1, **entry})
+        history.append({"round": r + 1, **entry, "rejected": rejected})
         print(f"[omnifm] round {r + 1}: participants {entry['participants']}, no reply {entry['missing']}",
               flush=True)
     server = _record(coord.server())
@@ -261,11 +276,16 @@ def _stop(procs) -> None:
             pass
 
 
-def launch(cfg: dict, out: Path, *, nodes: int, round_timeout: float = 120.0, log=print) -> dict:
+def launch(cfg: dict, out: Path, *, nodes: int, round_timeout: float = 120.0, log=print,
+           node_configs: Optional[Dict[int, Dict[str, str]]] = None) -> dict:
     """Run ``cfg`` as a Flower deployment on this machine: a SuperLink and ``nodes`` SuperNodes
     (one per client) on free loopback ports, ``flwr run`` of this module's apps; every
     process started is stopped at the end. Returns the server's result
-    (:data:`RESULT_FILE` in ``out``, with ``server_state.npz`` beside it)."""
+    (:data:`RESULT_FILE` in ``out``, with ``server_state.npz`` beside it).
+
+    ``node_configs``: extra node-config entries of a node: ``config-path`` (the node's own
+    omnifm config file, e.g. a site configured differently) or ``fault="malformed-upload"``
+    (fault injection: the node sends one upload array in the wrong dtype)."""
     import os
     import subprocess
     import sys
@@ -301,28 +321,37 @@ def launch(cfg: dict, out: Path, *, nodes: int, round_timeout: float = 120.0, lo
             procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp))
             return procs[-1]
 
+        def start_piped(cmd):
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp,
+                                          text=True))
+            return procs[-1]
+
         try:
             link = start("superlink", [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
                                        str(port), "--disable-runtime-dependency-installation"])
             _wait_port(port, link, 60)
             for i in range(nodes):
                 node_port = _free_port()
+                node_config = f"partition-id={i} num-partitions={nodes}"
+                for key, value in ((node_configs or {}).get(i) or {}).items():
+                    node_config += f' {key}="{value}"'
                 node = start(f"supernode-{i}", [tool("flower-supernode"), "--insecure", "--superlink",
                                                 f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port", str(node_port),
-                                                "--node-config", f"partition-id={i} num-partitions={nodes}"])
+                                                "--node-config", node_config])
                 _wait_port(node_port, node, 60)
             log(f"SuperLink on 127.0.0.1:{port}, {nodes} SuperNodes; running the app")
             (out / RESULT_FILE).unlink(missing_ok=True)
             run_config = (f'config-path="{out.resolve() / "config.json"}" out="{out.resolve()}" '
                           f"round-timeout={float(round_timeout)}")
-            run = subprocess.run([tool("flwr"), "run", str(app), "omnifm", "--stream", "--run-config", run_config],
-                                 env=env, cwd=tmp, capture_output=True, text=True)
-            for line in run.stdout.splitlines():
+            run = start_piped([tool("flwr"), "run", str(app), "omnifm", "--stream", "--run-config", run_config])
+            lines = []
+            for line in run.stdout:  # the server's progress, as it happens
+                lines.append(line)
                 if "[omnifm]" in line:
-                    log(line[line.index("[omnifm]") + 9:])
+                    log(line[line.index("[omnifm]") + 9:].rstrip())
+            run.wait()
             if not (out / RESULT_FILE).is_file():  # `flwr run` exits 0 even when the app failed
-                raise RuntimeError("the deployment wrote no result; its output:\n" + run.stdout[-3000:]
-                                   + run.stderr[-2000:])
+                raise RuntimeError("the deployment wrote no result; its output:\n" + "".join(lines)[-4000:])
         finally:
             _stop(procs)
     return json.loads((out / RESULT_FILE).read_text())

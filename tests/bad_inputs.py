@@ -215,4 +215,14 @@ CASES = [
      "the others stop within --peer-timeout: JAX's \"The following tasks are unhealthy (stopped sending "
      "heartbeats)\" (exit status 134)",
      ("test_distributed.py::test_a_dead_peer_stops_the_run_with_an_error",)),
+    ("run", "a deployment node whose upload does not fit the model (wrong name, shape or dtype)",
+     "that upload is left out of the round (weight 0) and the server logs: round 1: rejected the upload of node "
+     "N: site 1 sent shared/params/… as float64[…], expected float32[…]",
+     ("test_deploy.py::test_a_malformed_upload_is_refused_naming_the_site",
+      "test_flower.py::test_a_malformed_upload_or_a_misconfigured_site_is_left_out_naming_it")),
+    ("run", "a deployment node that dies or never answers",
+     "its client gets weight 0 for the round (no reply after --round-timeout or Flower's node-unavailable "
+     "error); the run ends and writes its outputs",
+     ("test_deploy.py::test_a_dead_site_gets_weight_zero_and_the_round_completes",
+      "test_flower.py::test_a_killed_supernode_gets_weight_zero_and_the_run_ends")),
 ]

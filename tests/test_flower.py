@@ -12,6 +12,10 @@ flwr = pytest.importorskip("flwr", reason="the Flower tests need the flower extr
 
 from omnifm_jax import flower  # noqa: E402
 
+# One xdist worker runs these one after another: each checks the Flower processes it started,
+# and a concurrent deployment's processes would look like leftovers.
+pytestmark = pytest.mark.xdist_group("flower")
+
 
 def test_named_arrays_cross_flowers_records_unchanged():
     rng = np.random.default_rng(0)
@@ -37,3 +41,72 @@ def test_a_local_flower_deployment_ends_on_the_engines_state(tmp_path):
         assert (out / name).is_file(), name
     leftover = subprocess.run(["pgrep", "-f", "flower-supernode|flower-superlink"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "processes left running: " + leftover.stdout
+
+
+def _kill_node(partition: int, nodes: int) -> list:
+    """SIGKILL the SuperNode holding ``partition`` of a ``nodes``-node deployment (and its children)."""
+    import os
+    import signal
+
+    found = subprocess.run(["pgrep", "-f", f"partition-id={partition} num-partitions={nodes}"],
+                           capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in found]
+    for pid in pids:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        for p in [pid] + [int(k) for k in kids]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_supernode_gets_weight_zero_and_the_run_ends(tmp_path):
+    import os
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "omnifm_jax.cli", "flower", "--config", "default", "--nodes", "2",
+                             "--set", "rounds=2", "--set", "algorithm=fedavg", "--set", "dataset_kwargs.image_size=16",
+                             "--set", "backbone_kwargs.hidden=16", "--out", str(out), "--round-timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    start, lines, killed = time.time(), [], []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("round 1:") and not killed:
+                killed = _kill_node(1, 2)  # dies before it can answer round 2
+            assert time.time() - start < 540, "".join(lines)[-3000:]
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines)
+    assert killed, text[-3000:]
+    assert proc.returncode == 0, text[-3000:]
+    assert "round 2: participants [0, 1], no reply [1]" in text, text[-3000:]
+    summary = (out / "summary.json").read_text()
+    assert '"evaluated_clients": [\n    0\n  ]' in summary  # the dead node's client was not evaluated
+
+
+@pytest.mark.slow
+def test_a_malformed_upload_or_a_misconfigured_site_is_left_out_naming_it(tmp_path):
+    import json
+
+    from omnifm_jax import config as config_lib
+
+    cfg = config_lib.apply_overrides(config_lib.load_config("default"),
+                                     ["num_clients=3", "rounds=1", "algorithm=fedavg", "dataset_kwargs.image_size=16",
+                                      "backbone_kwargs.hidden=16"])
+    own = tmp_path / "site2.json"  # site 2 built another model: it refuses the server state
+    own.write_text(json.dumps(config_lib.apply_overrides(cfg, ["backbone_kwargs.hidden=8"])))
+    logged = []
+    result = flower.launch(cfg, tmp_path / "run", nodes=3, round_timeout=60, log=logged.append,
+                           node_configs={1: {"fault": "malformed-upload"}, 2: {"config-path": str(own)}})
+    text = "\n".join(logged)
+    assert "rejected the upload of node" in text and "site 1 sent" in text and "as float64" in text, text
+    assert "client 2: no result" in text and "the coordinator sent params/params/backbone/fc1" in text, text
+    entry = result["history"][0]
+    assert entry["participants"] == [0, 1, 2] and entry["rejected"] == [1] and entry["missing"] == [1, 2], entry
