@@ -91,27 +91,10 @@ def _flower(args) -> int:
     out = Path(args.out or _new_run_dir(cfg["algorithm"] + "-flower"))
     result = flower.launch(cfg, out, nodes=args.nodes, round_timeout=args.round_timeout,
                            log=lambda line: print(line, flush=True))
-    lines = [{"round": h["round"], "participants": h["participants"], "no_reply": h["missing"],
-              "faulty": h["faulty"]} for h in result["history"]]
-    lines[-1].update(result["metrics"], clients=result["clients"])
-    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    summary = {"algorithm": cfg["algorithm"], "dataset": cfg["dataset"], "rounds": cfg["rounds"], "nodes": args.nodes,
-               "last": {k: v for k, v in lines[-1].items() if k != "clients"}, "last_clients": result["clients"],
-               "evaluated_clients": result["evaluated_clients"], "config": cfg}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float))
+    flower.write_outputs(cfg, out, result, nodes=args.nodes)
     print(f"deployment: {json.dumps(result['metrics'], default=float)}")
     if args.check:
-        import numpy as np
-
-        from omnifm_jax import deploy, experiment
-
-        engine = experiment.run(cfg, None, progress=False, log=lambda _: None)
-        ours = dict(np.load(out / "server_state.npz"))
-        theirs = deploy.to_named(engine["state"].server)
-        if ours.keys() != theirs.keys():
-            raise ConfigError("the deployment's server state has other arrays than the engine's")
-        diff = max((float(np.max(np.abs(ours[k].astype(np.float64) - theirs[k].astype(np.float64))))
-                    for k in ours if ours[k].size), default=0.0)
+        diff = flower.engine_difference(cfg, out)
         print(f"engine comparison: max |difference| = {diff:g}")
         if diff != 0.0:
             return 1

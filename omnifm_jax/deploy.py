@@ -22,7 +22,7 @@ from omnifm_jax import config as config_lib
 from omnifm_jax import experiment, federated
 from omnifm_jax.algorithms.base import ClientData
 from omnifm_jax.algorithms.labels import path_name
-from omnifm_jax.data.federation import ClientArrays
+from omnifm_jax.data.federation import ClientArrays, client_slice
 
 __all__ = ["UploadError", "to_named", "from_named", "Site", "Coordinator", "check_supported"]
 
@@ -89,9 +89,9 @@ def _prepared(cfg: Union[Dict[str, Any], experiment.Setup]) -> experiment.Setup:
 
 
 def _one_client(arrays: ClientArrays, k: int) -> ClientArrays:
-    lo, n = int(arrays.offsets[k]), int(arrays.n[k])
-    return ClientArrays(x=arrays.x[lo:lo + n], y=arrays.y[lo:lo + n], n=np.asarray([n], np.int32),
-                        offsets=np.zeros(1, np.int32), modality=arrays.modality[lo:lo + n])
+    x, y, modality = client_slice(arrays, k)
+    return ClientArrays(x=x, y=y, n=np.asarray([x.shape[0]], np.int32), offsets=np.zeros(1, np.int32),
+                        modality=modality)
 
 
 class TrainReply(NamedTuple):

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from omnifm_jax import deploy
 
-__all__ = ["client_app", "server_app", "STATE_KEY", "RESULT_FILE"]
+__all__ = ["client_app", "server_app", "launch", "write_outputs", "engine_difference", "STATE_KEY", "RESULT_FILE"]
 
 STATE_KEY = "omnifm-client-state"
 RESULT_FILE = "deployment.json"
@@ -355,3 +355,30 @@ def launch(cfg: dict, out: Path, *, nodes: int, round_timeout: float = 120.0, lo
         finally:
             _stop(procs)
     return json.loads((out / RESULT_FILE).read_text())
+
+
+def write_outputs(cfg: dict, out: Path, result: dict, *, nodes: int) -> None:
+    """``metrics.jsonl`` (one line per round; the evaluation on the last) and ``summary.json``
+    of a deployment, from :func:`launch`'s result."""
+    lines = [{"round": h["round"], "participants": h["participants"], "no_reply": h["missing"],
+              "faulty": h["faulty"]} for h in result["history"]]
+    lines[-1].update(result["metrics"], clients=result["clients"])
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = {"algorithm": cfg["algorithm"], "dataset": cfg["dataset"], "rounds": cfg["rounds"], "nodes": nodes,
+               "last": {k: v for k, v in lines[-1].items() if k != "clients"}, "last_clients": result["clients"],
+               "evaluated_clients": result["evaluated_clients"], "config": cfg}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float))
+
+
+def engine_difference(cfg: dict, out: Path) -> float:
+    """Largest absolute difference between the deployment's final server state
+    (``out/server_state.npz``) and the in-process engine's run of ``cfg``."""
+    from omnifm_jax import experiment
+
+    engine = experiment.run(cfg, None, progress=False, log=lambda _: None)
+    ours = dict(np.load(out / "server_state.npz"))
+    theirs = deploy.to_named(engine["state"].server)
+    if ours.keys() != theirs.keys():
+        raise deploy.config_lib.ConfigError("the deployment's server state has other arrays than the engine's")
+    return max((float(np.max(np.abs(ours[k].astype(np.float64) - theirs[k].astype(np.float64))))
+                for k in ours if ours[k].size), default=0.0)
