@@ -104,7 +104,9 @@ def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm) -> Optiona
     if cfg["init_from"] is None:
         return None
     source = finetune.load_source_params(cfg["init_from"])
-    finetune.check_disjoint(source.fed.train.x, fed.train.x, fed.test.x, where=cfg["init_from"])
+    finetune.check_vocabularies(source.fed.info, fed.info, where=cfg["init_from"])
+    finetune.check_disjoint(source.fed.train.x, fed.train.x, fed.test.x, where=cfg["init_from"],
+                            channels=fed.info.get("image_channels"))
     rules = finetune.parse_rules(cfg["init_params"])
     return source, finetune.plan_init(abstract, source, rules, where=cfg["init_from"])
 
@@ -575,13 +577,14 @@ def result_table(summary: Dict[str, Any]) -> str:
     names = [k for k, v in summary["last"].items() if isinstance(v, float) and not k.startswith("diag/")]
     rows = [f"{summary['algorithm']} on {summary['dataset']} ({summary['task']}), "
             f"{summary['rounds']} rounds in {summary['wall_time_s']:.1f} s"]
-    rows.append(f"{'':10s}" + "".join(f"{n:>14s}" for n in names))
+    widths = [max(14, len(n) + 2) for n in names]  # a long metric name keeps a gap before it
+    rows.append(f"{'':10s}" + "".join(f"{n:>{w}s}" for n, w in zip(names, widths)))
     for label in ("best", "last"):
         rows.append(f"{label + ' (r' + str(summary[label]['round']) + ')':10s}"
-                    + "".join(f"{_num(summary[label].get(n)):14.4f}" for n in names))
+                    + "".join(f"{_num(summary[label].get(n)):{w}.4f}" for n, w in zip(names, widths)))
     if "baseline" in summary:
         rows.append(f"{summary.get('baseline_name', 'baseline')[:10]:10s}" + "".join(
-            f"{summary['baseline'].get(n, float('nan')):14.4f}" for n in names))
+            f"{summary['baseline'].get(n, float('nan')):{w}.4f}" for n, w in zip(names, widths)))
     rows.append(f"params_sha256 {summary['params_sha256'][:16]}...")
     return "\n".join(rows)
 

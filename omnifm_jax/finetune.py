@@ -15,7 +15,11 @@
   The source's training split is rebuilt from its saved config and every image is compared
   by content (SHA-1 of its bytes) with this run's test split: any overlap is a
   :class:`ConfigError`; overlap with this run's training split is allowed (pretraining on the
-  same training images leaks nothing) and reported as a warning.
+  same training images leaks nothing) and reported as a warning. Where a sample carries
+  more than its image (VQA's question plane, ``info["image_channels"]``) only the image is
+  compared: a question about a test image leaks that image.
+* Vocabularies: data with text (``info["vocabulary"]``, VQA's question words and answers)
+  must have the source's vocabularies entry for entry (:func:`check_vocabularies`).
 * ``trainable`` (config key): regexes on ``params/...`` paths; only matching parameters
   are updated (the client optimizer is an ``optax.multi_transform`` whose other part is
   ``optax.set_to_zero``), so frozen parameters keep their (loaded) values on every client
@@ -38,7 +42,8 @@ from omnifm_jax.algorithms.labels import path_name
 from omnifm_jax.checks import ConfigError
 
 __all__ = ["SourceModel", "parse_rules", "source_of", "load_source_params", "select", "plan_init", "apply_init",
-           "frozen_optimizer", "check_trainable", "check_lora", "image_digests", "check_disjoint", "describe"]
+           "frozen_optimizer", "check_trainable", "check_lora", "image_digests", "check_vocabularies",
+           "check_disjoint", "describe"]
 
 
 def parse_rules(rules: Optional[Sequence[str]]) -> List[Tuple[re.Pattern, Optional[str]]]:
@@ -213,21 +218,45 @@ def check_lora(options: Optional[Dict[str, Any]], state: Any) -> None:
                               f"kernel: {dense[:8]}{' ...' if len(dense) > 8 else ''})")
 
 
-def image_digests(x: np.ndarray) -> set:
-    """SHA-1 digests of the images ``x[i]`` (their bytes)."""
-    x = np.ascontiguousarray(np.asarray(x))
+def image_digests(x: np.ndarray, channels: Optional[int] = None) -> set:
+    """SHA-1 digests of the images ``x[i]`` (their bytes; only the first ``channels`` channels
+    where the samples carry more than the image, e.g. VQA's question plane)."""
+    x = np.asarray(x)
+    x = np.ascontiguousarray(x if channels is None else x[..., :channels])
     return {hashlib.sha1(x[i].tobytes()).hexdigest() for i in range(x.shape[0])}
 
 
-def check_disjoint(source_train_x: np.ndarray, train_x: np.ndarray, test_x: np.ndarray, *, where: str) -> None:
+def check_vocabularies(source_info: Dict[str, Any], info: Dict[str, Any], *, where: str) -> None:
+    """A source model whose data had text vocabularies (``info["vocabulary"]``: lists of
+    entries by kind, e.g. VQA's question words and answers) must read this data's: equal
+    lists, else ConfigError naming the first difference. Data without vocabularies: nothing."""
+    mine, theirs = info.get("vocabulary"), source_info.get("vocabulary")
+    if mine is None and theirs is None:
+        return
+    if mine is None or theirs is None:
+        side = "the source's data have" if mine is None else "this run's data have"
+        raise ConfigError(f"init_from={where}: only {side} text vocabularies; the model cannot read these data")
+    for kind in sorted(set(mine) | set(theirs)):
+        a, b = list(theirs.get(kind, [])), list(mine.get(kind, []))
+        if a == b:
+            continue
+        first = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
+        at = lambda v: repr(v[first]) if first < len(v) else "nothing"  # noqa: E731
+        raise ConfigError(f"init_from={where}: its {kind} vocabulary ({len(a)} entries) is not this run's "
+                          f"({len(b)}); first difference at entry {first}: {at(a)} there, {at(b)} here "
+                          "(data built from other files or with other vocabulary options)")
+
+
+def check_disjoint(source_train_x: np.ndarray, train_x: np.ndarray, test_x: np.ndarray, *, where: str,
+                   channels: Optional[int] = None) -> None:
     """ConfigError when a test image was a training image of the source; a warning when the
-    training images overlap (no leak)."""
-    seen = image_digests(source_train_x)
-    leaked = len(image_digests(test_x) & seen)
+    training images overlap (no leak). ``channels``: see :func:`image_digests`."""
+    seen = image_digests(source_train_x, channels)
+    leaked = len(image_digests(test_x, channels) & seen)
     if leaked:
         raise ConfigError(f"init_from={where} was trained on {leaked} of this run's test images: a fine-tuning "
                           "run must start from a model trained on data disjoint from its test split")
-    shared = len(image_digests(train_x) & seen)
+    shared = len(image_digests(train_x, channels) & seen)
     if shared:
         warnings.warn(f"init_from={where} was trained on {shared} of this run's training images (allowed: no "
                       "test image was among them)", stacklevel=2)

@@ -184,6 +184,19 @@ CASES = [
      "ConfigError: init_from=… was trained on N of this run's test images: a fine-tuning run must start from a "
      "model trained on data disjoint from its test split",
      ("test_finetune.py::test_a_source_trained_on_this_runs_test_images_is_refused",)),
+    ("run", "`init_from` a VQA model whose question or answer vocabulary is not the data's",
+     "ConfigError: init_from=…: its questions vocabulary (N entries) is not this run's (M); first difference at "
+     "entry 2: 'the' there, 'is' here (data built from other files or with other vocabulary options)",
+     ("test_vqa.py::test_training_reports_closed_open_and_overall_accuracy_and_fine_tunes",)),
+    ("files", "a VQA question whose image is missing",
+     "DatasetNotFoundError: data set 'vqa_rad': 1 image(s) named by questions are not in …/images: chest1.jpg "
+     "(trainset.json qid 21)", ("test_vqa.py::test_bad_files_are_refused_before_training",)),
+    ("files", "a VQA question with an empty answer (or no word, an unknown answer type or organ)",
+     "DataFileError: data set 'vqa_rad': …/trainset.json record 3 (qid 4): the answer is empty (question '…')",
+     ("test_vqa.py::test_bad_files_are_refused_before_training",)),
+    ("data", "`task=vqa` with another backbone, or a backbone whose question length or vocabulary does not fit",
+     "ConfigError: backbone_kwargs.question_length=16 but the data hold questions of 8 tokens (set both, or "
+     "dataset_kwargs.question_length) (and similar)", ("test_vqa.py::test_backbone_and_data_must_agree",)),
     ("config", "`trainable` pattern that names no parameter",
      "ConfigError: trainable pattern 'params/nothing' matches no parameter of this model (its parameters: [...])",
      ("test_finetune.py::test_trainable_freezes_every_other_parameter_on_server_and_clients",)),

@@ -72,7 +72,7 @@ CONFIG_CASES = [
     ("attention heads do not divide", {"algorithm_kwargs": {"attn_dim": 10, "num_heads": 3}},
      r"attn_dim=10 is not divisible by num_heads=3"),
     ("unknown algorithm", {"algorithm": "fedsgd"}, r"algorithm 'fedsgd' unknown; available: \["),
-    ("unknown task", {"task": "vqa"}, r"task must be one of \('classification', .*'super_resolution'\), got 'vqa'"),
+    ("unknown task", {"task": "captioning"}, r"task must be one of \('classification', .*'vqa'\), got 'captioning'"),
     ("unknown backbone", {"backbone": "vit"}, r"backbone must be one of \('cnn', 'edsr', 'resnet18'.*\), got 'vit'"),
     ("unknown optimizer", {"optimizer": "rmsprop"}, r"optimizer must be one of \('sgd', 'adam'\), got 'rmsprop'"),
     ("unknown sharing mode", {"algorithm_kwargs": {"sharing": "everything"}},

@@ -39,6 +39,11 @@ class LoRA(nn.Module):
     def setup(self):
         nn.share_scope(self, self.inner)
 
+    def image_of(self, x: Any) -> Any:
+        """The wrapped backbone's :meth:`image_of` (see ``models.omnifm.image_part``)."""
+        image_of = getattr(self.inner, "image_of", None)
+        return x if image_of is None else image_of(x)
+
     def __call__(self, *args, **kwargs) -> Any:
         with nn.intercept_methods(_interceptor(tuple(self.targets), int(self.rank), float(self.alpha))):
             return self.inner(*args, **kwargs)

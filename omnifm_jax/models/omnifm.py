@@ -147,7 +147,7 @@ class OmniFM(nn.Module):
         r, head_kw = split_backbone_output(self.backbone(x, train=train, mask=mask), self.head)
         s = SpectralTokenizer(dim=self.spectral_dim, ratio=self.low_pass_ratio,
                               log_magnitude=self.log_magnitude, norm=self.spectrum_norm,
-                              name="tokenizer")(x, train=train, mask=mask)
+                              name="tokenizer")(image_part(self.backbone, x), train=train, mask=mask)
         if probe is not None and probe.s_permutation is not None:
             s = s[probe.s_permutation]
         if self.use_gskr:
@@ -188,6 +188,14 @@ class OmniFM(nn.Module):
             layout = TokenLayout(0, r.shape[-2], 0, x.shape[-3:-1])
         out = self.head(tokens, layout=layout, train=train, **head_kw)
         return out, OmniFMAux(s=s, prototypes=protos, valid=valid, indices=idx)
+
+
+def image_part(backbone: nn.Module, x: jax.Array) -> jax.Array:
+    """The image in a backbone's input: ``backbone.image_of(x)`` where the backbone defines
+    it (an input that carries more than the image, e.g. VQA's packed question plane), else
+    ``x``. OmniFM's spectral tokenizer reads this."""
+    image_of = getattr(backbone, "image_of", None)
+    return x if image_of is None else image_of(x)
 
 
 class TokenModel(nn.Module):

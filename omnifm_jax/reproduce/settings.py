@@ -36,6 +36,7 @@ DATA_FILES: Dict[str, Tuple[str, ...]] = {
     "lgg": ("lgg_mri_seg/lgg_flair_seg_64.npz",),
     "brats": ("brats_slices/brats_tumour_slices_96.npz",),
     "harvard": ("fusion_harvard/CT-MRI", "fusion_harvard/PET-MRI", "fusion_harvard/SPECT-MRI"),
+    "vqa_rad": ("vqa_rad/trainset.json", "vqa_rad/testset.json", "vqa_rad/images"),
 }
 
 #: Every cell: no checkpoints (a table run is resumed cell by cell, see ``--resume``).

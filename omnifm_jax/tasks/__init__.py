@@ -6,7 +6,7 @@ targets, options, metrics), :func:`build` (the run's task from a config and a fe
 :func:`check_data` / :func:`accepts` (does it take this federation), :func:`metric_spec`.
 
 The task constructors: :func:`classification`, :func:`segmentation`,
-:func:`super_resolution` and ``fusion.fusion`` (``tasks.fusion`` is the module, which shares
+:func:`super_resolution`, :func:`vqa` and ``fusion.fusion`` (``tasks.fusion`` is the module, which shares
 the task's name: ``from omnifm_jax.tasks import fusion`` gives its VIF and loss functions
 too).
 """
@@ -29,7 +29,8 @@ from omnifm_jax.tasks.base import (
 from omnifm_jax.tasks.classification import classification, macro_f1
 from omnifm_jax.tasks.segmentation import segmentation
 from omnifm_jax.tasks.sr import bicubic_upsample, super_resolution
+from omnifm_jax.tasks.vqa import vqa
 
 __all__ = ["Task", "TaskInfo", "MetricSpec", "available", "declaration", "build", "check_data", "check_options",
            "accepts", "target_kind", "metric_spec", "higher_is_better", "register_task",
-           "classification", "segmentation", "super_resolution", "fusion", "macro_f1", "bicubic_upsample"]
+           "classification", "segmentation", "super_resolution", "fusion", "vqa", "macro_f1", "bicubic_upsample"]
