@@ -16,8 +16,10 @@
   by content (SHA-1 of its bytes) with this run's test split: any overlap is a
   :class:`ConfigError`; overlap with this run's training split is allowed (pretraining on the
   same training images leaks nothing) and reported as a warning. Where a sample carries
-  more than its image (VQA's question plane, ``info["image_channels"]``) only the image is
-  compared: a question about a test image leaks that image.
+  more than its image (VQA's question plane, ``info["image_channels"]``), a source that saw
+  a test sample (image and question) or a test image this run does not train on is refused; a
+  test image this run trains on itself (VQA-RAD asks test questions about training images)
+  leaks nothing more through the source.
 * Vocabularies: data with text (``info["vocabulary"]``, VQA's question words and answers)
   must have the source's vocabularies entry for entry (:func:`check_vocabularies`).
 * ``trainable`` (config key): regexes on ``params/...`` paths; only matching parameters
@@ -249,14 +251,20 @@ def check_vocabularies(source_info: Dict[str, Any], info: Dict[str, Any], *, whe
 
 def check_disjoint(source_train_x: np.ndarray, train_x: np.ndarray, test_x: np.ndarray, *, where: str,
                    channels: Optional[int] = None) -> None:
-    """ConfigError when a test image was a training image of the source; a warning when the
-    training images overlap (no leak). ``channels``: see :func:`image_digests`."""
+    """ConfigError when the source trained on one of this run's test samples, or on a test
+    image that this run does not train on itself; a warning when the training data overlap (no
+    leak). ``channels``: the image part of a sample (:func:`image_digests`); then a test
+    image that this run also trains on (VQA-RAD asks test questions about training images)
+    leaks nothing more through the source, but a test sample (image and question) does."""
     seen = image_digests(source_train_x, channels)
-    leaked = len(image_digests(test_x, channels) & seen)
+    own = image_digests(train_x, channels)
+    leaked = len((image_digests(test_x, channels) - own) & seen)
+    if channels is not None:
+        leaked += len(image_digests(test_x) & image_digests(source_train_x))
     if leaked:
         raise ConfigError(f"init_from={where} was trained on {leaked} of this run's test images: a fine-tuning "
                           "run must start from a model trained on data disjoint from its test split")
-    shared = len(image_digests(train_x, channels) & seen)
+    shared = len(own & seen)
     if shared:
         warnings.warn(f"init_from={where} was trained on {shared} of this run's training images (allowed: no "
                       "test image was among them)", stacklevel=2)

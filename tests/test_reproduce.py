@@ -2,6 +2,7 @@
 discovery of table files, plans, verdicts, writers, resume, one tiny run."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import textwrap
@@ -65,8 +66,15 @@ def test_table_shapes_match_the_paper():
     assert t7[("omnifm", "avg")].paper["l1"] == 0.145 and t7[("omnifm", "avg")].client is None
     assert t7[("fedper", "avg")].paper is None   # not in the paper's table
     t4 = {(c.row_key, c.col_key): c for c in t["table4"].cells}
-    assert len(t4) == 5 * 4 and t4[("omnifm", "avg")].paper == {"vqa_acc": 79.27, "vqa_closed": None, "vqa_open": None}
-    assert t4[("ditto", "avg")].paper["vqa_acc"] is None and t4[("fedper", "chest")].client == 1
+    assert len(t4) == 5 * 2 * 4
+    assert t4[("omnifm", "ft-avg")].paper == {"vqa_acc": 79.27, "vqa_closed": None, "vqa_open": None}
+    assert t4[("omnifm", "scratch-avg")].paper["vqa_acc"] is None and t4[("ditto", "ft-avg")].paper["vqa_acc"] is None
+    assert t4[("fedper", "ft-chest")].client == 1 and "init_from=pretrained:vqa_pretrain" in t4[("fedper", "ft-chest")].overrides
+    assert 'trainable=["connector_", "lora_", "params/head/", "tokenizer", "eca", "prompt"]' in t4[("omnifm", "ft-avg")].overrides
+    t3 = {(c.row_key, c.col_key): c for c in t["table3"].cells}
+    assert len(t3) == 2 * 8 and t3[("omnifm", "lc-noniid")].paper == {"vqa_acc": 0.831}
+    assert "init_from=pretrained:fc-fedavg-iid" in t3[("fedavg", "2stage-iid")].overrides
+    assert [p.key for p in t["table3"].pretrain][:2] == ["vqa_pretrain", "fc-fedavg-iid"]
 
 
 @pytest.mark.skipif(not (PAPERS / "omnifm.txt").is_file(), reason=f"{PAPERS / 'omnifm.txt'} not found")
@@ -79,7 +87,7 @@ def test_paper_numbers_are_transcribed_from_the_text():
         text = (PAPERS / f"{table.printed.paper}.txt").read_text()
         assert R.transcription_errors(table.printed, text) == [], name
         rows[name] = len(table.printed.rows)
-    assert rows == {"table1": 10, "table2": 4, "table4": 6, "table6": 5, "table7": 12, "table8": 5}
+    assert rows == {"table1": 10, "table2": 4, "table3": 8, "table4": 6, "table6": 5, "table7": 12, "table8": 5}
     # The check sees a wrong number, a missing row and a missing section.
     t1 = R.TABLES["table1"].printed
     text = (PAPERS / "omnifm.txt").read_text()
@@ -95,7 +103,7 @@ def test_the_paper_numbers_are_written_once():
     """Each table's numbers live in its table file only (not in the package, not in a script)."""
     sources = [p for p in list((ROOT / "omnifm_jax").rglob("*.py")) + list((ROOT / "experiments").rglob("*.py"))]
     for needle in ("96.85, 97.71, 97.82", "79.84, 74.93", "0.221, 0.185, 0.196", "95.82, 34.88", "42.21, 35.95",
-                   "88.67, 72.59"):
+                   "88.67, 72.59", "0.783, 0.775, 0.806"):
         holders = [p.relative_to(ROOT) for p in sources if needle in p.read_text()]
         assert len(holders) == 1, (needle, holders)
 
@@ -588,3 +596,52 @@ def test_committed_results_render_as_they_were_written(tmp_path):
         shutil.copytree(folder, copy)
         R.render(folder.name, copy)
         assert (copy / f"{folder.name}.md").read_text() == (folder / f"{folder.name}.md").read_text(), folder.name
+
+
+TOY_FT = '''
+"""A toy fine-tuning table: FedPer from scratch and from a two-stage chain of pretrained models."""
+from omnifm_jax.reproduce import Cell, Pretrain, Scale, Setting, Table
+from omnifm_jax.reproduce.settings import TINY_CLS
+
+BASE = Pretrain("base", "default", ("algorithm=fedavg",), rounds=1, note="a tiny pretraining")
+STAGE = Pretrain("stage", "default", ("algorithm=fedavg", "init_from=pretrained:base"), rounds=1, note="stage 2")
+CELLS = (Cell("FedPer", "fine-tuned", "fedper", "ft", "default",
+              ("algorithm=fedper", "init_from=pretrained:stage", 'init_params=["params/backbone/"]')),
+         Cell("FedPer", "scratch", "fedper", "scratch", "default", ("algorithm=fedper",)))
+TABLE = Table("toyft", "A toy fine-tuning table", ("acc",), CELLS,
+              scales={"tiny": Scale({"default": (Setting("default", TINY_CLS + ("num_clients=2",), None, "tiny"),)},
+                                    rounds=1)},
+              default_scale="tiny", kind="study", pretrain=(BASE, STAGE))
+'''
+
+
+def test_pretrained_models_run_first_in_order_and_are_kept_across_sittings(tmp_path, capsys):
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "toyft.py").write_text(textwrap.dedent(TOY_FT))
+    out = tmp_path / "out"
+    base = ["reproduce", "toyft", "--tables", str(folder), "--seeds", "0", "--out", str(out), "--quiet"]
+    assert cli.main(base + ["--dry-run"]) == 0
+    log = capsys.readouterr().out
+    assert f"pretrain base (1 rounds, seed 0) -> {out / 'pretrained' / 'base'}: a tiny pretraining [absent]" in log
+    assert "plus 2 pretraining run(s)" in log and not (out / "pretrained").exists()   # a dry run trains nothing
+    with pytest.warns(UserWarning, match="training images"):   # the toy pretrains on the cells' own training split
+        assert cli.main(base) == 0
+    log = capsys.readouterr().out
+    assert log.index("pretrain base: fedavg") < log.index("pretrain stage: fedavg") < log.index("[1/")
+    stage_cfg = json.loads((out / "pretrained" / "stage" / "config.json").read_text())
+    assert stage_cfg["init_from"] == str(out / "pretrained" / "base") and stage_cfg["checkpoint_every"] == 1
+    ft = next(r for r in R.read_jsonl(out / "toyft_cells.jsonl") if r["col_key"] == "ft")
+    assert "init_from=pretrained:stage" in ft["overrides"] and ft["acc_best"] is not None
+    with pytest.warns(UserWarning, match="training images"):
+        assert cli.main(base + ["--resume"]) == 0
+    log = capsys.readouterr().out
+    assert "pretrain base: kept" in log and "pretrain stage: kept" in log
+    other = tmp_path / "other"
+    (other / "pretrained" / "base").mkdir(parents=True)
+    (other / "pretrained" / "base" / "notes.txt").write_text("someone else's")
+    assert cli.main(base[:-3] + ["--out", str(other), "--quiet"]) == 2
+    assert "holds another or an unfinished run" in capsys.readouterr().err
+    broken = R.Table("t", "t", ("acc",), (R.Cell("A", "B", "a", "b", "default", ("init_from=pretrained:nope",)),))
+    with pytest.raises(ValueError, match="starts from pretrain 'nope', which the table does not define"):
+        broken.check()

@@ -244,8 +244,24 @@ def test_training_reports_closed_open_and_overall_accuracy_and_fine_tunes(folder
     with pytest.raises(ConfigError, match="questions vocabulary .* first difference"):
         experiment.setup(cfg_of(folder, f"init_from={source}", "dataset_kwargs.images=federation",
                                 "dataset_kwargs.min_word_count=1000"))  # no word kept
-    with pytest.raises(ConfigError, match="was trained on .* of this run's test images"):
-        experiment.setup(cfg_of(folder, f"init_from={source}"))  # all images: the source's are among them
+    # all images: this run trains on the source's images itself (a warning, no leak)
+    with pytest.warns(UserWarning, match="training images"):
+        experiment.setup(cfg_of(folder, f"init_from={source}", 'init_params=["params/backbone/"]'))
+
+
+def test_a_source_that_saw_a_test_question_or_an_unseen_test_image_is_refused():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    q = rng.integers(2, 50, (4, 4))
+    x = lambda i, t: V.pack(images[i], q[t])  # noqa: E731  (samples: images i with questions t)
+    train, test = x([0, 1], [0, 1]), x([1, 2], [2, 3])  # test image 1 is a training image too, image 2 is not
+    with pytest.warns(UserWarning, match="1 of this run.s training images"):
+        finetune.check_disjoint(x([0], [0]), train, test, where="a", channels=1)  # shares training data only
+    with pytest.warns(UserWarning, match="training images"):
+        finetune.check_disjoint(x([1], [0]), train, test, where="b", channels=1)  # test image 1, another question
+    for source in (x([1], [2]), x([2], [0])):  # a test sample itself; test image 2 that this run never trains on
+        with pytest.raises(ConfigError, match="was trained on 1 of this run's test images"):
+            finetune.check_disjoint(source, train, test, where="c", channels=1)
 
 
 def test_backbone_and_data_must_agree(folder):

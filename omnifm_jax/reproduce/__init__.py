@@ -39,6 +39,7 @@ from omnifm_jax.reproduce.spec import (
     Claim,
     Metric,
     PaperText,
+    Pretrain,
     PrintedRow,
     Reference,
     Scale,
@@ -60,8 +61,9 @@ from omnifm_jax.reproduce.stats import (
 )
 from omnifm_jax.reproduce.writers import format_measured, markdown, protocol_text, write_markdown, write_plot
 
-__all__ = ["METRICS", "Metric", "paper_metric", "Cell", "Claim", "Setting", "Scale", "Reference", "PrintedRow",
-           "PaperText", "Table", "beats_all", "transcription_errors", "METHODS", "Method", "method", "standard_scales",
+__all__ = ["METRICS", "Metric", "paper_metric", "Cell", "Claim", "Setting", "Scale", "Reference", "Pretrain",
+           "PrintedRow", "PaperText", "Table", "beats_all", "transcription_errors", "METHODS", "Method", "method",
+           "standard_scales",
            "TABLES", "find_tables", "get_table", "load_dir", "available_tables", "Plan", "PlannedCell", "Program",
            "build_plan", "cell_config", "check_data", "execute", "records_from", "references_from", "read_csv",
            "read_jsonl", "write_csv", "mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims",

@@ -9,7 +9,9 @@ log and ``protocol.md`` say so.
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omnifm_jax import config as config_lib
@@ -17,7 +19,7 @@ from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import plan as plan_lib
 from omnifm_jax.reproduce.plan import Plan, Program
 
-__all__ = ["check_data", "execute", "run_program"]
+__all__ = ["check_data", "execute", "run_program", "pretrain_state", "run_pretrains"]
 
 Results = Dict[Tuple[int, int], Dict[str, Any]]
 
@@ -40,9 +42,50 @@ def _check_clients(plan: Plan, ci: int, fed) -> None:
                           f"{cell.client_name!r}")
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
+def pretrain_state(path: Path, cfg: Dict[str, Any]) -> str:
+    """``"finished"`` (a run with this config finished there), ``"absent"`` (nothing there), or
+    ``"other"`` (another or an unfinished run is there)."""
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return "absent"
+    try:
+        saved = json.loads((path / "config.json").read_text())
+        finished = (path / "summary.json").is_file()
+    except (OSError, ValueError):
+        return "other"
+    return "finished" if finished and plan_lib.config_sha(saved) == plan_lib.config_sha(cfg) else "other"
+
+
+def run_pretrains(plan: Plan, *, progress: bool = False, log: Callable[[str], None] = print,
+                  run_log: Callable[[str], None] = _quiet) -> None:
+    """Run the plan's pretraining runs in order (each an ordinary run into its folder); one
+    that finished with the same config is kept. A folder holding another run stops here
+    (ConfigError): its cells would start from a model this table did not plan."""
+    from omnifm_jax import experiment
+
+    for pp in plan.pretrains:
+        state = pretrain_state(pp.path, pp.config)
+        if state == "finished":
+            log(f"  pretrain {pp.pretrain.key}: kept ({pp.path} finished with the same config)")
+            continue
+        if state == "other":
+            raise ConfigError(f"{plan.table.name} pretrain {pp.pretrain.key!r}: {pp.path} holds another or an "
+                              "unfinished run; delete it (or use another --out) to pretrain again")
+        log(f"  pretrain {pp.pretrain.key}: {pp.config['algorithm']} on {pp.config['dataset']}, "
+            f"{pp.config['rounds']} rounds -> {pp.path}")
+        start = time.time()
+        experiment.run(copy.deepcopy(pp.config), pp.path, progress=progress, log=run_log)
+        log(f"    done in {time.time() - start:.1f} s")
+
+
 def check_data(plan: Plan) -> List[Dict[str, Any]]:
     """Set up every distinct federation of the plan through the one run path
-    (:func:`omnifm_jax.experiment.setup`: data, task, model) before any training (a missing
+    (:func:`omnifm_jax.experiment.setup`: data, task, model; the fine-tuning checks of a cell
+    whose pretrained model is not trained yet wait for it) before any training (a missing
     file, a bad data option, a client without a test sample, a task that does not fit the
     images, or a per-client column that names another client stops here), and compute the
     table's model-free references on it. Returns one description per federation for
@@ -60,6 +103,9 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
             seen[key]["cell_indices"].append(ci)
             _check_clients(plan, ci, seen[key]["_fed"])
             continue
+        pending = {str(pp.path) for pp in plan.pretrains if pretrain_state(pp.path, pp.config) != "finished"}
+        if cfg.get("init_from") in pending:  # pretrained later (dry run): check all else now
+            cfg = dict(cfg, init_from=None, init_params=None)
         try:
             prepared = experiment.setup(cfg)
         except (ValueError, FileNotFoundError, ConfigError) as exc:
@@ -77,10 +123,6 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
                      "references": {ref.name: ref.compute(prepared) for ref in plan.table.references},
                      "_fed": fed}
     return [{k: v for k, v in d.items() if k != "_fed"} for d in seen.values()]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def run_program(prog: Program, *, progress: bool = False, log: Callable[[str], None] = print,

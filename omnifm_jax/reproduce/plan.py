@@ -26,9 +26,10 @@ from omnifm_jax import config as config_lib
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import registry
 from omnifm_jax.reproduce.settings import resolve_setting
-from omnifm_jax.reproduce.spec import Cell, Setting, Table
+from omnifm_jax.reproduce.spec import PRETRAINED, Cell, Pretrain, Setting, Table, pretrained_key
 
-__all__ = ["PlannedCell", "Program", "Plan", "cell_config", "config_sha", "build_plan", "canonical"]
+__all__ = ["PlannedCell", "PlannedPretrain", "Program", "Plan", "cell_config", "pretrain_config", "config_sha",
+           "build_plan", "canonical", "default_pretrained_dir"]
 
 
 @dataclass
@@ -36,6 +37,14 @@ class PlannedCell:
     cell: Cell
     setting: Setting
     configs: List[Dict[str, Any]]   # one per seed, full and validated
+
+
+@dataclass
+class PlannedPretrain:
+    pretrain: Pretrain
+    setting: Setting
+    config: Dict[str, Any]                  # full and validated; init_from resolved to a path
+    path: Path                              # where its run directory is (or will be)
 
 
 @dataclass
@@ -59,6 +68,7 @@ class Plan:
     overrides: Tuple[str, ...] = ()         # the user's extra overrides, applied to every cell
     rounds: Optional[int] = None            # the rounds override in force (None: each config's own)
     done: Set[Tuple[int, int]] = field(default_factory=set)   # (cell, seed) finished in an earlier sitting
+    pretrains: List[PlannedPretrain] = field(default_factory=list)   # run first, in this order
 
 
 def _parse_subset(what: str, requested: Optional[Sequence[str]], known: List[Tuple[str, str]]) -> Optional[List[str]]:
@@ -95,12 +105,14 @@ def config_sha(cfg: Dict[str, Any]) -> str:
 
 
 def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, rounds: Optional[int] = None,
-                overrides: Sequence[str] = ()) -> Dict[str, Any]:
+                overrides: Sequence[str] = (), pretrained_dir: Optional[Path] = None) -> Dict[str, Any]:
     """The full, validated config of one cell at one seed.
 
     Order: the setting's config, its size overrides, the cell's overrides (an algorithm
     switch resets the options of the previous algorithm), the user's ``overrides``, then
     ``rounds``, ``seed`` and ``data_seed`` (unless the user's overrides set it).
+    ``init_from="pretrained:<key>"`` becomes ``pretrained_dir / key`` (the table's
+    :class:`~omnifm_jax.reproduce.spec.Pretrain`, run before the cells).
     Hyper-parameters left at their defaults are written out, so that equal configs compare
     equal (Fig. 5's default point runs once) and configs that differ only in a float
     hyper-parameter group into one program.
@@ -111,6 +123,7 @@ def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, roun
     cfg = config_lib.apply_overrides(cfg, setting.overrides)
     cfg = config_lib.apply_overrides(cfg, cell.overrides)
     cfg = config_lib.apply_overrides(cfg, overrides)
+    cfg = _resolve_pretrained(cfg, pretrained_dir)
     if rounds is not None:
         cfg["rounds"] = rounds
     cfg["seed"] = seed
@@ -121,6 +134,39 @@ def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, roun
         for k, v in algorithms.hyperparameters(cfg["algorithm"]).items():
             kw.setdefault(k, copy.deepcopy(v))
         cfg["algorithm_kwargs"] = kw
+    config_lib.validate(cfg)
+    return cfg
+
+
+def default_pretrained_dir(table: str) -> Path:
+    """Where a table's pretrained models go without ``--out``: ``runs/reproduce/<table>/pretrained``."""
+    return Path("runs") / "reproduce" / table / "pretrained"
+
+
+def _resolve_pretrained(cfg: Dict[str, Any], pretrained_dir: Optional[Path]) -> Dict[str, Any]:
+    """``init_from="pretrained:<key>"`` -> the path of that pretrained run."""
+    key = pretrained_key(cfg)
+    if key is not None:
+        if pretrained_dir is None:
+            raise ConfigError(f"init_from={PRETRAINED}{key} needs the table's pretrained folder")
+        cfg["init_from"] = str(Path(pretrained_dir) / key)
+    return cfg
+
+
+def pretrain_config(p: Pretrain, setting: Setting, *, seed: int, rounds: Optional[int] = None,
+                    overrides: Sequence[str] = (), pretrained_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """The full, validated config of a pretraining run: the setting's config and overrides,
+    ``p.overrides``, the user's ``overrides``, then its rounds (``p.rounds``, else
+    ``rounds``), ``seed`` = ``data_seed`` = the first seed, and a checkpoint at its last round
+    (what ``init_from`` loads)."""
+    cfg = config_lib.load_config(setting.config)
+    for o in (setting.overrides, p.overrides, overrides):
+        cfg = config_lib.apply_overrides(cfg, o)
+    if p.rounds is not None or rounds is not None:
+        cfg["rounds"] = p.rounds if p.rounds is not None else rounds
+    cfg["seed"] = cfg["data_seed"] = seed
+    cfg["checkpoint_every"] = cfg["rounds"]
+    cfg = _resolve_pretrained(cfg, pretrained_dir)
     config_lib.validate(cfg)
     return cfg
 
@@ -137,7 +183,8 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
                rows: Optional[Sequence[str]] = None, cols: Optional[Sequence[str]] = None,
                rounds: Optional[int] = None, overrides: Sequence[str] = (), rule: Optional[str] = None,
                data_root: Optional[Path] = None, tables: Sequence[Union[str, Path]] = (),
-               done: Optional[Mapping[Tuple[str, str, int], str]] = None) -> Plan:
+               done: Optional[Mapping[Tuple[str, str, int], str]] = None,
+               pretrained_dir: Optional[Path] = None) -> Plan:
     """Every cell's configs, validated, and the programs they run as; no data are loaded.
 
     ``table``: a :class:`Table` or a name (found in the default table folders and
@@ -152,6 +199,7 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     why_not = registry.unavailable_reason(t)
     if why_not:
         raise ConfigError(f"{why_not}; {name} cannot be reproduced in this checkout")
+    pretrained_dir = default_pretrained_dir(name) if pretrained_dir is None else Path(pretrained_dir)
     scale = t.default_scale if scale is None else scale
     if scale not in t.scales:
         raise ConfigError(f"unknown scale {scale!r}; scales of {name}: {', '.join(t.scales)}")
@@ -188,14 +236,45 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
         try:
             setting = resolve_setting(dict(t.scales), scale, cell.config, data_root)
             cfgs = [cell_config(cell, setting, seed=s, data_seed=seeds[0] if t.data_seed == "first" else s,
-                                rounds=rounds, overrides=overrides) for s in seeds]
+                                rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir) for s in seeds]
         except ConfigError as exc:
             raise ConfigError(f"{name} cell ({cell.row}, {cell.col}): {exc}") from None
         planned.append(PlannedCell(cell, setting, cfgs))
     finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
                 if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si])}
+    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned], seed=seeds[0], rounds=rounds,
+                                   overrides=overrides, pretrained_dir=pretrained_dir)
     return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,
-                finished)
+                finished, pretrains)
+
+
+def _planned_pretrains(t: Table, scale: str, data_root: Optional[Path], cells: Sequence[Cell], *, seed: int,
+                       rounds: Optional[int], overrides: Sequence[str], pretrained_dir: Path) -> List[PlannedPretrain]:
+    """The table's pretrains that ``cells`` start from, directly or through another, in order."""
+    by_key = {p.key: p for p in t.pretrain}
+    needed, todo = set(), [k for k in (pretrained_key(c.overrides) for c in cells) if k is not None]
+    while todo:
+        key = todo.pop()
+        if key in needed:
+            continue
+        if key not in by_key:
+            raise ConfigError(f"{t.name}: a cell starts from pretrain {key!r}, which the table does not define")
+        needed.add(key)
+        parent = pretrained_key(by_key[key].overrides)
+        if parent is not None:
+            todo.append(parent)
+    out = []
+    for p in t.pretrain:
+        if p.key not in needed:
+            continue
+        try:
+            setting = resolve_setting(dict(t.scales), scale, p.config, data_root)
+            cfg = pretrain_config(p, setting, seed=seed, rounds=rounds, overrides=overrides,
+                                  pretrained_dir=pretrained_dir)
+        except ConfigError as exc:
+            raise ConfigError(f"{t.name} pretrain {p.key!r}: {exc}") from None
+        out.append(PlannedPretrain(p, setting, cfg, pretrained_dir / p.key))
+    return out
 
 
 def _programs(planned: List[PlannedCell], finished: Set[Tuple[int, int]] = frozenset()) -> List[Program]:

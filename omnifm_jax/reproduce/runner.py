@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from omnifm_jax.reproduce import registry
-from omnifm_jax.reproduce.execution import check_data, execute
+from omnifm_jax.reproduce.execution import check_data, execute, pretrain_state, run_pretrains
 from omnifm_jax.reproduce.plan import build_plan
 from omnifm_jax.reproduce.records import (
     append_jsonl,
@@ -76,7 +76,8 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     scale_name = t.default_scale if scale is None else scale
     old = [r for r in read_jsonl(cells_path) if r.get("scale") == scale_name] if resume else []
     plan = build_plan(t, scale=scale, seeds=seeds, rows=rows, cols=cols, rounds=rounds, overrides=overrides,
-                      rule=rule, data_root=data_root, done={record_key(r): r.get("config_sha") for r in old})
+                      rule=rule, data_root=data_root, done={record_key(r): r.get("config_sha") for r in old},
+                      pretrained_dir=out / "pretrained")
     command = command or (f"omnifm_jax.reproduce.reproduce({name!r}, scale={plan.scale!r}, seeds={list(seeds)}, "
                           f"rounds={rounds!r}, rows={rows!r}, cols={cols!r}, overrides={list(overrides)!r}, "
                           f"rule={plan.rule!r})")
@@ -91,6 +92,11 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     for paper_cfg, s in dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells):
         log(f"  {paper_cfg} -> {s.config}: {s.note}")
     log(f"  {estimate}")
+    for pp in plan.pretrains:
+        log(f"  pretrain {pp.pretrain.key} ({pp.config['rounds']} rounds, seed {pp.config['seed']}) -> {pp.path}: "
+            f"{pp.pretrain.note} [{pretrain_state(pp.path, pp.config)}]")
+    if plan.pretrains and not dry_run:
+        run_pretrains(plan, progress=progress, log=log)
     data = check_data(plan)
     references = references_from(plan, data)
     if dry_run:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from omnifm_jax.checks import ConfigError
-from omnifm_jax.reproduce.spec import Scale, Setting
+from omnifm_jax.reproduce.spec import Pretrain, Scale, Setting
 
 __all__ = ["DATA_FILES", "RUN", "SMOKE_OMNIFM", "SMOKE_CLS", "SMOKE_SR", "SMOKE_SEG", "SMOKE_FUSION", "TINY_CLS",
            "TINY_SR", "PAPER_SEG", "REAL4_NOTE", "SYNTHETIC_NOTE", "PAPER", "SMOKE", "TINY", "standard_scales",
-           "H100_MINUTES_PER_100_ROUNDS", "CPU_CLS", "CPU_SR", "data_present", "resolve_setting"]
+           "H100_MINUTES_PER_100_ROUNDS", "CPU_CLS", "CPU_SR", "data_present", "resolve_setting", "VQA_SETTING",
+           "VQA_PRETRAIN", "VQA_REGIMES", "vqa_regime"]
 
 #: Files (relative to ``default_real_data_dir()``) that a setting needs.
 DATA_FILES: Dict[str, Tuple[str, ...]] = {
@@ -175,3 +176,35 @@ def resolve_setting(scales: Dict[str, Scale], scale: str, config: str, root: Opt
                       if not (root / rel).exists()})
     raise ConfigError(f"{config} at scale {scale!r} needs data that are not here: {missing} "
                       "(set OMNIFM_REAL_DATA to the real-data folder)")
+
+
+#: VQA-RAD at CPU size (Tables 3 and 4 stand-ins): the ``vqa_rad_modality`` config on the 70 %
+#: of the images that no pretraining run sees (``images=federation``).
+VQA_SETTING = Setting("vqa_rad_modality", RUN + ("eval_train_loss=False", "dataset_kwargs.images=federation"),
+                      "vqa_rad", "VQA-RAD, the 70 % of its images held out of pretraining (fixed split), 32x32 grey, "
+                                 "questions of 16 tokens; backbone 'vqa' (patch-8 vision encoder, MLP connector, "
+                                 "2-block transformer, width 64), Adam 1e-3, batch 32, 1 local epoch")
+#: The model the fine-tuned VQA cells start from: FedAvg with one client (central training) on
+#: the other 30 % of VQA-RAD's images, every question about them.
+VQA_PRETRAIN = Pretrain("vqa_pretrain", "vqa_rad_modality",
+                        ("algorithm=fedavg", "num_clients=1", "dataset_kwargs.partition=iid",
+                         "dataset_kwargs.images=pretrain"),
+                        note="central training (FedAvg, one client) on the 30 % of VQA-RAD's images that no client "
+                             "holds")
+#: The paper's tuning regimes (Table 3) as settings on a run that starts from a pretrained
+#: VQA model: what trains besides the head (and OmniFM's own modules, new in every regime).
+VQA_REGIMES = {"fc": ("connector_",), "fl": ("lora_",), "lc": ("connector_", "lora_")}
+VQA_LORA = 'lora={"targets": ["llm_block"], "rank": 8, "alpha": 32}'
+
+
+def vqa_regime(regime: str, algorithm: str, source: str) -> Tuple[str, ...]:
+    """The overrides of a fine-tuning regime (``fc``: connector only; ``fl``: LoRA on the
+    language blocks only; ``lc``: both; ``full``: every parameter) for ``algorithm``, starting
+    from the backbone of the pretrained model ``source`` (a :class:`Pretrain` key)."""
+    out = (f"init_from=pretrained:{source}", 'init_params=["params/backbone/(?!.*lora_)"]')  # adapters start new
+    if regime == "full":
+        return out
+    own = ("tokenizer", "eca", "prompt") if algorithm == "omnifm" else ()
+    trainable = VQA_REGIMES[regime] + ("params/head/",) + own
+    lora = (VQA_LORA,) if "lora_" in VQA_REGIMES[regime] else ()
+    return out + lora + ("trainable=[" + ", ".join(f'"{t}"' for t in trainable) + "]",)

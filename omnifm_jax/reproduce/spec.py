@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["Metric", "PLATEAU", "paper_metric", "METRICS",
-           "Cell", "Claim", "Setting", "Scale", "Reference", "PrintedRow",
+__all__ = ["Metric", "PLATEAU", "paper_metric", "METRICS", "PRETRAINED",
+           "Cell", "Claim", "Setting", "Scale", "Reference", "Pretrain", "PrintedRow",
            "PaperText", "Table", "beats_all", "transcription_errors"]
 
 
@@ -182,6 +182,37 @@ class Reference:
     compute: Callable[[Any], Dict[str, Any]]
 
 
+#: The prefix of an ``init_from`` override that names a table's :class:`Pretrain` by key.
+PRETRAINED = "pretrained:"
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """A model that cells start from (fine-tuning): an ordinary run of ``config`` (mapped by
+    the scale like a cell's) with ``overrides``, at the first seed, for ``rounds`` (None: the
+    scale's or the config's), written once under ``<out>/pretrained/<key>`` with a checkpoint
+    at its last round and kept across sittings while its config is unchanged. A cell (or a
+    later ``Pretrain``: a two-stage chain) names it with the override
+    ``init_from=pretrained:<key>``. ``note``: what it is, for the protocol."""
+    key: str
+    config: str
+    overrides: Tuple[str, ...] = ()
+    rounds: Optional[int] = None
+    note: str = ""
+
+
+def pretrained_key(cfg_or_overrides: Any) -> Optional[str]:
+    """The :class:`Pretrain` key a config (its ``init_from``) or an override list names, or None."""
+    if isinstance(cfg_or_overrides, dict):
+        value = cfg_or_overrides.get("init_from")
+        return value[len(PRETRAINED):] if isinstance(value, str) and value.startswith(PRETRAINED) else None
+    for o in cfg_or_overrides:
+        key, _, value = str(o).partition("=")
+        if key.strip() == "init_from" and value.strip().startswith(PRETRAINED):
+            return value.strip()[len(PRETRAINED):]
+    return None
+
+
 @dataclass(frozen=True)
 class PrintedRow:
     """A row of numbers as the paper prints it: the ``label`` that the line holds before its
@@ -211,8 +242,9 @@ class Table:
     to the paper) or ``"lines"`` (against each cell's ``x``, per ``series``). ``rule``: the
     default evaluation rule (``best`` round or ``last``). ``data_seed``: ``"first"`` (every
     run splits the data with the first seed) or ``"seed"`` (each seed draws its own split).
-    ``references``: model-free rows (:class:`Reference`). ``appendix``: markdown lines after
-    the claims. ``source``: the file it was loaded from (set by the registry).
+    ``references``: model-free rows (:class:`Reference`). ``pretrain``: the models that
+    cells start from (:class:`Pretrain`, in the order they run). ``appendix``: markdown
+    lines after the claims. ``source``: the file it was loaded from (set by the registry).
     """
     name: str
     title: str
@@ -229,6 +261,7 @@ class Table:
     metric_defs: Mapping[str, Metric] = field(default_factory=dict)
     printed: Optional[PaperText] = None
     references: Tuple[Reference, ...] = ()
+    pretrain: Tuple[Pretrain, ...] = ()
     appendix: Tuple[str, ...] = ()
     row_header: str = "Method"
     kind: str = "paper"
@@ -264,6 +297,18 @@ class Table:
         if self.scales and self.default_scale not in self.scales:
             raise ValueError(f"table {self.name!r}: default scale {self.default_scale!r} is not one of "
                              f"{list(self.scales)}")
+        defined: List[str] = []
+        for p in self.pretrain:
+            wanted = pretrained_key(p.overrides)
+            if p.key in defined or (wanted is not None and wanted not in defined):
+                raise ValueError(f"table {self.name!r}: pretrain {p.key!r} is defined twice or starts from "
+                                 f"{wanted!r}, which is not defined before it")
+            defined.append(p.key)
+        for c in self.cells:
+            wanted = pretrained_key(c.overrides)
+            if wanted is not None and wanted not in defined:
+                raise ValueError(f"table {self.name!r}: cell ({c.row}, {c.col}) starts from pretrain {wanted!r}, "
+                                 f"which the table does not define (pretrain: {defined})")
         if self.rule not in ("best", "last") or self.data_seed not in ("first", "seed"):
             raise ValueError(f"table {self.name!r}: rule must be best/last and data_seed first/seed")
 

@@ -265,6 +265,11 @@ def protocol_text(plan: Plan, *, data: Sequence[Mapping[str, Any]], command: str
         lines.append(f"- extra overrides for every cell: `{' '.join(plan.overrides)}`")
     if plan.rounds is not None:
         lines.append(f"- rounds: {plan.rounds} for every cell")
+    for pp in plan.pretrains:
+        lines.append(f"- pretrained model `{pp.pretrain.key}` ({pp.pretrain.note}): config `{pp.setting.config}` with "
+                     f"`{' '.join(pp.setting.overrides + pp.pretrain.overrides)}`, {pp.config['rounds']} rounds, seed "
+                     f"{pp.config['seed']}, in `pretrained/{pp.pretrain.key}`; the cells that name it start from its "
+                     "last checkpoint (`init_from`)")
     lines += ["", "## Data actually used, and why", ""]
     for paper_cfg, s in settings:
         lines.append(f"- paper protocol `{paper_cfg}` -> config `{s.config}` with `{' '.join(s.overrides)}`: {s.note}.")
@@ -312,6 +317,9 @@ def estimate_text(plan: Plan) -> str:
     runs = sum(len(p.runs) for p in plan.programs)
     run_rounds = sum(int(r.get("rounds", p.base["rounds"])) for p in plan.programs for r in p.runs)
     cost = f"{len(plan.programs)} program(s), {runs} run(s), {run_rounds} run-rounds"
+    if plan.pretrains:  # counted whether or not they are kept from an earlier sitting (an upper bound)
+        run_rounds += sum(int(pp.config["rounds"]) for pp in plan.pretrains)
+        cost += f", plus {len(plan.pretrains)} pretraining run(s) ({run_rounds} run-rounds in all)"
     per_round = plan.table.scales[plan.scale].cpu_s_per_round
     if per_round is not None:
         return (f"expected wall time: ~{run_rounds * per_round / 3600:.1f} h on a 2-core CPU ({cost}; "
