@@ -41,7 +41,7 @@ def test_every_table_is_consistent_and_its_numbers_come_from_its_printed_rows():
 
 def test_table_shapes_match_the_paper():
     t = R.TABLES
-    assert len(t["table1"].cells) == 11 * 9 and [r for _, r in t["table1"].rows] == [
+    assert len(t["table1"].cells) == 11 * 9 + 3 * 3 and [r for _, r in t["table1"].rows] == [
         "FedAvg", "FedProx", "Ditto", "SCAFFOLD", "MOON", "GPFL", "FedDyn", "FedRep", "FedPer", "OmniFM",
         "OmniFM (activated)"]  # the last is ours: no paper number
     activated = next(c for c in t["table1"].cells if c.row_key == "omnifm_activated" and c.col_key == "s1-20")
@@ -136,13 +136,15 @@ def test_every_cell_config_loads_and_validates():
     except ConfigError as exc:
         assert "needs data that are not here" in str(exc)
     else:
-        assert len(plan.cells) == 11 * 3 + 4 * 3
+        assert len(plan.cells) == 11 * 3 + 4 * 3 + 3 * 3   # + FedAvg, FedPer, OmniFM fine-tuned at 20%
         assert {pc.cell.row_key for pc in plan.cells if pc.cell.col_key.endswith("-100")} == {
             "fedavg", "fedper", "omnifm", "omnifm_activated"}
         cfg = plan.cells[0].configs[0]
         assert (cfg["dataset"], cfg["num_clients"], cfg["rounds"], cfg["eval_every"], cfg["batch_size"],
                 cfg["lr"], cfg["local_epochs"], cfg["backbone"]) == ("real4", 20, 60, 1, 32, 0.05, 1, "cnn")
-        assert "45 run(s), 2700 run-rounds" in writers.estimate_text(plan)   # one seed
+        assert "54 run(s), 3240 run-rounds, plus 1 pretraining run(s)" in writers.estimate_text(plan)   # one seed
+        assert [pp.pretrain.key for pp in plan.pretrains] == ["cls_pretrain"]
+        assert plan.pretrains[0].config["dataset"] == "histo_derm_mri" and plan.pretrains[0].config["num_clients"] == 1
 
 
 def test_smoke_defaults_are_a_subset_and_shrink_the_rounds():
@@ -248,7 +250,7 @@ def test_bad_input_is_refused_before_any_work(kwargs, message):
 
 def test_cli_reports_errors_and_unavailable_tasks(capsys, monkeypatch):
     assert cli.main(["reproduce", "table9"]) == 2
-    assert "unknown table 'table9'; tables: fig5, table1, table2, table6, table7, table8, " in capsys.readouterr().err
+    assert "unknown table 'table9'; tables: fig5, table1, table2, table3, table4, table6, table7, table8, " in capsys.readouterr().err
     assert cli.main(["reproduce", "table8", "--only", "nope", "--scale", "tiny"]) == 2
     assert "unknown row 'nope'; rows of this table: omnifm (OmniFM)" in capsys.readouterr().err
     from omnifm_jax.registry import TASKS
