@@ -203,16 +203,17 @@ def test_spectral_path_reads_the_image_and_not_the_question():
                    head=ClassificationHead(5), spectral_dim=8, attn_dim=8)
     bank = bank_lib.init(8, 8)
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    params = model.init(jax.random.key(0), f(x1), bank)
-    (o1, a1), (o2, a2) = model.apply(params, f(x1), bank), model.apply(params, f(x2), bank)
+    params = jax.jit(model.init)(jax.random.key(0), f(x1), bank)
+    apply = jax.jit(model.apply)
+    (o1, a1), (o2, a2) = apply(params, f(x1), bank), apply(params, f(x2), bank)
     np.testing.assert_array_equal(np.asarray(a1.s), np.asarray(a2.s))
     assert np.max(np.abs(np.asarray(o1) - np.asarray(o2))) > 1e-6
 
 
-TINY = ["dataset_kwargs.image_size=16", "dataset_kwargs.question_length=8", "backbone_kwargs.question_length=8",
+TINY = ["dataset_kwargs.image_size=8", "backbone_kwargs.patch=4", "dataset_kwargs.question_length=8", "backbone_kwargs.question_length=8",
         "backbone_kwargs.dim=16", "backbone_kwargs.vision_dim=16", "backbone_kwargs.num_heads=2",
         "backbone_kwargs.depth=1", "backbone_kwargs.vocab_size=64", "batch_size=4", "eval_batch_size=64",
-        "rounds=2", "eval_train_loss=False", "diagnostics=0", "checkpoint_every=0"]
+        "rounds=1", "eval_train_loss=False", "diagnostics=0", "checkpoint_every=0"]
 SMALL_OMNIFM = ["algorithm_kwargs.spectral_dim=8", "algorithm_kwargs.attn_dim=8"]
 
 
@@ -226,7 +227,7 @@ def test_training_reports_closed_open_and_overall_accuracy_and_fine_tunes(folder
     on the others; a source with other vocabularies or trained on the test images is refused."""
     source = tmp_path / "pretrain"
     experiment.run(cfg_of(folder, "algorithm=fedavg", "num_clients=1", "dataset_kwargs.partition=iid",
-                          "dataset_kwargs.images=pretrain", "checkpoint_every=2"), source, progress=False,
+                          "dataset_kwargs.images=pretrain", "checkpoint_every=1"), source, progress=False,
                    log=lambda _: None)
     src = finetune.load_source_params(source)
     regime = ['init_params=["params/backbone/"]', 'trainable=["connector_", "params/head/", "tokenizer", "eca", "prompt"]', "dataset_kwargs.images=federation"]

@@ -22,7 +22,7 @@ def get_config():
         "backbone": "vqa",
         "backbone_kwargs": {"question_length": 16},
         "num_clients": 3,
-        "rounds": 30,
+        "rounds": 80,
         "local_epochs": 1,
         "batch_size": 32,
         "eval_batch_size": 128,
