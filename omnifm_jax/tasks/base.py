@@ -30,7 +30,7 @@ from omnifm_jax.registry import TASKS
 
 __all__ = ["Task", "MetricSpec", "TaskInfo", "register_task", "declaration", "target_kind", "accepts",
            "check_options", "check_data", "task_options", "metric_spec", "higher_is_better", "build", "available",
-           "scale_uint8"]
+           "scale_uint8", "integer_targets", "model_output"]
 
 
 def scale_uint8(x, value_range: Tuple[float, float] = (0.0, 1.0)):
@@ -43,6 +43,17 @@ def scale_uint8(x, value_range: Tuple[float, float] = (0.0, 1.0)):
     if (lo, hi) == (0.0, 1.0):
         return x
     return x * (hi - lo) + lo
+
+
+def integer_targets(y):
+    """``prepare_targets`` of the tasks whose targets are integer ids (labels, encoded answers)."""
+    return y.astype(jnp.int32)
+
+
+def model_output(out, x):
+    """``predict`` of the tasks whose prediction is the model's output itself."""
+    del x
+    return out
 
 
 class MetricSpec(NamedTuple):

@@ -24,7 +24,7 @@ import optax
 from omnifm_jax import checks
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.heads import ClassificationHead
-from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, register_task, scale_uint8
+from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, integer_targets, model_output, register_task, scale_uint8
 
 __all__ = ["classification", "macro_f1", "roc_auc", "micro_auc", "INFO", "METRIC_SPECS", "HEAD_POOLS",
            "INPUT_RANGES"]
@@ -92,13 +92,6 @@ def classification(num_classes: int, *, input_range: Tuple[float, float] = (-1.0
     if num_classes < 2:
         raise ValueError(f"classification needs >= 2 classes, got {num_classes}")
 
-    def prepare_targets(y):
-        return y.astype(jnp.int32)
-
-    def predict(out, x):
-        del x
-        return out
-
     def loss(logits, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
@@ -148,8 +141,8 @@ def classification(num_classes: int, *, input_range: Tuple[float, float] = (-1.0
             "test_loss": float(np.mean(np.asarray(stats["loss"], np.float64))),
         }
 
-    return Task("classification", lambda: ClassificationHead(num_classes, pool=head_pool), prepare_targets,
-                predict, loss, eval_stats, client_metrics, summarize, "accuracy",
+    return Task("classification", lambda: ClassificationHead(num_classes, pool=head_pool), integer_targets,
+                model_output, loss, eval_stats, client_metrics, summarize, "accuracy",
                 scale_inputs=lambda x: scale_uint8(x, tuple(input_range)), metrics=METRIC_SPECS)
 
 

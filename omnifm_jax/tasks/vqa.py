@@ -23,7 +23,7 @@ import optax
 
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.heads import ClassificationHead
-from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, register_task, scale_uint8
+from omnifm_jax.tasks.base import MetricSpec, Task, TaskInfo, integer_targets, model_output, register_task, scale_uint8
 
 __all__ = ["vqa", "INFO", "METRIC_SPECS", "majority_baseline"]
 
@@ -80,13 +80,6 @@ def vqa(num_answers: int) -> Task:
         raise ValueError(f"vqa needs >= 2 training answers, got {num_answers}")
     v = num_answers
 
-    def prepare_targets(y):
-        return y.astype(jnp.int32)
-
-    def predict(out, x):
-        del x
-        return out
-
     def loss(logits, labels):
         answer, _ = _split_label(labels, v)
         known = answer < v
@@ -110,7 +103,7 @@ def vqa(num_answers: int) -> Task:
     def scale_inputs(x):
         return jnp.concatenate([scale_uint8(x[..., :-1], (-1.0, 1.0)), x[..., -1:].astype(jnp.float32)], axis=-1)
 
-    return Task("vqa", lambda: ClassificationHead(v), prepare_targets, predict, loss, eval_stats, client_metrics,
+    return Task("vqa", lambda: ClassificationHead(v), integer_targets, model_output, loss, eval_stats, client_metrics,
                 summarize, "accuracy", scale_inputs=scale_inputs, metrics=METRIC_SPECS)
 
 
