@@ -66,7 +66,7 @@ class Setup(NamedTuple):
     init: Optional[Tuple[Any, Dict[str, str]]] = None
 
 
-def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
+def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None, resume: bool = False) -> Setup:
     """The one run path from a config to what the rounds need: validate the config, build
     the backbone, load the data (or take ``fed``), validate it (the task must accept it,
     :func:`validate_data`), build the task and the algorithm.
@@ -74,6 +74,8 @@ def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
     Args:
       cfg: a full config (``config.load_config`` + overrides).
       fed: a federation to use instead of loading the config's (validated all the same).
+      resume: the setup of a run that continues from its own checkpoint: ``init_from`` is not
+        read (nothing is loaded from it; the source may be gone).
 
     Raises:
       ConfigError: invalid config, or data that do not fit it or its task.
@@ -86,14 +88,16 @@ def setup(cfg: Dict[str, Any], *, fed: Optional[Federation] = None) -> Setup:
     validate_data(cfg, fed)
     task = build_task(cfg, fed)
     algorithm = build_algorithm(cfg, task, backbone=backbone, server=fed.server)
-    return Setup(cfg, fed, task, backbone, algorithm, check_finetuning(cfg, fed, algorithm))
+    return Setup(cfg, fed, task, backbone, algorithm, check_finetuning(cfg, fed, algorithm, load_source=not resume))
 
 
-def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm) -> Optional[Tuple[Any, Dict[str, str]]]:
+def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm, *,
+                     load_source: bool = True) -> Optional[Tuple[Any, Dict[str, str]]]:
     """``init_from`` / ``trainable`` / ``lora`` checked before any training
     (:mod:`omnifm_jax.finetune`): the source model loads, was not trained on this run's test
     images, and has every selected parameter in this model's shape; every ``trainable``
     pattern names a parameter; every ``lora`` target adapts a dense layer.
+    ``load_source=False`` (a resumed run) checks ``trainable`` and ``lora`` only.
     Returns :attr:`Setup.init`."""
     if cfg["init_from"] is None and cfg["trainable"] is None and cfg["lora"] is None:
         return None
@@ -101,7 +105,7 @@ def check_finetuning(cfg: Dict[str, Any], fed: Federation, algorithm) -> Optiona
                               jax.random.key(0))
     finetune.check_trainable(cfg["trainable"], abstract)
     finetune.check_lora(cfg["lora"], abstract)
-    if cfg["init_from"] is None:
+    if cfg["init_from"] is None or not load_source:
         return None
     source = finetune.load_source_params(cfg["init_from"])
     finetune.check_vocabularies(source.fed.info, fed.info, where=cfg["init_from"])
@@ -365,7 +369,7 @@ def run(cfg: Union[Dict[str, Any], Setup], out_dir: Optional[str | Path] = None,
         distributed.from_primary(lambda: (rundir.check(out, resume=resume, overwrite=overwrite), None),
                                  what=f"checking the output directory {out}")
     if prepared is None:
-        prepared = setup(cfg)
+        prepared = setup(cfg, resume=resume)
     if out is None or not distributed.is_primary():
         return _run(prepared, out, progress=progress, log=log, resume=resume)
     with rundir.RunDirectory(out, resume=resume, overwrite=overwrite):

@@ -215,3 +215,21 @@ def test_bad_lora_settings(value, message):
     cfg["lora"] = value
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_lib.validate(cfg)
+
+
+def test_a_fine_tuning_run_resumes_without_its_source(source, tmp_path):
+    """Resume continues from the run's own checkpoint: the source may be gone by then."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(source["fedavg"], src)
+    out = tmp_path / "ft"
+    with pytest.warns(UserWarning, match="training images"):
+        experiment.run(cfg_of("algorithm=fedper", f"init_from={src}", "rounds=1", "checkpoint_every=1"), out,
+                       progress=False, log=lambda _: None)
+    shutil.rmtree(src)
+    summary = experiment.run(cfg_of("algorithm=fedper", f"init_from={src}", "rounds=2", "checkpoint_every=1"), out,
+                             progress=False, log=lambda _: None, resume=True)
+    assert summary["rounds"] == 2
+    with pytest.raises(ConfigError, match="init_from"):   # a fresh run still needs it
+        experiment.setup(cfg_of("algorithm=fedper", f"init_from={src}"))
