@@ -643,7 +643,13 @@ def test_pretrained_models_run_first_in_order_and_are_kept_across_sittings(tmp_p
     (other / "pretrained" / "base").mkdir(parents=True)
     (other / "pretrained" / "base" / "notes.txt").write_text("someone else's")
     assert cli.main(base[:-3] + ["--out", str(other), "--quiet"]) == 2
-    assert "holds another or an unfinished run" in capsys.readouterr().err
+    assert "holds another run (or files that are not a run)" in capsys.readouterr().err
+    (out / "pretrained" / "stage" / "summary.json").unlink()   # as if interrupted: it runs again
+    with pytest.warns(UserWarning, match="training images"):
+        assert cli.main(base + ["--resume"]) == 0
+    log = capsys.readouterr().out
+    assert "pretrain base: kept" in log and "pretrain stage: fedavg on synthetic, 1 rounds" in log
+    assert "(again: interrupted before)" in log and (out / "pretrained" / "stage" / "summary.json").is_file()
     broken = R.Table("t", "t", ("acc",), (R.Cell("A", "B", "a", "b", "default", ("init_from=pretrained:nope",)),))
     with pytest.raises(ValueError, match="starts from pretrain 'nope', which the table does not define"):
         broken.check()

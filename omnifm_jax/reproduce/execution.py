@@ -47,24 +47,28 @@ def _quiet(_: str) -> None:
 
 
 def pretrain_state(path: Path, cfg: Dict[str, Any]) -> str:
-    """``"finished"`` (a run with this config finished there), ``"absent"`` (nothing there), or
-    ``"other"`` (another or an unfinished run is there)."""
+    """``"finished"`` (a run with this config finished there), ``"unfinished"`` (a run with
+    this config started there and did not finish), ``"absent"`` (nothing there), or
+    ``"other"`` (anything else: another config, files that are not a run)."""
     path = Path(path)
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return "absent"
     try:
         saved = json.loads((path / "config.json").read_text())
-        finished = (path / "summary.json").is_file()
     except (OSError, ValueError):
         return "other"
-    return "finished" if finished and plan_lib.config_sha(saved) == plan_lib.config_sha(cfg) else "other"
+    if plan_lib.config_sha(saved) != plan_lib.config_sha(cfg):
+        return "other"
+    return "finished" if (path / "summary.json").is_file() else "unfinished"
 
 
 def run_pretrains(plan: Plan, *, progress: bool = False, log: Callable[[str], None] = print,
                   run_log: Callable[[str], None] = _quiet) -> None:
     """Run the plan's pretraining runs in order (each an ordinary run into its folder); one
-    that finished with the same config is kept. A folder holding another run stops here
-    (ConfigError): its cells would start from a model this table did not plan."""
+    that finished with the same config is kept, one that started with the same config and was
+    interrupted runs again from the start (its only checkpoint is at its last round). A folder
+    holding anything else stops here (ConfigError): its cells would start from a model this
+    table did not plan."""
     from omnifm_jax import experiment
 
     for pp in plan.pretrains:
@@ -73,12 +77,13 @@ def run_pretrains(plan: Plan, *, progress: bool = False, log: Callable[[str], No
             log(f"  pretrain {pp.pretrain.key}: kept ({pp.path} finished with the same config)")
             continue
         if state == "other":
-            raise ConfigError(f"{plan.table.name} pretrain {pp.pretrain.key!r}: {pp.path} holds another or an "
-                              "unfinished run; delete it (or use another --out) to pretrain again")
+            raise ConfigError(f"{plan.table.name} pretrain {pp.pretrain.key!r}: {pp.path} holds another run (or "
+                              "files that are not a run); delete it (or use another --out) to pretrain again")
         log(f"  pretrain {pp.pretrain.key}: {pp.config['algorithm']} on {pp.config['dataset']}, "
-            f"{pp.config['rounds']} rounds -> {pp.path}")
+            f"{pp.config['rounds']} rounds -> {pp.path}" + (" (again: interrupted before)" * (state == "unfinished")))
         start = time.time()
-        experiment.run(copy.deepcopy(pp.config), pp.path, progress=progress, log=run_log)
+        experiment.run(copy.deepcopy(pp.config), pp.path, progress=progress, log=run_log,
+                       overwrite=state == "unfinished")
         log(f"    done in {time.time() - start:.1f} s")
 
 
