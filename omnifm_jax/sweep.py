@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from omnifm_jax import algorithms, experiment, federated
+from omnifm_jax import algorithms, experiment, federated, finetune
 from omnifm_jax import config as config_lib
 from omnifm_jax.checks import ConfigError
 
@@ -147,9 +147,6 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
     cfgs, varying = _run_configs(cfg, runs)
     if cfg["shard_clients"]:
         raise ConfigError("shard_clients splits the client axis over devices; a sweep's run axis is not sharded")
-    if cfg["init_from"] is not None:
-        raise config_lib.ConfigError("init_from is not supported in a sweep (its runs start from one fresh "
-                                     "init); run each fine-tuning run with `omnifm train`")
     prepared = experiment.setup(cfg)
     fed, task, template = prepared.fed, prepared.task, prepared.algorithm
     floats = [k for k in varying if k != "seed"]
@@ -179,6 +176,10 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
     # Compiled like a single run's init (federated.init_compiler_options), once for all runs.
     states = jax.jit(jax.vmap(init_one)).lower(hp, keys).compile(
         compiler_options=federated.init_compiler_options())(hp, keys)
+    if prepared.init is not None:  # fine-tuning: every run's fresh state gets the loaded parameters
+        source, mapping = prepared.init
+        states = jax.vmap(lambda s: finetune.apply_init(s, source, mapping))(states)
+        log(finetune.describe(sorted(mapping), source, cfg["init_from"]))
     round_fn = jax.jit(jax.vmap(round_one, in_axes=(0, 0, None)), donate_argnums=(1,))
     evaluation_line, baseline_of = experiment.make_evaluation(cfg, template, task, fed, train, test)
     num = len(cfgs)

@@ -203,9 +203,6 @@ CASES = [
     ("config", "`init_params` without `init_from`, `trainable` not a list, a bad regex",
      "ConfigError: init_params selects what init_from loads: set init_from too (and similar)",
      ("test_finetune.py::test_bad_finetuning_settings",)),
-    ("config", "`init_from` in a sweep",
-     "ConfigError: init_from is not supported in a sweep (its runs start from one fresh init); run each "
-     "fine-tuning run with `omnifm train`", ("test_finetune.py::test_sweeps_refuse_init_from",)),
     ("config", "`lora` target that adapts no dense layer",
      "ConfigError: lora target 'conv9' matches no dense layer of the backbone (layers with a kernel: [...])",
      ("test_finetune.py::test_lora_fine_tuning_regime_trains_only_the_adapters_and_head",)),

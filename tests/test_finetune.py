@@ -138,9 +138,20 @@ def test_bad_finetuning_settings(override, message):
         config_lib.validate(cfg_of(override))
 
 
-def test_sweeps_refuse_init_from(source):
-    with pytest.raises(ConfigError, match="init_from is not supported in a sweep"):
-        sweep.run_sweep(cfg_of(f"init_from={source['fedavg']}"), [{"seed": 0}, {"seed": 1}])
+def test_a_sweep_of_fine_tuning_runs_equals_the_runs_one_by_one(source):
+    """Seeds of a fine-tuning run as one program: each run starts from the loaded parameters
+    (its head, not in the source, from its own seed) and ends where the single run ends."""
+    cfg = cfg_of("algorithm=fedper", f"init_from={source['fedavg']}", 'init_params=["params/backbone/"]')
+    with pytest.warns(UserWarning, match="training images"):
+        out = sweep.run_sweep(cfg, [{"seed": 0}, {"seed": 1}], log=lambda _: None)
+    assert len({o["params_sha256"] for o in out}) == 2
+    for seed, o in zip((0, 1), out):
+        with pytest.warns(UserWarning, match="training images"):
+            single = experiment.run(dict(cfg, seed=seed, data_seed=0), None, progress=False, log=lambda _: None)
+        assert o["last"]["accuracy"] == pytest.approx(single["last"]["accuracy"], abs=1e-9)
+        a, b = flat(o["state"].server.params), flat(single["state"].server.params)
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_inert_keys_stay_out_of_fingerprints():
