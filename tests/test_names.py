@@ -95,10 +95,11 @@ def test_data_registry_refuses_old_names(old, new):
 
 def test_data_set_names_follow_one_pattern():
     """``<source>`` for classification sets, ``<source>_<task>`` otherwise (task suffixes
-    ``sr``, ``seg``, ``fusion``)."""
-    classification = {"synthetic", "real4", "medmnist"}
+    ``sr``, ``seg``, ``fusion``); a VQA set by its own name, which names the task (``vqa_rad``)."""
+    classification = {"synthetic", "real4", "medmnist", "histo_derm_mri"}
     for name in DATASETS.available():
-        assert name in classification or re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*_(sr|seg|fusion)", name), name
+        assert name in classification or re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*_(sr|seg|fusion)", name) \
+            or re.fullmatch(r"vqa_[a-z0-9]+", name), name
 
 
 def _tree_files():

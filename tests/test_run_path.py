@@ -194,7 +194,7 @@ def test_a_segmentation_task_given_a_classification_federation_is_one_clear_conf
 
 def test_every_registered_task_declares_its_data_options_and_metrics():
     names = tasks.available()
-    assert set(names) == {"classification", "segmentation", "super_resolution", "fusion"}
+    assert set(names) == {"classification", "segmentation", "super_resolution", "fusion", "vqa"}
     kinds = [k for n in names for k in tasks.declaration(n).targets]
     assert len(kinds) == len(set(kinds))                      # one task per kind of targets
     for name in names:

@@ -10,8 +10,9 @@ registered here; the known names are the registry's (:func:`dataset_names`), e.g
 ``"synthetic"`` (:mod:`omnifm_jax.data.synthetic`).
 
 Names follow one pattern: ``<source>`` for a classification set (``synthetic``, ``real4``,
-``medmnist``), ``<source>_<task>`` otherwise, with the task suffixes ``sr``, ``seg`` and
-``fusion`` (``breakhis_sr``, ``lgg_seg``, ``harvard_fusion``). Former names
+``medmnist``, ``histo_derm_mri``), ``<source>_<task>`` otherwise, with the task suffixes ``sr``,
+``seg`` and ``fusion`` (``breakhis_sr``, ``lgg_seg``, ``harvard_fusion``); a VQA set keeps its
+own name, which names the task (``vqa_rad``: VQA-RAD). Former names
 (:data:`RENAMED_DATASETS`) are refused, naming the new one.
 """
 
