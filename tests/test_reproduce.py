@@ -108,6 +108,15 @@ def test_the_paper_numbers_are_written_once():
         assert len(holders) == 1, (needle, holders)
 
 
+def test_every_method_names_a_registered_algorithm():
+    from omnifm_jax.algorithms import registry as algorithms
+    from omnifm_jax.reproduce.methods import METHODS
+
+    for m in METHODS:
+        assert m.overrides[0] == f"algorithm={m.algorithm}" and m.algorithm in algorithms.available(), m
+    assert R.Method("X", "x", ("lr=0.1", "algorithm=fedper")).algorithm == "fedper"
+
+
 def test_every_cell_config_loads_and_validates():
     """Every table at every scale: its default selection plans (or names the missing data
     files); at smoke and paper every cell does."""
@@ -635,6 +644,15 @@ def test_pretrained_models_run_first_in_order_and_are_kept_across_sittings(tmp_p
     assert stage_cfg["init_from"] == str(out / "pretrained" / "base") and stage_cfg["checkpoint_every"] == 1
     ft = next(r for r in R.read_jsonl(out / "toyft_cells.jsonl") if r["col_key"] == "ft")
     assert "init_from=pretrained:stage" in ft["overrides"] and ft["acc_best"] is not None
+    assert cli.main(base + ["--resume"]) == 0   # every cell kept: no pretrained model is needed or checked
+    log = capsys.readouterr().out
+    assert "pretrain base" not in log and "pretrain stage" not in log
+
+    def forget_ft():   # as if the fine-tuned cell had not finished: it runs again on --resume
+        cells = out / "toyft_cells.jsonl"
+        cells.write_text("".join(json.dumps(r) + "\n" for r in R.read_jsonl(cells) if r["col_key"] != "ft"))
+
+    forget_ft()
     with pytest.warns(UserWarning, match="training images"):
         assert cli.main(base + ["--resume"]) == 0
     log = capsys.readouterr().out
@@ -645,6 +663,7 @@ def test_pretrained_models_run_first_in_order_and_are_kept_across_sittings(tmp_p
     assert cli.main(base[:-3] + ["--out", str(other), "--quiet"]) == 2
     assert "holds another run (or files that are not a run)" in capsys.readouterr().err
     (out / "pretrained" / "stage" / "summary.json").unlink()   # as if interrupted: it runs again
+    forget_ft()
     with pytest.warns(UserWarning, match="training images"):
         assert cli.main(base + ["--resume"]) == 0
     log = capsys.readouterr().out

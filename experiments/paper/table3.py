@@ -24,14 +24,10 @@ REGIMES = (("fc", "F-C"), ("fl", "F-L"), ("lc", "F-CL"), ("2stage", "F-2stage"))
 SPLITS = (("iid", "IID", "dataset_kwargs.partition=iid"), ("noniid", "non-IID", "dataset_kwargs.partition=organ"))
 
 
-def _algorithm(m) -> str:
-    return m.overrides[0].split("=", 1)[1]
-
-
 def _stage_one(m, split_key: str, split_override: str) -> Pretrain:
     """The first stage of the two-stage regime: an F-C federated run of method ``m``."""
     return Pretrain(f"fc-{m.key}-{split_key}", "vqa_rad_modality",
-                    m.overrides + (split_override,) + vqa_regime("fc", _algorithm(m), VQA_PRETRAIN.key),
+                    m.overrides + (split_override,) + vqa_regime("fc", m.algorithm, VQA_PRETRAIN.key),
                     note=f"two-stage, stage 1: {m.label} tuning the connector (F-C), {split_key}")
 
 
@@ -44,9 +40,9 @@ def _cells():
         for ri, (regime, rlabel) in enumerate(REGIMES):
             for si, (split_key, slabel, split_override) in enumerate(SPLITS):
                 if regime == "2stage":  # stage 2: F-L from the stage-1 model
-                    extra = vqa_regime("fl", _algorithm(m), f"fc-{m.key}-{split_key}")
+                    extra = vqa_regime("fl", m.algorithm, f"fc-{m.key}-{split_key}")
                 else:
-                    extra = vqa_regime(regime, _algorithm(m), VQA_PRETRAIN.key)
+                    extra = vqa_regime(regime, m.algorithm, VQA_PRETRAIN.key)
                 yield Cell(m.label, f"{rlabel} {slabel}", m.key, f"{regime}-{split_key}", "vqa_rad_modality",
                            m.overrides + (split_override,) + extra, {"vqa_acc": PRINTED[name][2 * ri + si]})
 

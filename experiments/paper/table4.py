@@ -28,7 +28,7 @@ def _cells():
     for name in METHODS:
         m = method(name)
         for setup, setup_label in SETUPS:
-            extra = vqa_regime("lc", m.overrides[0].split("=", 1)[1], VQA_PRETRAIN.key) if setup == "ft" else ()
+            extra = vqa_regime("lc", m.algorithm, VQA_PRETRAIN.key) if setup == "ft" else ()
             for client in (None, 0, 1, 2):
                 key = f"{setup}-{'avg' if client is None else CLIENTS[client]}"
                 label = f"{setup_label}: " + ("all clients" if client is None else f"client {CLIENTS[client]}")

@@ -100,6 +100,7 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
     from omnifm_jax.data.describe import describe
 
     seen: Dict[str, Dict[str, Any]] = {}
+    pending = {str(pp.path) for pp in plan.pretrains if pretrain_state(pp.path, pp.config) != "finished"}
     for ci, pc in enumerate(plan.cells):
         cfg = pc.configs[0]
         key = _data_key(cfg)
@@ -108,8 +109,8 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
             seen[key]["cell_indices"].append(ci)
             _check_clients(plan, ci, seen[key]["_fed"])
             continue
-        pending = {str(pp.path) for pp in plan.pretrains if pretrain_state(pp.path, pp.config) != "finished"}
-        if cfg.get("init_from") in pending:  # pretrained later (dry run): check all else now
+        kept = all((ci, si) in plan.done for si in range(len(plan.seeds)))
+        if cfg.get("init_from") in pending or kept:  # pretrained later (dry run), or not run: check all else now
             cfg = dict(cfg, init_from=None, init_params=None)
         try:
             prepared = experiment.setup(cfg)

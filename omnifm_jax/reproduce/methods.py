@@ -24,6 +24,11 @@ class Method(NamedTuple):
     key: str
     overrides: Tuple[str, ...]
 
+    @property
+    def algorithm(self) -> str:
+        """The registered algorithm's name (its ``algorithm=`` override)."""
+        return next(o.split("=", 1)[1] for o in self.overrides if o.startswith("algorithm="))
+
 
 def _m(label: str, algorithm: str, *kwargs: str, key: str = "") -> Method:
     return Method(label, key or algorithm,

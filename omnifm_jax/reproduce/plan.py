@@ -242,7 +242,10 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
         planned.append(PlannedCell(cell, setting, cfgs))
     finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
                 if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si])}
-    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned], seed=seeds[0], rounds=rounds,
+    # Only the pretrains that a cell still to run starts from: a resumed table whose fine-tuned
+    # cells are all kept does not train its pretrained model again.
+    to_run = [pc.cell for ci, pc in enumerate(planned) if any((ci, si) not in finished for si in range(len(seeds)))]
+    pretrains = _planned_pretrains(t, scale, data_root, to_run, seed=seeds[0], rounds=rounds,
                                    overrides=overrides, pretrained_dir=pretrained_dir)
     return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,
                 finished, pretrains)
