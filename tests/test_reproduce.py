@@ -647,6 +647,7 @@ def test_pretrained_models_run_first_in_order_and_are_kept_across_sittings(tmp_p
     assert cli.main(base + ["--resume"]) == 0   # every cell kept: no pretrained model is needed or checked
     log = capsys.readouterr().out
     assert "pretrain base" not in log and "pretrain stage" not in log
+    assert "pretrained model `stage` (stage 2)" in (out / "toyft_protocol.md").read_text()   # still described
 
     def forget_ft():   # as if the fine-tuned cell had not finished: it runs again on --resume
         cells = out / "toyft_cells.jsonl"

@@ -71,7 +71,7 @@ def run_pretrains(plan: Plan, *, progress: bool = False, log: Callable[[str], No
     table did not plan."""
     from omnifm_jax import experiment
 
-    for pp in plan.pretrains:
+    for pp in plan.pretrains_to_run():
         state = pretrain_state(pp.path, pp.config)
         if state == "finished":
             log(f"  pretrain {pp.pretrain.key}: kept ({pp.path} finished with the same config)")
@@ -100,7 +100,7 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
     from omnifm_jax.data.describe import describe
 
     seen: Dict[str, Dict[str, Any]] = {}
-    pending = {str(pp.path) for pp in plan.pretrains if pretrain_state(pp.path, pp.config) != "finished"}
+    pending = {str(pp.path) for pp in plan.pretrains_to_run() if pretrain_state(pp.path, pp.config) != "finished"}
     for ci, pc in enumerate(plan.cells):
         cfg = pc.configs[0]
         key = _data_key(cfg)

@@ -68,7 +68,13 @@ class Plan:
     overrides: Tuple[str, ...] = ()         # the user's extra overrides, applied to every cell
     rounds: Optional[int] = None            # the rounds override in force (None: each config's own)
     done: Set[Tuple[int, int]] = field(default_factory=set)   # (cell, seed) finished in an earlier sitting
-    pretrains: List[PlannedPretrain] = field(default_factory=list)   # run first, in this order
+    pretrains: List[PlannedPretrain] = field(default_factory=list)   # what the cells start from, in order
+    pretrain_keys_to_run: Set[str] = field(default_factory=set)     # those an unfinished cell needs
+
+    def pretrains_to_run(self) -> List[PlannedPretrain]:
+        """The pretrains that a cell still to run starts from (directly or through another),
+        in order: a resumed table whose fine-tuned cells are all kept trains none again."""
+        return [pp for pp in self.pretrains if pp.pretrain.key in self.pretrain_keys_to_run]
 
 
 def _parse_subset(what: str, requested: Optional[Sequence[str]], known: List[Tuple[str, str]]) -> Optional[List[str]]:
@@ -242,18 +248,15 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
         planned.append(PlannedCell(cell, setting, cfgs))
     finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
                 if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si])}
-    # Only the pretrains that a cell still to run starts from: a resumed table whose fine-tuned
-    # cells are all kept does not train its pretrained model again.
+    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned], seed=seeds[0],
+                                   rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir)
     to_run = [pc.cell for ci, pc in enumerate(planned) if any((ci, si) not in finished for si in range(len(seeds)))]
-    pretrains = _planned_pretrains(t, scale, data_root, to_run, seed=seeds[0], rounds=rounds,
-                                   overrides=overrides, pretrained_dir=pretrained_dir)
     return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,
-                finished, pretrains)
+                finished, pretrains, _pretrain_keys(t, to_run))
 
 
-def _planned_pretrains(t: Table, scale: str, data_root: Optional[Path], cells: Sequence[Cell], *, seed: int,
-                       rounds: Optional[int], overrides: Sequence[str], pretrained_dir: Path) -> List[PlannedPretrain]:
-    """The table's pretrains that ``cells`` start from, directly or through another, in order."""
+def _pretrain_keys(t: Table, cells: Sequence[Cell]) -> Set[str]:
+    """The keys of the table's pretrains that ``cells`` start from, directly or through another."""
     by_key = {p.key: p for p in t.pretrain}
     needed, todo = set(), [k for k in (pretrained_key(c.overrides) for c in cells) if k is not None]
     while todo:
@@ -266,6 +269,13 @@ def _planned_pretrains(t: Table, scale: str, data_root: Optional[Path], cells: S
         parent = pretrained_key(by_key[key].overrides)
         if parent is not None:
             todo.append(parent)
+    return needed
+
+
+def _planned_pretrains(t: Table, scale: str, data_root: Optional[Path], cells: Sequence[Cell], *, seed: int,
+                       rounds: Optional[int], overrides: Sequence[str], pretrained_dir: Path) -> List[PlannedPretrain]:
+    """The table's pretrains that ``cells`` start from, directly or through another, in order."""
+    needed = _pretrain_keys(t, cells)
     out = []
     for p in t.pretrain:
         if p.key not in needed:

@@ -92,10 +92,10 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     for paper_cfg, s in dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells):
         log(f"  {paper_cfg} -> {s.config}: {s.note}")
     log(f"  {estimate}")
-    for pp in plan.pretrains:
+    for pp in plan.pretrains_to_run():
         log(f"  pretrain {pp.pretrain.key} ({pp.config['rounds']} rounds, seed {pp.config['seed']}) -> {pp.path}: "
             f"{pp.pretrain.note} [{pretrain_state(pp.path, pp.config)}]")
-    if plan.pretrains and not dry_run:
+    if plan.pretrains_to_run() and not dry_run:
         run_pretrains(plan, progress=progress, log=log)
     data = check_data(plan)
     references = references_from(plan, data)

@@ -317,9 +317,10 @@ def estimate_text(plan: Plan) -> str:
     runs = sum(len(p.runs) for p in plan.programs)
     run_rounds = sum(int(r.get("rounds", p.base["rounds"])) for p in plan.programs for r in p.runs)
     cost = f"{len(plan.programs)} program(s), {runs} run(s), {run_rounds} run-rounds"
-    if plan.pretrains:  # counted whether or not they are kept from an earlier sitting (an upper bound)
-        run_rounds += sum(int(pp.config["rounds"]) for pp in plan.pretrains)
-        cost += f", plus {len(plan.pretrains)} pretraining run(s) ({run_rounds} run-rounds in all)"
+    to_run = plan.pretrains_to_run()
+    if to_run:  # counted whether or not they are kept from an earlier sitting (an upper bound)
+        run_rounds += sum(int(pp.config["rounds"]) for pp in to_run)
+        cost += f", plus {len(to_run)} pretraining run(s) ({run_rounds} run-rounds in all)"
     per_round = plan.table.scales[plan.scale].cpu_s_per_round
     if per_round is not None:
         return (f"expected wall time: ~{run_rounds * per_round / 3600:.1f} h on a 2-core CPU ({cost}; "
