@@ -263,6 +263,10 @@ def test_a_source_that_saw_a_test_question_or_an_unseen_test_image_is_refused():
     for source in (x([1], [2]), x([2], [0])):  # a test sample itself; test image 2 that this run never trains on
         with pytest.raises(ConfigError, match="was trained on 1 of this run's test images"):
             finetune.check_disjoint(source, train, test, where="c", channels=1)
+    # a test sample that the data set also puts in the training split: the run trains on it itself
+    repeated = np.concatenate([train, x([1], [2])])
+    with pytest.warns(UserWarning, match="training images"):
+        finetune.check_disjoint(x([1], [2]), repeated, test, where="d", channels=1)
 
 
 def test_backbone_and_data_must_agree(folder):
