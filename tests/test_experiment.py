@@ -182,6 +182,7 @@ QUALITY_OMNIFM = ["algorithm_kwargs.spectral_dim=16", "algorithm_kwargs.attn_dim
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # trains many steps: tests/conftest.py
 @pytest.mark.parametrize("algorithm", ["omnifm", "fedavg"])
 def test_default_variant_beats_chance(algorithm):
     summary = quiet_run(cfg_of("default", QUALITY + [f"algorithm={algorithm}"]

@@ -334,6 +334,7 @@ def _write_lgg(root, *, sites=("AA", "BB"), patients=5, slices=2, size=SIZE, abs
     return path
 
 
+@pytest.mark.optimized  # trains many steps: tests/conftest.py
 def test_end_to_end_run(tmp_path):
     _write_lgg(tmp_path / "data", patients=5, slices=2)
     root = str(tmp_path / "data")

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from omnifm_jax import algorithms, federated
 from omnifm_jax.data import load_federation
@@ -26,6 +27,7 @@ def _train(dtype, rounds=6):
     return state, losses
 
 
+@pytest.mark.optimized  # trains many steps: tests/conftest.py
 def test_bfloat16_compute_keeps_float32_weights_and_converges():
     state, losses = _train("bfloat16")
     leaves = jax.tree_util.tree_leaves(state.server.params)
