@@ -63,14 +63,6 @@ def _optimizations_on():
             os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = env
 
 
-@pytest.fixture(scope="session")
-def xla_optimized():
-    """A context manager for module-scoped fixtures that run many compiled steps: inside it,
-    programs (and the subprocesses started) compile with XLA's optimisations on, as a test
-    marked ``optimized`` does (see the top of this file)."""
-    return _optimizations_on
-
-
 @pytest.fixture(autouse=True)
 def _optimized_when_marked(request):
     """Tests marked ``optimized`` compile with XLA's optimisations on (see the top of this file),

@@ -33,7 +33,8 @@ def test_a_local_flower_deployment_ends_on_the_engines_state(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "omnifm_jax.cli", "flower", "--config", "default", "--nodes", "3",
                            "--set", "rounds=1", "--set", "algorithm=fedper", "--set", "dataset_kwargs.image_size=16",
-                           "--set", "backbone_kwargs.hidden=16", "--out", str(out), "--check"],
+                           "--set", "backbone_kwargs.hidden=16", "--out", str(out), "--check",
+                           "--round-timeout", "300"],  # all nodes live: no round waits it out
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "engine comparison: max |difference| = 0" in proc.stdout

@@ -1,5 +1,5 @@
 """The suite's own JAX settings (tests/conftest.py): optimisations off, except in tests marked
-``optimized`` and inside the ``xla_optimized`` context, and back off afterwards."""
+``optimized``."""
 from __future__ import annotations
 
 import os
@@ -21,8 +21,10 @@ def test_marked_tests_and_their_subprocesses_compile_with_optimisations():
     assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "false"
 
 
-def test_the_context_restores_the_setting(xla_optimized):
-    with xla_optimized():
+def test_the_setting_is_restored_after_a_marked_test():
+    from conftest import _optimizations_on  # what the fixture of a marked test runs
+
+    with _optimizations_on():
         assert jax.config.read("jax_disable_most_optimizations") is False
     assert jax.config.read("jax_disable_most_optimizations") is True
     assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "true"
