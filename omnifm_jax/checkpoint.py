@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from omnifm_jax.config import ConfigError, upgrade_spelling, without_inert
+from omnifm_jax.config import ConfigError, comparable, upgrade_spelling
 
 __all__ = ["CHECKPOINT_SUBDIR", "FORMAT_VERSION", "COMMIT_MARKER", "RESUME_FREE_KEYS", "CheckpointError",
            "CheckpointMismatchError", "CorruptCheckpointWarning", "config_fingerprint", "config_differences",
@@ -78,7 +78,7 @@ def config_fingerprint(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The config keys a resumed run must share with the run that wrote the checkpoint (keys
     at their inert value, :data:`omnifm_jax.config.INERT`, are left out: a checkpoint written
     before such a key existed resumes)."""
-    cfg = without_inert(cfg)
+    cfg = comparable(cfg)
     return {k: cfg[k] for k in sorted(cfg) if k not in RESUME_FREE_KEYS}
 
 

@@ -22,7 +22,8 @@ from omnifm_jax.registry import BACKBONES, TASKS, ComponentImportError, import_c
 
 __all__ = ["ConfigError", "CONFIG_DIR", "DEFAULTS", "MOVED_KEYS", "RENAMED_KEYS", "OPTIMIZERS", "INPUT_SCALINGS",
            "WEIGHT_INITS", "COMPONENT_KWARGS", "load_config", "update", "parse_value", "set_dotted", "get_dotted",
-           "apply_overrides", "validate", "algorithm_kwargs", "upgrade_spelling", "INERT", "without_inert"]
+           "apply_overrides", "validate", "algorithm_kwargs", "upgrade_spelling", "INERT", "without_inert",
+           "CONFIG_WEIGHT_INITS", "PFLLIB_BACKBONES", "resolved_weight_init", "comparable"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
@@ -51,7 +52,7 @@ DEFAULTS: Dict[str, Any] = {
     # Protocol (PFLlib's semantics by default; see docs/protocol.md's table)
     "drop_last": True,              # skip each epoch's last partial batch (PFLlib's DataLoader)
     "aggregate_bn_stats": False,    # average BatchNorm running statistics too (PFLlib keeps them local)
-    "weight_init": "flax",          # pytorch: PyTorch's default init of backbone and head (PFLlib); flax: flax's
+    "weight_init": "auto",          # auto: pytorch for PFLlib's FedAvgCNN classifier, else flax (docs/protocol.md)
     "shared_init": True,            # all clients start from ONE initial model (PFLlib)
     "random_join": False,           # PFLlib's random_join_ratio: participants drawn from int(ratio*K)..K
     "dropped_keep_update": True,    # a dropped-out participant keeps what it trained (PFLlib)
@@ -82,9 +83,40 @@ def without_inert(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """``cfg`` without the :data:`INERT` keys that hold their inert value."""
     return {k: v for k, v in cfg.items() if not (k in INERT and v == INERT[k])}
 
+
+#: Backbones that stand for a model of PFLlib's own, initialised there by PyTorch's defaults:
+#: FedAvgCNN. PFLlib's ResNet-18 is torchvision's, whose convolutions start kaiming_normal
+#: (fan_out), not PyTorch's default, so ``resnet18`` keeps flax's initialisers under ``auto``.
+PFLLIB_BACKBONES = ("cnn",)
+
+
+def resolved_weight_init(cfg: Dict[str, Any]) -> str:
+    """The initialisation a run uses: ``weight_init`` itself unless it is ``"auto"``, which means
+    ``"pytorch"`` where the run stands for one of PFLlib's (a :data:`PFLLIB_BACKBONES` backbone,
+    the classification task, an algorithm that builds backbone and head) and ``"flax"`` elsewhere."""
+    value = cfg.get("weight_init", "flax")
+    if value != "auto":
+        return value
+    from omnifm_jax import algorithms
+
+    takes = cfg.get("algorithm") in algorithms.available() and "weight_init" in algorithms.run_args(cfg["algorithm"])
+    pfllib = cfg.get("backbone") in PFLLIB_BACKBONES and cfg.get("task") == "classification"
+    return "pytorch" if takes and pfllib else "flax"
+
+
+def comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` as run fingerprints compare it: without its inert keys (:func:`without_inert`)
+    and with ``weight_init`` resolved (:func:`resolved_weight_init`), so that ``auto`` and the
+    value it stands for are one run, and runs written when ``flax`` was the default still match."""
+    out = without_inert(cfg)
+    if "weight_init" in out:
+        out["weight_init"] = resolved_weight_init(out)
+    return out
+
 OPTIMIZERS = ("sgd", "adam")
 INPUT_SCALINGS = ("auto", "pflib", "unit")
 WEIGHT_INITS = ("flax", "pytorch")  # see omnifm_jax.models.init
+CONFIG_WEIGHT_INITS = ("auto",) + WEIGHT_INITS  # the config's values (auto: resolved_weight_init)
 
 #: Former top-level keys and where they live now (a task's own options): refused, naming the new key.
 MOVED_KEYS = {"scale": "task_kwargs.scale", "head_pool": "task_kwargs.head_pool"}
@@ -265,8 +297,8 @@ def validate(cfg: Dict[str, Any]) -> None:
     checks.interval("client_dropout", cfg["client_dropout"], 0, 1, lo_open=False, hi_open=True)
     checks.interval("momentum", cfg["momentum"], 0, 1, lo_open=False, hi_open=True)
     checks.choice("input_scaling", cfg["input_scaling"], INPUT_SCALINGS)
-    checks.choice("weight_init", cfg["weight_init"], WEIGHT_INITS)
-    require(cfg["weight_init"] == "flax" or "weight_init" in algorithms.run_args(cfg["algorithm"]),
+    checks.choice("weight_init", cfg["weight_init"], CONFIG_WEIGHT_INITS)
+    require(cfg["weight_init"] in ("flax", "auto") or "weight_init" in algorithms.run_args(cfg["algorithm"]),
             f"weight_init={cfg['weight_init']!r}: algorithm {cfg['algorithm']!r} builds its own model and "
             f"takes only weight_init='flax'")
     require(cfg["diagnostics"] == "auto" or checks.is_int(cfg["diagnostics"]) and cfg["diagnostics"] >= 0,
@@ -323,6 +355,8 @@ def algorithm_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     from omnifm_jax import algorithms
 
     kw = {k: cfg[k] for k in algorithms.run_args(cfg["algorithm"])}
+    if "weight_init" in kw:
+        kw["weight_init"] = resolved_weight_init(cfg)
     kw.update(cfg["algorithm_kwargs"])
     return kw
 

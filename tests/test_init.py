@@ -131,7 +131,7 @@ def test_run_path_pytorch_redraws_backbone_and_head_only():
 
 def test_bad_weight_init_refused():
     cfg = dict(config_lib.load_config(), weight_init="torch")
-    with pytest.raises(ConfigError, match=r"weight_init must be one of \('flax', 'pytorch'\), got 'torch'"):
+    with pytest.raises(ConfigError, match=r"weight_init must be one of \('auto', 'flax', 'pytorch'\), got 'torch'"):
         config_lib.validate(cfg)
 
 
@@ -140,3 +140,40 @@ def test_every_algorithm_with_backbone_and_head_takes_the_switch():
 
     without = [n for n in algorithms.available() if "weight_init" not in algorithms.run_args(n)]
     assert without == ["fedmepd"]  # its own model (no backbone/head): weight_init='pytorch' is refused
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, "pytorch"),                                                   # FedAvgCNN, classification: PFLlib's
+    ({"algorithm": "fedavg"}, "pytorch"),
+    ({"backbone": "resnet18"}, "flax"),                                # torchvision's init, not PyTorch's default
+    ({"task": "super_resolution", "backbone": "edsr"}, "flax"),        # no PFLlib model
+    ({"algorithm": "fedmepd"}, "flax"),                                # builds its own model
+    ({"weight_init": "flax"}, "flax"),                                 # explicit values are kept
+    ({"weight_init": "pytorch", "backbone": "resnet18"}, "pytorch"),
+])
+def test_auto_init_is_pytorch_for_pfllib_models_only(overrides, expected):
+    cfg = dict(config_lib.load_config(), **overrides)
+    assert cfg["weight_init"] == overrides.get("weight_init", "auto")
+    assert config_lib.resolved_weight_init(cfg) == expected
+    assert config_lib.comparable(cfg)["weight_init"] == expected
+    if "weight_init" in algorithms_run_args(cfg["algorithm"]):
+        assert config_lib.algorithm_kwargs(cfg)["weight_init"] == expected
+
+
+def algorithms_run_args(name):
+    from omnifm_jax import algorithms
+
+    return algorithms.run_args(name)
+
+
+def test_default_run_draws_pytorch_init_and_fingerprints_compare_resolved_values():
+    default, torch_p = _server_params("auto"), _server_params("pytorch")
+    for x, y in zip(jax.tree_util.tree_leaves(default), jax.tree_util.tree_leaves(torch_p)):
+        np.testing.assert_array_equal(x, y)
+    from omnifm_jax import checkpoint
+
+    cfg = config_lib.load_config()
+    assert checkpoint.config_differences(dict(cfg, weight_init="pytorch"), cfg) == []
+    assert checkpoint.config_differences(dict(cfg, weight_init="flax"), cfg) == ["weight_init"]
+    sr = dict(cfg, task="super_resolution", backbone="edsr")
+    assert checkpoint.config_differences(dict(sr, weight_init="flax"), sr) == []  # written when flax was the default

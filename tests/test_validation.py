@@ -59,7 +59,7 @@ CONFIG_CASES = [
     ("checkpoint_keep 0", {"checkpoint_keep": 0}, r"checkpoint_keep must be an integer >= 1, got 0"),
     ("zero clients", {"num_clients": 0}, r"num_clients must be an integer >= 1, got 0"),
     ("unknown weight init", {"weight_init": "torch"},
-     r"weight_init must be one of \('flax', 'pytorch'\), got 'torch'"),
+     r"weight_init must be one of \('auto', 'flax', 'pytorch'\), got 'torch'"),
     ("rounds as text", {"rounds": "ten"}, r"rounds must be an integer >= 1, got 'ten'"),
     ("fractional batch size", {"batch_size": 8.5}, r"batch_size must be an integer >= 1, got 8.5"),
     ("negative seed", {"seed": -1}, r"seed must be an integer >= 0, got -1"),

@@ -105,9 +105,9 @@ def config_sha(cfg: Dict[str, Any]) -> str:
     """A short hash of a full config: a finished cell is reused by ``--resume`` only when its
     config hash is the one planned now. Keys at their inert value
     (:data:`omnifm_jax.config.INERT`) are left out, so adding such a key keeps finished cells."""
-    from omnifm_jax.config import without_inert
+    from omnifm_jax.config import comparable
 
-    return hashlib.sha256(canonical(without_inert(cfg)).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical(comparable(cfg)).encode()).hexdigest()[:16]
 
 
 def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, rounds: Optional[int] = None,
