@@ -77,7 +77,8 @@ class CorruptCheckpointWarning(UserWarning):
 def config_fingerprint(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The config keys a resumed run must share with the run that wrote the checkpoint (keys
     at their inert value, :data:`omnifm_jax.config.INERT`, are left out: a checkpoint written
-    before such a key existed resumes)."""
+    before such a key existed resumes; ``weight_init`` is compared resolved,
+    :func:`omnifm_jax.config.comparable`)."""
     cfg = comparable(cfg)
     return {k: cfg[k] for k in sorted(cfg) if k not in RESUME_FREE_KEYS}
 

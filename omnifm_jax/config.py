@@ -84,6 +84,11 @@ def without_inert(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in cfg.items() if not (k in INERT and v == INERT[k])}
 
 
+OPTIMIZERS = ("sgd", "adam")
+INPUT_SCALINGS = ("auto", "pflib", "unit")
+WEIGHT_INITS = ("flax", "pytorch")  # see omnifm_jax.models.init
+CONFIG_WEIGHT_INITS = ("auto",) + WEIGHT_INITS  # the config's values (auto: resolved_weight_init)
+
 #: Backbones that stand for a model of PFLlib's own, initialised there by PyTorch's defaults:
 #: FedAvgCNN. PFLlib's ResNet-18 is torchvision's, whose convolutions start kaiming_normal
 #: (fan_out), not PyTorch's default, so ``resnet18`` keeps flax's initialisers under ``auto``.
@@ -113,10 +118,6 @@ def comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
         out["weight_init"] = resolved_weight_init(out)
     return out
 
-OPTIMIZERS = ("sgd", "adam")
-INPUT_SCALINGS = ("auto", "pflib", "unit")
-WEIGHT_INITS = ("flax", "pytorch")  # see omnifm_jax.models.init
-CONFIG_WEIGHT_INITS = ("auto",) + WEIGHT_INITS  # the config's values (auto: resolved_weight_init)
 
 #: Former top-level keys and where they live now (a task's own options): refused, naming the new key.
 MOVED_KEYS = {"scale": "task_kwargs.scale", "head_pool": "task_kwargs.head_pool"}

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from omnifm_jax import algorithms, experiment
 from omnifm_jax import config as config_lib
-from omnifm_jax import experiment
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.models.init import pytorch_default_init, torch_fan_in
 
@@ -136,8 +136,6 @@ def test_bad_weight_init_refused():
 
 
 def test_every_algorithm_with_backbone_and_head_takes_the_switch():
-    from omnifm_jax import algorithms
-
     without = [n for n in algorithms.available() if "weight_init" not in algorithms.run_args(n)]
     assert without == ["fedmepd"]  # its own model (no backbone/head): weight_init='pytorch' is refused
 
@@ -156,14 +154,8 @@ def test_auto_init_is_pytorch_for_pfllib_models_only(overrides, expected):
     assert cfg["weight_init"] == overrides.get("weight_init", "auto")
     assert config_lib.resolved_weight_init(cfg) == expected
     assert config_lib.comparable(cfg)["weight_init"] == expected
-    if "weight_init" in algorithms_run_args(cfg["algorithm"]):
+    if "weight_init" in algorithms.run_args(cfg["algorithm"]):
         assert config_lib.algorithm_kwargs(cfg)["weight_init"] == expected
-
-
-def algorithms_run_args(name):
-    from omnifm_jax import algorithms
-
-    return algorithms.run_args(name)
 
 
 def test_default_run_draws_pytorch_init_and_fingerprints_compare_resolved_values():

@@ -104,7 +104,8 @@ def canonical(cfg: Dict[str, Any]) -> str:
 def config_sha(cfg: Dict[str, Any]) -> str:
     """A short hash of a full config: a finished cell is reused by ``--resume`` only when its
     config hash is the one planned now. Keys at their inert value
-    (:data:`omnifm_jax.config.INERT`) are left out, so adding such a key keeps finished cells."""
+    (:data:`omnifm_jax.config.INERT`) are left out, so adding such a key keeps finished cells, and
+    ``weight_init`` enters resolved (:func:`omnifm_jax.config.comparable`)."""
     from omnifm_jax.config import comparable
 
     return hashlib.sha256(canonical(comparable(cfg)).encode()).hexdigest()[:16]
