@@ -562,6 +562,8 @@ def run_summary(cfg: Dict[str, Any], task, history: List[Dict[str, Any]], state,
         "accepted_updates_total": totals.get("accepted_updates"),
         "useful_client_steps_total": totals.get("useful_steps"), "learned": learned,
         "params_sha256": federated.state_hash(state), "device": str(jax.devices()[0]),
+        # the initialisation the run drew (the config may say "auto": config.resolved_weight_init)
+        "weight_init": config_lib.resolved_weight_init(cfg),
         "config": cfg,
     }
     if baseline is not None:

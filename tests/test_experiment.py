@@ -88,6 +88,7 @@ def test_run_writes_outputs(tiny_run):
         assert key in saved, key
     assert saved["algorithm"] == "omnifm" and saved["task"] == "classification"
     assert saved["config"] == cfg
+    assert saved["weight_init"] == config_lib.resolved_weight_init(cfg) == "pytorch"  # auto, FedAvgCNN
     assert saved["last"]["round"] == 2 and saved["best"]["accuracy"] >= saved["last"]["accuracy"]
     assert saved["params_sha256"] == summary["params_sha256"] == federated.state_hash(summary["state"])
     assert json.loads((out / "config.json").read_text()) == cfg
@@ -109,6 +110,7 @@ def test_same_seed_same_hash_other_seed_other_hash(tiny_run):
 def test_sr_run_reports_psnr_ssim_and_bicubic_baseline(sr_run):
     _, out, summary = sr_run
     assert summary["task"] == "super_resolution" and summary["primary_metric"] == "psnr"
+    assert summary["weight_init"] == "flax"  # auto: no PFLlib model for super-resolution
     for part in ("best", "last", "baseline"):
         assert {"psnr", "ssim"} <= set(summary[part]), part
         assert math.isfinite(summary[part]["psnr"]) and 0 < summary[part]["ssim"] <= 1

@@ -594,6 +594,7 @@ def test_tiny_table8_end_to_end(tmp_path, capsys):
     assert "omnifm reproduce table8 --scale tiny" in protocol and "CpuDevice" in protocol
     assert "data_seed = 0" in protocol and "best round" in protocol
     assert "extra overrides for every cell: `num_clients=2`" in protocol
+    assert "backbone='cnn'" in protocol and "weight_init='pytorch'" in protocol  # auto, resolved per run
     assert cli.main(["reproduce", "table8", "--render-only", "--eval", "last", "--out", str(out)]) == 0
     assert "Evaluation: last round." in (out / "table8.md").read_text()
 

@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from omnifm_jax import config as config_lib
 from omnifm_jax.reproduce.plan import Plan
 from omnifm_jax.reproduce.settings import H100_MINUTES_PER_100_ROUNDS
 from omnifm_jax.reproduce.spec import Table
@@ -238,7 +239,7 @@ def write_plot(table: Table, records: Sequence[Mapping[str, Any]], path: Path, *
 def _config_summary(cfg: Dict[str, Any]) -> str:
     keys = ("dataset", "dataset_kwargs", "num_clients", "participation", "rounds", "local_epochs", "batch_size",
             "optimizer", "lr", "backbone", "backbone_kwargs", "eval_every")
-    return ", ".join(f"{k}={cfg[k]!r}" for k in keys)
+    return ", ".join([f"{k}={cfg[k]!r}" for k in keys] + [f"weight_init={config_lib.resolved_weight_init(cfg)!r}"])
 
 
 def protocol_text(plan: Plan, *, data: Sequence[Mapping[str, Any]], command: str, wall_time_s: float,
