@@ -46,13 +46,17 @@ def _cells():
 
 
 CELLS = tuple(_cells())
-#: The CPU run of experiments/results/table6_seg_smoke.md: the config's own UNet (half the
-#: tutorial widths), 10 rounds, every client of the TCGA-LGG federation.
+#: The CPU scale: the config's own UNet (half the tutorial widths) for the paper's 50 rounds x 1
+#: local epoch, every client of the TCGA-LGG federation, evaluated every round (the convergence
+#: rule reads the last 10 evaluated rounds). ~10 s per round of one run on 2 cores (measured:
+#: FedAvg, 4 rounds, evaluation included), ~35 min per seed for the four methods.
+#: experiments/results/table6_seg_smoke.md is the earlier 10-round smoke run.
 CPU = Scale({"seg_lgg_sites": (Setting("seg_lgg_sites", RUN + ("eval_train_loss=False",), "lgg",
                                        "FeTS2022 is not available; TCGA-LGG FLAIR-abnormality slices (64x64), clients "
                                        "= hospitals, MONAI UNet at half the tutorial widths"),)},
             rows=("omnifm", "fedavg", "fedper", "local"), cols=("lgg",) + tuple(f"lgg-{c}" for c in LGG_CLIENTS),
-            rounds=10)
+            rounds=50, cpu_s_per_round=10.0,
+            note="cpu: ~10 s per round of one run (4 hospital clients, 64x64 slices, evaluation every round)")
 TABLE = Table(
     "table6", "Table 6: federated segmentation", MEASURED, CELLS,
     tuple(beats_all(CELLS, m, "omnifm", key, f"OmniFM has the highest {METRICS[m].label} on {col}")
