@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from omnifm_jax import cli, sweep
+from omnifm_jax import config as config_lib
 from omnifm_jax import reproduce as R
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import plan as plan_lib
@@ -671,6 +672,36 @@ def test_pretrained_models_run_first_in_order_and_are_kept_across_sittings(tmp_p
     log = capsys.readouterr().out
     assert "pretrain base: kept" in log and "pretrain stage: fedavg on synthetic, 1 rounds" in log
     assert "(again: interrupted before)" in log and (out / "pretrained" / "stage" / "summary.json").is_file()
+    # The table's files without _cells.jsonl or pretrained/ (as committed), in another folder:
+    # --resume keeps every cell from <table>.json (the fine-tuned cell's hash names its
+    # pretrained model by key, not by path) and writes the records into a new _cells.jsonl.
+    moved = tmp_path / "committed"
+    moved.mkdir()
+    for f in R.output_files("toyft", out)[:5]:
+        (moved / f.name).write_bytes(f.read_bytes())
+    assert cli.main(base[:-3] + ["--out", str(moved), "--resume", "--quiet"]) == 0
+    log = capsys.readouterr().out
+    assert "resuming: 2 of 2 (cell, seed) pair(s)" in log and "pretrain base" not in log and "pretrain stage" not in log
+    assert not (moved / "pretrained").exists() and len(R.read_jsonl(moved / "toyft_cells.jsonl")) == 2
+    (moved / "toyft_cells.jsonl").unlink()
+    (moved / "toyft.json").write_text("{not json")
+    assert cli.main(base[:-3] + ["--out", str(moved), "--resume", "--quiet"]) == 2
+    assert f"cannot resume from {moved / 'toyft.json'}" in capsys.readouterr().err
     broken = R.Table("t", "t", ("acc",), (R.Cell("A", "B", "a", "b", "default", ("init_from=pretrained:nope",)),))
     with pytest.raises(ValueError, match="starts from pretrain 'nope', which the table does not define"):
         broken.check()
+
+
+def test_a_config_hash_names_the_tables_pretrained_models_by_key_and_other_paths_by_path(tmp_path):
+    from omnifm_jax.reproduce.plan import config_sha
+
+    cfg = config_lib.load_config()
+    here, there = tmp_path / "a" / "pretrained", tmp_path / "b" / "pretrained"
+    assert config_sha(dict(cfg, init_from=str(here / "base")), here) == \
+        config_sha(dict(cfg, init_from=str(there / "base")), there)          # the same pretrained model
+    assert config_sha(dict(cfg, init_from=str(here / "base")), here) != \
+        config_sha(dict(cfg, init_from=str(here / "stage")), here)           # another one
+    assert config_sha(dict(cfg, init_from=str(tmp_path / "mine")), here) != \
+        config_sha(dict(cfg, init_from=str(tmp_path / "yours")), here)       # a user's own source: its path
+    assert config_sha(dict(cfg, init_from=str(here / "base"))) != \
+        config_sha(dict(cfg, init_from=str(there / "base")))                 # no table folder given: paths

@@ -57,7 +57,7 @@ def pretrain_state(path: Path, cfg: Dict[str, Any]) -> str:
         saved = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return "other"
-    if plan_lib.config_sha(saved) != plan_lib.config_sha(cfg):
+    if plan_lib.config_sha(saved, path.parent) != plan_lib.config_sha(cfg, path.parent):
         return "other"
     return "finished" if (path / "summary.json").is_file() else "unfinished"
 

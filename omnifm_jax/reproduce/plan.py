@@ -70,6 +70,7 @@ class Plan:
     done: Set[Tuple[int, int]] = field(default_factory=set)   # (cell, seed) finished in an earlier sitting
     pretrains: List[PlannedPretrain] = field(default_factory=list)   # what the cells start from, in order
     pretrain_keys_to_run: Set[str] = field(default_factory=set)     # those an unfinished cell needs
+    pretrained_dir: Optional[Path] = None   # where the pretrained models are (config_sha names them by key)
 
     def pretrains_to_run(self) -> List[PlannedPretrain]:
         """The pretrains that a cell still to run starts from (directly or through another),
@@ -101,14 +102,30 @@ def canonical(cfg: Dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=repr)
 
 
-def config_sha(cfg: Dict[str, Any]) -> str:
+def config_sha(cfg: Dict[str, Any], pretrained_dir: Optional[Union[str, Path]] = None) -> str:
     """A short hash of a full config: a finished cell is reused by ``--resume`` only when its
     config hash is the one planned now. Keys at their inert value
     (:data:`omnifm_jax.config.INERT`) are left out, so adding such a key keeps finished cells, and
-    ``weight_init`` enters resolved (:func:`omnifm_jax.config.comparable`)."""
+    ``weight_init`` enters resolved (:func:`omnifm_jax.config.comparable`). An ``init_from`` in
+    ``pretrained_dir`` (the table's pretrained models, ``<out>/pretrained``) enters as
+    ``pretrained:<key>``, not as a path: a table's records keep their hashes when its folder
+    moves (e.g. the committed tables, extended with more seeds elsewhere)."""
     from omnifm_jax.config import comparable
 
-    return hashlib.sha256(canonical(comparable(cfg)).encode()).hexdigest()[:16]
+    cfg = comparable(cfg)
+    key = _pretrained_name(cfg.get("init_from"), pretrained_dir)
+    if key is not None:
+        cfg["init_from"] = PRETRAINED + key
+    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:16]
+
+
+def _pretrained_name(init_from: Any, pretrained_dir: Optional[Union[str, Path]]) -> Optional[str]:
+    """The key of a table's pretrained model that ``init_from`` names (a folder directly in
+    ``pretrained_dir``), else None."""
+    if not init_from or pretrained_dir is None or not isinstance(init_from, (str, Path)):
+        return None
+    path = Path(init_from)
+    return path.name if path.parent.resolve() == Path(pretrained_dir).resolve() else None
 
 
 def cell_config(cell: Cell, setting: Setting, *, seed: int, data_seed: int, rounds: Optional[int] = None,
@@ -248,12 +265,13 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
             raise ConfigError(f"{name} cell ({cell.row}, {cell.col}): {exc}") from None
         planned.append(PlannedCell(cell, setting, cfgs))
     finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
-                if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si])}
+                if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si],
+                                                                                          pretrained_dir)}
     pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned], seed=seeds[0],
                                    rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir)
     to_run = [pc.cell for ci, pc in enumerate(planned) if any((ci, si) not in finished for si in range(len(seeds)))]
     return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,
-                finished, pretrains, _pretrain_keys(t, to_run))
+                finished, pretrains, _pretrain_keys(t, to_run), pretrained_dir)
 
 
 def _pretrain_keys(t: Table, cells: Sequence[Cell]) -> Set[str]:

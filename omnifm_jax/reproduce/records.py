@@ -90,7 +90,7 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
                        program_mode=s.get("program_mode", ""), program_wall_time_s=s.get("wall_time_s"),
                        overrides=";".join(pc.setting.overrides + cell.overrides + plan.overrides
                                           + ((f"rounds={plan.rounds}",) if plan.rounds is not None else ())),
-                       config_sha=config_sha(cfg))
+                       config_sha=config_sha(cfg, plan.pretrained_dir))
             recs.append(rec)
     return recs
 

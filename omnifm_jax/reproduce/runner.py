@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import registry
 from omnifm_jax.reproduce.execution import check_data, execute, pretrain_state, run_pretrains
 from omnifm_jax.reproduce.plan import build_plan
@@ -53,6 +54,22 @@ def _seeds(plan_seeds: Sequence[int], records: Sequence[Dict[str, Any]]) -> List
     return list(plan_seeds) + sorted({int(r["seed"]) for r in records} - set(plan_seeds))
 
 
+def _finished_records(files: List[Path], *, write: bool) -> List[Dict[str, Any]]:
+    """The records of a table's finished cells: ``<table>_cells.jsonl``, or, where there is none,
+    those of ``<table>.json`` (with ``write``, copied into a new ``_cells.jsonl`` first, so that
+    an interrupted sitting still finds them)."""
+    cells_path, json_path = files[5], files[3]
+    if cells_path.is_file() or not json_path.is_file():
+        return read_jsonl(cells_path)
+    try:
+        records = json.loads(json_path.read_text())["records"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot resume from {json_path}: {exc}") from None
+    if write:
+        append_jsonl(records, cells_path)
+    return records
+
+
 def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Optional[Union[str, Path]] = None,
               seeds: Sequence[int] = (0, 1, 2), rounds: Optional[int] = None, rows: Optional[Sequence[str]] = None,
               cols: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), rule: Optional[str] = None,
@@ -65,7 +82,9 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     Everything (table, rows, columns, every cell's config, and every federation's data) is
     checked before any training. ``dry_run`` stops after the checks and the plan.
     ``resume``: keep the finished cells of ``<table>_cells.jsonl`` (same scale and config)
-    and run the others. ``tables``: folders of table files besides the default ones.
+    and run the others; a folder without it (a committed table: md, csv, json, png, protocol)
+    resumes from the records of ``<table>.json``, e.g. to add seeds to it. ``tables``: folders of
+    table files besides the default ones.
     Returns ``{"out", "files", "records", "claims", "plan", "markdown"}``.
     """
     t = table if isinstance(table, Table) else registry.get_table(table, tables)
@@ -74,7 +93,8 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     files = output_files(name, out)
     cells_path = files[5]
     scale_name = t.default_scale if scale is None else scale
-    old = [r for r in read_jsonl(cells_path) if r.get("scale") == scale_name] if resume else []
+    source = cells_path if cells_path.is_file() or not files[3].is_file() else files[3]
+    old = [r for r in _finished_records(files, write=not dry_run) if r.get("scale") == scale_name] if resume else []
     plan = build_plan(t, scale=scale, seeds=seeds, rows=rows, cols=cols, rounds=rounds, overrides=overrides,
                       rule=rule, data_root=data_root, done={record_key(r): r.get("config_sha") for r in old},
                       pretrained_dir=out / "pretrained")
@@ -86,7 +106,7 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
         f"{len(plan.programs)} compiled program(s)")
     if resume:
         log(f"  resuming: {len(plan.done)} of {len(plan.cells) * len(plan.seeds)} (cell, seed) pair(s) finished "
-            f"in {cells_path} are kept")
+            f"in {source} are kept")
     for note in plan.notes:
         log(f"  {note}")
     for paper_cfg, s in dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells):
