@@ -194,3 +194,17 @@ def test_every_bad_input_row_names_a_test_that_exists():
     assert ids, proc.stdout[-2000:] + proc.stderr[-2000:]
     missing = [t for t in named if f"tests/{t}" not in ids and not any(i.startswith(f"tests/{t}[") for i in ids)]
     assert not missing, f"tests/bad_inputs.py names tests that do not exist: {missing}"
+
+
+def test_the_reproduction_pages_table_files_list_their_scales():
+    """docs/reproduction.md's table of table files names each file's scales as the files define them."""
+    from omnifm_jax import reproduce
+
+    by_file = {}
+    for t in reproduce.TABLES.values():
+        by_file.setdefault(Path(t.source).resolve(), set()).update(t.scales)
+    rows = re.findall(r"^\| \[(experiments/[^\]]+\.py)\]\([^)]+\) \| [^\n]* \| ([a-z, ]+) \|$",
+                      (ROOT / "docs" / "reproduction.md").read_text(), flags=re.M)
+    assert len(rows) >= 10
+    for path, scales in rows:
+        assert {s.strip() for s in scales.split(",")} == by_file[(ROOT / path).resolve()], path
