@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import registry
@@ -54,20 +54,20 @@ def _seeds(plan_seeds: Sequence[int], records: Sequence[Dict[str, Any]]) -> List
     return list(plan_seeds) + sorted({int(r["seed"]) for r in records} - set(plan_seeds))
 
 
-def _finished_records(files: List[Path], *, write: bool) -> List[Dict[str, Any]]:
-    """The records of a table's finished cells: ``<table>_cells.jsonl``, or, where there is none,
-    those of ``<table>.json`` (with ``write``, copied into a new ``_cells.jsonl`` first, so that
-    an interrupted sitting still finds them)."""
+def _finished_records(files: List[Path], *, write: bool) -> Tuple[List[Dict[str, Any]], Path]:
+    """The records of a table's finished cells and the file they come from: ``<table>_cells.jsonl``,
+    or, where there is none, ``<table>.json`` (with ``write``, its records are copied into a new
+    ``_cells.jsonl`` first, so that an interrupted sitting still finds them)."""
     cells_path, json_path = files[5], files[3]
     if cells_path.is_file() or not json_path.is_file():
-        return read_jsonl(cells_path)
+        return read_jsonl(cells_path), cells_path
     try:
         records = json.loads(json_path.read_text())["records"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot resume from {json_path}: {exc}") from None
     if write:
         append_jsonl(records, cells_path)
-    return records
+    return records, json_path
 
 
 def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Optional[Union[str, Path]] = None,
@@ -93,8 +93,8 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     files = output_files(name, out)
     cells_path = files[5]
     scale_name = t.default_scale if scale is None else scale
-    source = cells_path if cells_path.is_file() or not files[3].is_file() else files[3]
-    old = [r for r in _finished_records(files, write=not dry_run) if r.get("scale") == scale_name] if resume else []
+    old, source = _finished_records(files, write=not dry_run) if resume else ([], cells_path)
+    old = [r for r in old if r.get("scale") == scale_name]
     plan = build_plan(t, scale=scale, seeds=seeds, rows=rows, cols=cols, rounds=rounds, overrides=overrides,
                       rule=rule, data_root=data_root, done={record_key(r): r.get("config_sha") for r in old},
                       pretrained_dir=out / "pretrained")
