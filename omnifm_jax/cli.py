@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     fl.add_argument("--nodes", type=int, required=True, help="SuperNodes to start, one per client (sets num_clients)")
     fl.add_argument("--out", default=None, help="output directory (default runs/<algorithm>-flower-<time>)")
-    fl.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for a round's replies")
+    fl.add_argument("--round-timeout", type=float, default=120.0,
+                    help="seconds a round waits with no new reply before the clients still silent count as missing")
     fl.add_argument("--check", action="store_true",
                     help="also run the in-process engine and compare the final server states (exit 1 if they differ)")
     fl.set_defaults(func=_flower)

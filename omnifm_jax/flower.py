@@ -6,7 +6,8 @@ uploads cross as ``ArrayRecord``s of named arrays, the personal client state sta
 node's ``context.state``, and the server follows the engine's participants and keys, so a
 deployment ends on the engine's server state. The run config (``[tool.flwr.app.config]`` or
 ``flwr run --run-config``) names the omnifm config file (``config-path``), the output
-directory (``out``) and the seconds to wait for a round's replies (``round-timeout``); each node's
+directory (``out``) and the seconds a round waits with no new reply before the clients still
+silent count as missing (``round-timeout``); each node's
 ``node_config`` names its client (``partition-id``). ``omnifm flower`` (:mod:`omnifm_jax.flower_launch`)
 starts a local SuperLink and one SuperNode per client and runs this app.
 """
@@ -104,7 +105,12 @@ server_app = ServerApp()
 
 
 def _exchange(grid: Grid, messages: Dict[int, Message], timeout: float) -> Dict[int, Message]:
-    """Send one message per client; its reply by client (errors and silence: absent)."""
+    """Send one message per client; its reply by client (errors and silence: absent).
+
+    Waits until every reply is in or ``timeout`` seconds have passed with no new reply: each
+    reply restarts the clock, so sites that start up and compile one after another on a busy
+    machine are not cut off as long as they keep answering, and a dead node costs one
+    ``timeout`` after the last reply."""
     ids = list(grid.push_messages(list(messages.values())))
     client_of = dict(zip(ids, messages))
     replies: Dict[int, Message] = {}
@@ -114,6 +120,7 @@ def _exchange(grid: Grid, messages: Dict[int, Message], timeout: float) -> Dict[
         for rep in grid.pull_messages(list(pending)):
             mid = rep.metadata.reply_to_message_id
             pending.discard(mid)
+            deadline = time.time() + timeout
             if not rep.has_error():
                 replies[client_of[mid]] = rep
             else:

@@ -28,6 +28,33 @@ def test_named_arrays_cross_flowers_records_unchanged():
         np.testing.assert_array_equal(back[k], v)
 
 
+def test_a_round_waits_while_replies_keep_coming_and_ends_a_timeout_after_the_last():
+    """Replies 0.7 s apart with a 1 s timeout all count (a deadline from the start would lose the
+    third); the silent client costs one timeout after the last reply, not more."""
+    import time
+    from types import SimpleNamespace
+
+    class Grid:
+        def __init__(self, delays):
+            self.t0, self.delays = None, delays
+
+        def push_messages(self, messages):
+            self.t0 = time.time()
+            return [f"m{i}" for i in range(len(messages))]
+
+        def pull_messages(self, ids):
+            now = time.time() - self.t0
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=m), has_error=lambda: False,
+                                    content=m) for m in ids if self.delays.get(m, float("inf")) <= now]
+
+    grid = Grid({"m0": 0.7, "m1": 1.4, "m2": 2.1})  # m3 never answers
+    start = time.time()
+    replies = flower._exchange(grid, {10: None, 11: None, 12: None, 13: None}, timeout=1.0)
+    took = time.time() - start
+    assert sorted(replies) == [10, 11, 12] and [replies[i].content for i in (10, 11, 12)] == ["m0", "m1", "m2"]
+    assert 2.1 + 1.0 <= took < 2.1 + 1.0 + 0.6, took
+
+
 @pytest.mark.slow
 def test_a_local_flower_deployment_ends_on_the_engines_state(tmp_path):
     out = tmp_path / "run"
@@ -85,7 +112,7 @@ def test_a_killed_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_
             killed.extend(_kill_node(3, 4))  # dies before it can answer round 2
 
     out = tmp_path / "run"
-    result = flower.launch(cfg, out, nodes=4, round_timeout=40, log=log,
+    result = flower.launch(cfg, out, nodes=4, round_timeout=50, log=log,
                            node_configs={1: {"fault": "malformed-upload"}, 2: {"config-path": str(own)}})
     text = "\n".join(logged)
     assert killed, text
