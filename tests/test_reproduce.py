@@ -554,10 +554,17 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert len(recs) == 8 and [r["row_key"] for r in recs] == ["fedavg"] * 4 + ["local"] * 4
     assert "FedAvg beats Local: **holds** (+20.00 ± 0.00" in (out / "toy.md").read_text()
     assert "resumed: 4 (cell, seed) pair(s)" in (out / "toy_protocol.md").read_text()
+    first_protocol = (out / "toy_protocol.md").read_text()
     calls.clear()
     assert cli.main(base + ["--resume"]) == 0 and calls == []            # nothing left to run
     assert len(R.read_csv(out / "toy.csv")) == 8
+    protocol = (out / "toy_protocol.md").read_text()                    # the earlier sitting is kept, below
+    earlier = protocol.split("## Earlier sittings\n", 1)[1]
+    assert earlier.startswith("\n### Sitting: `") and "#### Data actually used, and why" in earlier
+    assert "resumed: 4 (cell, seed)" in first_protocol and "resumed: 4 (cell, seed)" in earlier
+    assert "resumed: 8 (cell, seed)" in protocol.split("## Earlier sittings", 1)[0]
     assert cli.main(base + ["--resume", "--rounds", "2"]) == 0           # another config: every cell again
+    assert "Earlier sittings" not in (out / "toy_protocol.md").read_text()  # no cell of them is left
     assert calls == [("fedavg", 2, 2), ("local", 2, 2)] and {r["rounds"] for r in R.read_csv(out / "toy.csv")} == {"2"}
     calls.clear()
     assert cli.main(base + ["--only", "local"]) == 0                      # without --resume: a fresh table

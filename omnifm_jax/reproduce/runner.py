@@ -30,7 +30,7 @@ from omnifm_jax.reproduce.records import (
 )
 from omnifm_jax.reproduce.spec import Table
 from omnifm_jax.reproduce.stats import evaluate_claims
-from omnifm_jax.reproduce.writers import estimate_text, protocol_text, write_markdown, write_plot
+from omnifm_jax.reproduce.writers import estimate_text, protocol_text, with_earlier_sittings, write_markdown, write_plot
 
 __all__ = ["output_files", "reproduce", "render", "table_listing"]
 
@@ -145,7 +145,11 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     files[3].write_text(json.dumps({"table": name, "scale": plan.scale, "seeds": shown_seeds, "rule": plan.rule,
                                     "command": command, "wall_time_s": round(wall, 2), "records": records,
                                     "claims": claims, "references": references}, indent=1, default=repr))
-    files[4].write_text(protocol_text(plan, data=data, command=command, wall_time_s=wall, estimate=estimate))
+    protocol = protocol_text(plan, data=data, command=command, wall_time_s=wall, estimate=estimate)
+    if files[4].is_file() and {record_key(r) for r in old} - {record_key(r) for r in new}:
+        # cells of earlier sittings stay in the table: so does the protocol that describes them
+        protocol = with_earlier_sittings(protocol, files[4].read_text())
+    files[4].write_text(protocol)
     log(f"outputs in {out}")
     return {"out": out, "files": files, "records": records, "claims": claims, "plan": plan, "markdown": md}
 

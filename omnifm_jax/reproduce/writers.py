@@ -19,7 +19,8 @@ from omnifm_jax.reproduce.settings import H100_MINUTES_PER_100_ROUNDS
 from omnifm_jax.reproduce.spec import Table
 from omnifm_jax.reproduce.stats import aggregate, convergence_rule, evaluate_claims, mean_std, unconverged
 
-__all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "estimate_text"]
+__all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "estimate_text",
+           "with_earlier_sittings"]
 
 References = Mapping[str, Mapping[str, Mapping[str, float]]]
 
@@ -240,6 +241,27 @@ def _config_summary(cfg: Dict[str, Any]) -> str:
     keys = ("dataset", "dataset_kwargs", "num_clients", "participation", "rounds", "local_epochs", "batch_size",
             "optimizer", "lr", "backbone", "backbone_kwargs", "eval_every")
     return ", ".join([f"{k}={cfg[k]!r}" for k in keys] + [f"weight_init={config_lib.resolved_weight_init(cfg)!r}"])
+
+
+EARLIER = "## Earlier sittings"
+
+
+def with_earlier_sittings(text: str, earlier: str) -> str:
+    """``text`` (this sitting's protocol) followed by the sittings of ``earlier`` (the protocol
+    file this sitting resumed from), most recent first: a table built over several sittings
+    (e.g. one column at a time, or seeds added to a committed table) keeps the data, runs and
+    programs of every sitting that produced its cells. Each earlier sitting's headings move two
+    levels down under its command."""
+    if not earlier.strip():
+        return text
+    body, _, older = earlier.partition(EARLIER + "\n")
+    lines = body.strip().splitlines()
+    command = next((ln[len("Command: "):] for ln in lines if ln.startswith("Command: ")), "(command not recorded)")
+    kept = [("##" + ln) if ln.startswith("#") else ln for ln in lines
+            if not ln.startswith("# ") and not ln.startswith("Command: ")]
+    sitting = [f"### Sitting: {command}", "", *[ln for ln in "\n".join(kept).strip().splitlines()], ""]
+    return text.rstrip("\n") + "\n\n" + EARLIER + "\n\n" + "\n".join(sitting) + ("\n" + older.lstrip("\n")
+                                                                                  if older.strip() else "")
 
 
 def protocol_text(plan: Plan, *, data: Sequence[Mapping[str, Any]], command: str, wall_time_s: float,
