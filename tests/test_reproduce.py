@@ -563,8 +563,14 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert earlier.startswith("\n### Sitting: `") and "#### Data actually used, and why" in earlier
     assert "resumed: 4 (cell, seed)" in first_protocol and "resumed: 4 (cell, seed)" in earlier
     assert "resumed: 8 (cell, seed)" in protocol.split("## Earlier sittings", 1)[0]
+    meta = json.loads((out / "toy.json").read_text())
+    assert len(meta["commands"]) == 2 and meta["commands"][1] == meta["command"] and "--resume" in meta["command"]
+    assert f"Measured with `{meta['commands'][0]}`, then `{meta['command']}`;" in (out / "toy.md").read_text()
+    assert cli.main(base[:2] + ["--render-only", "--tables", str(toy_dir), "--out", str(out)]) == 0
+    assert f"`, then `{meta['command']}`;" in (out / "toy.md").read_text()   # render keeps the sittings
     assert cli.main(base + ["--resume", "--rounds", "2"]) == 0           # another config: every cell again
     assert "Earlier sittings" not in (out / "toy_protocol.md").read_text()  # no cell of them is left
+    assert len(json.loads((out / "toy.json").read_text())["commands"]) == 1
     assert calls == [("fedavg", 2, 2), ("local", 2, 2)] and {r["rounds"] for r in R.read_csv(out / "toy.csv")} == {"2"}
     calls.clear()
     assert cli.main(base + ["--only", "local"]) == 0                      # without --resume: a fresh table

@@ -137,21 +137,37 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     records = _sorted(t, merge_records(old, new))
     claims = evaluate_claims(t, records, plan.rule)
     shown_seeds = _seeds(plan.seeds, records)
+    # cells of earlier sittings that stay in the table keep their commands and protocol
+    earlier = bool({record_key(r) for r in old} - {record_key(r) for r in new})
+    commands = (_commands(files[3]) if earlier else []) + [command]
     write_csv(records, files[1])
     md = write_markdown(t, records, files[0], rule=plan.rule, seeds=shown_seeds, scale=plan.scale, claims=claims,
-                        header=[f"Measured with `{command}`; protocol: `{name}_protocol.md`.", ""],
-                        references=references)
+                        header=[_measured_with(commands, name), ""], references=references)
     write_plot(t, records, files[2], rule=plan.rule)
     files[3].write_text(json.dumps({"table": name, "scale": plan.scale, "seeds": shown_seeds, "rule": plan.rule,
-                                    "command": command, "wall_time_s": round(wall, 2), "records": records,
-                                    "claims": claims, "references": references}, indent=1, default=repr))
+                                    "command": command, "commands": commands, "wall_time_s": round(wall, 2),
+                                    "records": records, "claims": claims, "references": references},
+                                   indent=1, default=repr))
     protocol = protocol_text(plan, data=data, command=command, wall_time_s=wall, estimate=estimate)
-    if files[4].is_file() and {record_key(r) for r in old} - {record_key(r) for r in new}:
-        # cells of earlier sittings stay in the table: so does the protocol that describes them
+    if earlier and files[4].is_file():
         protocol = with_earlier_sittings(protocol, files[4].read_text())
     files[4].write_text(protocol)
     log(f"outputs in {out}")
     return {"out": out, "files": files, "records": records, "claims": claims, "plan": plan, "markdown": md}
+
+
+def _commands(json_path: Path) -> List[str]:
+    """The commands of the sittings recorded in ``<table>.json`` (oldest first; none when absent)."""
+    try:
+        data = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(data.get("commands") or ([data["command"]] if data.get("command") else []))
+
+
+def _measured_with(commands: Sequence[str], name: str) -> str:
+    sittings = "`" + "`, then `".join(commands) + "`" if commands else "(command not recorded)"
+    return f"Measured with {sittings}; protocol: `{name}_protocol.md`."
 
 
 def render(table: Union[str, Table], out: Union[str, Path], *, rule: Optional[str] = None,
@@ -174,7 +190,7 @@ def render(table: Union[str, Table], out: Union[str, Path], *, rule: Optional[st
     meta = out / f"{name}.json"
     data = json.loads(meta.read_text()) if meta.is_file() else {}
     md = write_markdown(t, records, out / f"{name}.md", rule=rule, seeds=seeds, scale=scale,
-                        header=[f"Measured with `{data.get('command', '')}`; protocol: `{name}_protocol.md`."
+                        header=[_measured_with(_commands(meta), name)
                                 + ("" if rule == "best" else " Rendered with the last-round rule."), ""],
                         references=data.get("references"))
     write_plot(t, records, out / f"{name}.png", rule=rule)
