@@ -152,7 +152,10 @@ def test_every_cell_config_loads_and_validates():
         cfg = plan.cells[0].configs[0]
         assert (cfg["dataset"], cfg["num_clients"], cfg["rounds"], cfg["eval_every"], cfg["batch_size"],
                 cfg["lr"], cfg["local_epochs"], cfg["backbone"]) == ("real4", 20, 60, 1, 32, 0.05, 1, "cnn")
-        assert "54 run(s), 3240 run-rounds, plus 1 pretraining run(s)" in writers.estimate_text(plan)   # one seed
+        estimate = writers.estimate_text(plan)
+        assert "54 run(s), 3240 run-rounds, plus 1 pretraining run(s)" in estimate   # one seed
+        per_round = R.TABLES["table1"].scales["cpu"].cpu_s_per_round                  # the measured figure
+        assert per_round >= 4 and f"~{3300 * per_round / 3600:.1f} h on a 2-core CPU" in estimate
         assert [pp.pretrain.key for pp in plan.pretrains] == ["cls_pretrain"]
         assert plan.pretrains[0].config["dataset"] == "histo_derm_mri" and plan.pretrains[0].config["num_clients"] == 1
 

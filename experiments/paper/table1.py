@@ -105,16 +105,17 @@ CELLS = tuple(_cells()) + tuple(_finetuned_cells())
 #: images, 20 clients, FedAvgCNN, batch 32, lr 0.05, 1 local epoch), 60 rounds evaluated every
 #: round so that the cells can plateau: every method at 20% participation, and FedAvg, FedPer
 #: and both OmniFM variants at 100%. Hours on a 2-core CPU.
-#: experiments/results/README.md: a 50-round real4 run at 20% participation, evaluation every
-#: round, takes about 2 minutes on a 2-core CPU (100% participation trains 5x as much).
-CPU_S_PER_ROUND = 2.4
+#: Measured on this table: the Scenario-1 sitting (9 cells x 60 rounds at 20% participation, one
+#: run per program) took 2,726 s on a 2-core CPU, 5.0 s per run-round with data loading, compilation
+#: and the evaluation of all 20 clients every round included (3.8-5.5 s by method).
+CPU_S_PER_ROUND = 5.0
 CPU = Scale({"table1_resnet18": (CPU_CLS,)}, cols=("s1-20", "s2-20", "s3-20"), rounds=60,
             also=tuple((m, f"{s}-100") for m in ("fedavg", "fedper", "omnifm", "omnifm_activated")
                        for s in ("s1", "s2", "s3"))
             + tuple((method(n).key, f"ft-{s}-20") for n in FINETUNED for s in ("s1", "s2", "s3")),
             cpu_s_per_round=CPU_S_PER_ROUND,
-            note="cpu: ~2.4 s per round is the 20%-participation figure; the 100% cells train 5x as much, so the "
-                 "estimate is a lower bound")
+            note="cpu: ~5 s per round is the measured 20%-participation figure (compilation included); the 100% "
+                 "cells train 5x as much, so the estimate is a lower bound")
 TABLE = Table(
     "table1", "Table 1: federated cross-modality classification", ("acc", "f1"), CELLS, tuple(_claims(CELLS)),
     scales={**standard_scales(smoke_rows=("fedavg", "fedper", "omnifm"),

@@ -347,7 +347,7 @@ def estimate_text(plan: Plan) -> str:
     per_round = plan.table.scales[plan.scale].cpu_s_per_round
     if per_round is not None:
         return (f"expected wall time: ~{run_rounds * per_round / 3600:.1f} h on a 2-core CPU ({cost}; "
-                f"~{per_round:g} s per round of one run, the scale's estimate, compilation not included)")
+                f"~{per_round:g} s per round of one run, the scale's figure)")
     if plan.scale != "paper":
         return (f"expected wall time: ~{len(plan.programs)} min on a 2-core CPU ({cost}; the smoke defaults "
                 "measured 0.5-2 min per program of 3-6 runs, compilation included)")
