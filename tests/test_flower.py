@@ -52,7 +52,7 @@ def test_a_round_waits_while_replies_keep_coming_and_ends_a_timeout_after_the_la
     replies = flower._exchange(grid, {10: None, 11: None, 12: None, 13: None}, timeout=1.0)
     took = time.time() - start
     assert sorted(replies) == [10, 11, 12] and [replies[i].content for i in (10, 11, 12)] == ["m0", "m1", "m2"]
-    assert 2.1 + 1.0 <= took < 2.1 + 1.0 + 0.6, took
+    assert 2.1 + 1.0 <= took < 2.1 + 1.0 + 2.0, took  # one timeout after the last reply (slack for a busy machine)
 
 
 @pytest.mark.slow
