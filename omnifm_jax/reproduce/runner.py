@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import registry
@@ -139,7 +139,7 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     shown_seeds = _seeds(plan.seeds, records)
     # cells of earlier sittings that stay in the table keep their commands and protocol
     earlier = bool({record_key(r) for r in old} - {record_key(r) for r in new})
-    commands = (_commands(files[3]) if earlier else []) + [command]
+    commands = (_earlier_commands(files[3]) if earlier else []) + [command]
     write_csv(records, files[1])
     md = write_markdown(t, records, files[0], rule=plan.rule, seeds=shown_seeds, scale=plan.scale, claims=claims,
                         header=[_measured_with(commands, name), ""], references=references)
@@ -156,13 +156,17 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     return {"out": out, "files": files, "records": records, "claims": claims, "plan": plan, "markdown": md}
 
 
-def _commands(json_path: Path) -> List[str]:
-    """The commands of the sittings recorded in ``<table>.json`` (oldest first; none when absent)."""
+def _commands(meta: Mapping[str, Any]) -> List[str]:
+    """The commands of the sittings recorded in a table's json (oldest first)."""
+    return list(meta.get("commands") or ([meta["command"]] if meta.get("command") else []))
+
+
+def _earlier_commands(json_path: Path) -> List[str]:
+    """:func:`_commands` of ``<table>.json``; none when it is absent or unreadable."""
     try:
-        data = json.loads(json_path.read_text())
+        return _commands(json.loads(json_path.read_text()))
     except (OSError, ValueError):
         return []
-    return list(data.get("commands") or ([data["command"]] if data.get("command") else []))
 
 
 def _measured_with(commands: Sequence[str], name: str) -> str:
@@ -190,7 +194,7 @@ def render(table: Union[str, Table], out: Union[str, Path], *, rule: Optional[st
     meta = out / f"{name}.json"
     data = json.loads(meta.read_text()) if meta.is_file() else {}
     md = write_markdown(t, records, out / f"{name}.md", rule=rule, seeds=seeds, scale=scale,
-                        header=[_measured_with(_commands(meta), name)
+                        header=[_measured_with(_commands(data), name)
                                 + ("" if rule == "best" else " Rendered with the last-round rule."), ""],
                         references=data.get("references"))
     write_plot(t, records, out / f"{name}.png", rule=rule)

@@ -257,11 +257,10 @@ def with_earlier_sittings(text: str, earlier: str) -> str:
     body, _, older = earlier.partition(EARLIER + "\n")
     lines = body.strip().splitlines()
     command = next((ln[len("Command: "):] for ln in lines if ln.startswith("Command: ")), "(command not recorded)")
-    kept = [("##" + ln) if ln.startswith("#") else ln for ln in lines
-            if not ln.startswith("# ") and not ln.startswith("Command: ")]
-    sitting = [f"### Sitting: {command}", "", *[ln for ln in "\n".join(kept).strip().splitlines()], ""]
-    return text.rstrip("\n") + "\n\n" + EARLIER + "\n\n" + "\n".join(sitting) + ("\n" + older.lstrip("\n")
-                                                                                  if older.strip() else "")
+    kept = "\n".join(("##" + ln) if ln.startswith("#") else ln for ln in lines
+                     if not ln.startswith(("# ", "Command: "))).strip()
+    parts = [text.rstrip("\n"), EARLIER, f"### Sitting: {command}", kept] + ([older.strip()] if older.strip() else [])
+    return "\n\n".join(parts) + "\n"
 
 
 def protocol_text(plan: Plan, *, data: Sequence[Mapping[str, Any]], command: str, wall_time_s: float,
