@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -167,3 +169,56 @@ def test_benchmarks_import_without_dm_pix():
             "import omnifm_jax.experiment\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matmul_flops_counts_real_taps(seed):
+    """A convolution of ones by ones sums, at each output, one per multiply-add that reads a real
+    input element (padding and the holes of lhs dilation read zeros): its sum is the MAC count,
+    an independent reference for ``matmul_flops`` on random strides, paddings, dilations and
+    groups; plus a matrix product's 2 M N K."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([1, 2]))
+    fg, bg = (groups, 1) if rng.random() < 0.5 else (1, groups)
+    cin, cout, n = 2 * groups, 3 * groups, 2 * groups
+    size, k = int(rng.integers(5, 12)), int(rng.integers(1, 4))
+    kw = dict(window_strides=tuple(int(s) for s in rng.integers(1, 3, 2)),
+              padding=[tuple(int(p) for p in rng.integers(0, 3, 2)) for _ in range(2)],
+              lhs_dilation=tuple(int(d) for d in rng.integers(1, 3, 2)),
+              rhs_dilation=tuple(int(d) for d in rng.integers(1, 3, 2)),
+              dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=fg, batch_group_count=bg)
+    x = jnp.ones((n, size, size, cin))
+    w = jnp.ones((k, k, cin // fg, cout))
+    conv = lambda a, b: jax.lax.conv_general_dilated(a, b, **kw)
+    macs = float(conv(x, w).sum())
+    assert macs > 0
+    assert rs.matmul_flops(conv, x, w) == pytest.approx(2 * macs)
+    a, b = jnp.ones((3, 5, 7)), jnp.ones((7, 4))
+    assert rs.matmul_flops(lambda a, b: jax.lax.scan(lambda c, _: (c, a @ b), 0, None, length=3)[1], a, b) == \
+        pytest.approx(3 * 2 * 3 * 5 * 7 * 4)
+
+
+def test_only_runs_the_named_jobs_in_the_order_given():
+    jobs = [(label, None, None, None) for label in
+            ("cnn/fedavg clients=1000 float32", "cnn/fedavg clients=1000 float32, chunk=250",
+             "cnn/fedavg clients=1000 bfloat16", "resnet18/fedavg clients=20 float32")]
+    picked = [j[0] for j in rs.select_jobs(jobs, "resnet18, clients=1000 float32$,bfloat16,resnet18")]
+    assert picked == ["resnet18/fedavg clients=20 float32", "cnn/fedavg clients=1000 float32",
+                      "cnn/fedavg clients=1000 bfloat16"]
+    assert [j[0] for j in rs.select_jobs(jobs, "chunk")] == ["cnn/fedavg clients=1000 float32, chunk=250"]
+    assert rs.select_jobs(jobs, "nothing") == []
+
+
+def test_formulation_picks_reach_the_backbone():
+    """``--formulation``: a workload's own pick wins over the overall one, "mixed" and "n/a" keep
+    the library default, ResNet-only switches never reach the CNN, and the backbone gets them."""
+    decisions = {"per_workload": {"resnet18": {"conv": {"pick": "per_client"}, "downsample": {"pick": "slice"},
+                                               "norm_dtype": {"pick": "n/a"}}},
+                 "overall": {"conv": "xla", "norm_dtype": "float32", "downsample": "mixed (a: b)", "cmdbuf": "off"}}
+    assert rs.formulation_for(decisions, "resnet18") == {"conv": "per_client", "downsample": "slice",
+                                                          "norm_dtype": "float32"}
+    assert rs.formulation_for(decisions, "cnn") == {"conv": "xla"}
+    backbone = rs.make_backbone(rs.Row("resnet18", "fedavg", 2, 8, 4), True, rs.formulation_for(decisions, "resnet18"))
+    assert (backbone.conv, backbone.downsample, backbone.norm_dtype) == ("per_client", "slice", "float32")
+    assert rs.make_backbone(rs.Row("cnn", "fedavg", 2, 8, 4), True, {"conv": "xla"}).conv == "xla"
+    assert rs.apply_cmdbuf(decisions) is False

@@ -152,6 +152,26 @@ def test_rules_pick_as_stated():
     assert picks["downsample"]["pick"] == "conv" and picks["cmdbuf"]["pick"] == "off"
 
 
+def test_agreement_tolerance_follows_the_device_rounding():
+    """Parameters agree within 1e-4, or within twice what the same math under another fusion
+    (xla without its barrier) differs by: the H200's ResNet-18 case (3.9e-4 there, per_client
+    4.6e-4 and slice 5.6e-4 away from xla) agrees; three times the rounding does not."""
+    recs = _resnet()
+    diffs = dict(xla_nobarrier=3.95e-4, per_client=4.6e-4, slice=5.6e-4)
+    for r in recs:
+        r["max_param_diff"] = diffs.get(r["row"], r["max_param_diff"])
+    assert fm.decide(recs)["tolerance"]["resnet18"]["value"] == pytest.approx(7.9e-4)
+    d = fm.decide(recs)["per_workload"]["resnet18"]
+    assert d["conv"]["pick"] == "per_client" and d["downsample"]["pick"] == "slice"
+    recs[[r["row"] for r in recs].index("per_client")]["max_param_diff"] = 3 * 3.95e-4
+    assert fm.decide(recs)["per_workload"]["resnet18"]["conv"]["pick"] == "xla"
+    # without the xla_nobarrier row the fixed 1e-4 holds
+    no_noise = [r for r in _resnet() if r["row"] != "xla_nobarrier"]
+    no_noise[[r["row"] for r in no_noise].index("per_client")]["max_param_diff"] = 2e-4
+    assert fm.decide(no_noise)["tolerance"]["resnet18"]["value"] == pytest.approx(1e-4)
+    assert fm.decide(no_noise)["per_workload"]["resnet18"]["conv"]["pick"] == "xla"
+
+
 def test_rules_overall_and_missing_rows():
     cnn = [_rec("cnn", n, t) for n, t in dict(xla=10.0, per_client=9.9, per_client_nobarrier=9.9,
                                                xla_nobarrier=9.0).items()]

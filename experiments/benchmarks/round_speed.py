@@ -39,7 +39,8 @@ Every record has:
   speedup         sequential_s / engine_s;
   shared_s        the same number of SGD steps by ONE model on the K*B batch: the floor a
                   vmapped round can approach; engine_over_shared = engine_s / shared_s;
-  flops, tflops   XLA's cost analysis of one shared-model step x local steps, over engine_s;
+  flops, tflops   the convolution and matrix-product FLOPs of one shared-model step
+                  (``matmul_flops``, counted on the jaxpr) x local steps, over engine_s;
   peak_fraction   tflops / the device's dense bf16 peak (vendor figure; null if unknown);
   peak_bytes      XLA's memory analysis of the compiled round (arguments + outputs + temps:
                   what the round needs on the device);
@@ -155,10 +156,48 @@ def random_federation(clients: int, samples, image: int = IMAGE, seed: int = 0) 
                          [np.arange(bounds[k], bounds[k + 1]) for k in range(clients)])
 
 
-def make_backbone(row: Row, smoke: bool):
+def make_backbone(row: Row, smoke: bool, formulation: Optional[Dict[str, str]] = None):
+    """The row's backbone; ``formulation`` (:func:`formulation_for`) overrides the library's
+    defaults for the gradient formulation (``conv``, and for ResNet-18 ``norm_dtype`` and
+    ``downsample``)."""
+    f = formulation or {}
+    conv = {"conv": f["conv"]} if "conv" in f else {}
     if row.workload == "resnet18":
-        return ResNet18(stem="cifar", norm="group", width=8 if smoke else 64, dtype=row.dtype)
-    return FedAvgCNN(dtype=row.dtype)
+        extra = {k: f[k] for k in ("norm_dtype", "downsample") if k in f}
+        return ResNet18(stem="cifar", norm="group", width=8 if smoke else 64, dtype=row.dtype, **conv, **extra)
+    return FedAvgCNN(dtype=row.dtype, **conv)
+
+
+# The backbone's choices. The barrier is the local step's (``local_training``'s ``grad_barrier``),
+# which registered algorithms do not take as a hyper-parameter: its pick becomes a library
+# default, not a benchmark option.
+FORMULATION_RULES = ("conv", "norm_dtype", "downsample")
+
+
+def formulation_for(decisions: Dict[str, Any], workload: str) -> Dict[str, str]:
+    """The picks of ``formulations.py``'s decisions that apply to one workload: the workload's
+    own pick of each rule where it measured one, else the overall pick; rules without a single
+    pick ("n/a", "mixed") keep the library's default. ``cmdbuf`` is process-wide (XLA_FLAGS):
+    see :func:`apply_cmdbuf`."""
+    own = decisions.get("per_workload", {}).get(workload, {})
+    out: Dict[str, str] = {}
+    for rule in FORMULATION_RULES if workload == "resnet18" else ("conv",):
+        pick = own.get(rule, {}).get("pick", "n/a")
+        if pick == "n/a":  # not measured on this workload
+            pick = decisions.get("overall", {}).get(rule, "n/a")
+        if pick not in ("n/a",) and not pick.startswith("mixed"):
+            out[rule] = pick
+    return out
+
+
+def apply_cmdbuf(decisions: Dict[str, Any]) -> bool:
+    """Adds the command-buffer flag to ``XLA_FLAGS`` when the overall ``cmdbuf`` pick is "on"
+    (read when the backend starts, so call before any computation). Returns whether it did."""
+    from experiments.benchmarks.formulations import CMDBUF_FLAG
+    if decisions.get("overall", {}).get("cmdbuf") != "on":
+        return False
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CMDBUF_FLAG).strip()
+    return True
 
 
 def bf16_peak_tflops(device_kind: str) -> Optional[float]:
@@ -180,11 +219,12 @@ def compiler_options(smoke: bool) -> Dict[str, Any]:
     return {"xla_backend_optimization_level": 1} if smoke and jax.default_backend() == "cpu" else {}
 
 
-def build_algorithm(row: Row, smoke: bool):
+def build_algorithm(row: Row, smoke: bool, formulation: Optional[Dict[str, str]] = None):
     """The row's algorithm on its backbone: classification, SGD, one local epoch setting."""
     hp = dict(spectral_dim=32, attn_dim=32, bank_capacity=max(64, row.clients)) if row.algorithm == "omnifm" else {}
-    return algorithms.build(row.algorithm, task=classification(NUM_CLASSES), backbone=make_backbone(row, smoke),
-                            optimizer=optax.sgd(0.01), local_epochs=row.epochs, batch_size=row.batch, **hp)
+    return algorithms.build(row.algorithm, task=classification(NUM_CLASSES),
+                            backbone=make_backbone(row, smoke, formulation), optimizer=optax.sgd(0.01),
+                            local_epochs=row.epochs, batch_size=row.batch, **hp)
 
 
 def median_time(fn, repeats: int) -> float:
@@ -194,6 +234,75 @@ def median_time(fn, repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def matmul_flops(fn, *args) -> float:
+    """FLOPs of the convolutions and matrix products ``fn(*args)`` runs, counted on its jaxpr
+    (2 per multiply-add; ``scan`` bodies times their length, ``cond`` by its costliest branch).
+
+    Why not XLA's cost analysis: XLA:GPU runs convolutions as cuDNN custom calls, which its
+    cost analysis counts as zero FLOPs (an H200 run reported ResNet-18 at 0.1 TFLOP/s), and
+    the lowered, backend-neutral analysis is not offered there. The jaxpr is the same on every
+    backend; elementwise work (a few percent for these models) and padding are left out, as in
+    XLA's count on CPU (the test checks FedAvgCNN's against a hand count)."""
+    import numpy as _np
+    from jax.extend import core as jcore
+
+    def taps(size_in: int, size_out: int, k: int, stride: int, pad_lo: int, ld: int, rd: int) -> int:
+        """(output, kernel) position pairs of one spatial dimension that read a real input
+        element (not padding, not a hole of the input's dilation), as XLA counts them."""
+        p = _np.arange(size_out)[:, None] * stride + _np.arange(k)[None, :] * rd - pad_lo
+        return int(((p >= 0) & (p <= (size_in - 1) * ld) & (p % ld == 0)).sum())
+
+    def conv(e) -> float:
+        lhs, rhs = (v.aval for v in e.invars[:2])
+        out = e.outvars[0].aval
+        dn, prm = e.params["dimension_numbers"], e.params
+        n = len(dn.lhs_spec) - 2
+        ld, rd = prm["lhs_dilation"] or (1,) * n, prm["rhs_dilation"] or (1,) * n
+        valid = _np.prod([taps(lhs.shape[dn.lhs_spec[2 + i]], out.shape[dn.out_spec[2 + i]],
+                               rhs.shape[dn.rhs_spec[2 + i]], prm["window_strides"][i], prm["padding"][i][0],
+                               ld[i], rd[i]) for i in range(n)])
+        # per output batch element and feature: valid taps x the kernel's input features
+        per_position = out.shape[dn.out_spec[0]] * out.shape[dn.out_spec[1]]
+        return 2.0 * per_position * valid * rhs.shape[dn.rhs_spec[1]]
+
+    def dot(e) -> float:
+        (lc, _), _ = e.params["dimension_numbers"]
+        lhs = e.invars[0].aval
+        return 2.0 * _np.prod(e.outvars[0].aval.shape) * _np.prod([lhs.shape[d] for d in lc])
+
+    def subjaxprs(value):
+        if isinstance(value, jcore.ClosedJaxpr):
+            yield value.jaxpr
+        elif isinstance(value, jcore.Jaxpr):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                yield from subjaxprs(v)
+
+    def walk(jaxpr) -> float:
+        total = 0.0
+        for e in jaxpr.eqns:
+            name = e.primitive.name
+            if name == "conv_general_dilated":
+                total += conv(e)
+            elif name == "dot_general":
+                total += dot(e)
+            elif name == "cond":
+                total += max(walk(b.jaxpr) for b in e.params["branches"])
+            else:
+                inner = sum(walk(j) for v in e.params.values() for j in subjaxprs(v))
+                total += inner * (e.params["length"] if name == "scan" else 1)
+        return total
+
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    try:  # drop what no output needs (e.g. the first layer's input gradient), as XLA does
+        from jax._src.interpreters import partial_eval as pe
+        jaxpr = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
+    except (ImportError, AttributeError, TypeError):  # private API moved: count without DCE
+        pass
+    return float(walk(jaxpr))
 
 
 def _cost(stage, key: str) -> float:
@@ -220,10 +329,36 @@ def _round_bytes(compiled) -> int:
         return -1
 
 
+def _shared_loss(model, task):
+    def loss_fn(p, xb, yb):
+        out, _ = model.apply({"params": p}, task.scale_inputs(xb), None, train=True)
+        return task.loss(out, yb).mean()
+    return loss_fn
+
+
+def shared_step_flops(backbone, task, tx, image_shape, batch_total: int) -> float:
+    """Convolution and matrix-product FLOPs of one SGD step of ONE model on ``batch_total``
+    images (:func:`matmul_flops`; shapes only: nothing is compiled or run)."""
+    model = TokenModel(backbone=backbone, head=task.make_head())
+    x = jax.ShapeDtypeStruct((batch_total,) + tuple(image_shape), jnp.uint8)
+    y = jax.ShapeDtypeStruct((batch_total,), jnp.int32)
+    params = jax.eval_shape(lambda key: model.init(key, jnp.zeros((1,) + tuple(image_shape)), train=False),
+                            jax.random.key(0))["params"]
+    opt = jax.eval_shape(tx.init, params)
+    loss_fn = _shared_loss(model, task)
+
+    def step(p, o, xb, yb):
+        u, o = tx.update(jax.grad(loss_fn)(p, xb, yb), o, p)
+        return optax.apply_updates(p, u), o
+    return matmul_flops(step, params, opt, x, y)
+
+
 def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batch: int, *, smoke: bool = False):
     """ONE shared model runs ``steps`` SGD steps on batches of ``K * batch`` samples.
 
-    Returns ``(run, flops)``: a no-argument callable and the FLOPs of all its steps.
+    Returns ``(run, flops)``: a no-argument callable and the FLOPs of all its steps. The
+    images are the compiled program's arguments (closed over, 10,000 clients' images were
+    embedded in it as a 3 GB constant).
     """
     model = TokenModel(backbone=backbone, head=task.make_head())
     k = train.n.shape[0]
@@ -234,26 +369,22 @@ def shared_model_round(backbone, task, tx, train: ClientArrays, steps: int, batc
                         compiler_options=federated.init_compiler_options())(jax.random.key(0))
     params = variables["params"]
     opt = tx.init(params)
+    loss_fn = _shared_loss(model, task)
 
-    def loss_fn(p, xb, yb):
-        out, _ = model.apply({"params": p}, task.scale_inputs(xb), None, train=True)
-        return task.loss(out, yb).mean()
-
-    def step(carry, t):
-        p, o = carry
-        start = (t * k * batch) % max(1, x_all.shape[0] - k * batch + 1)
-        xb = jax.lax.dynamic_slice_in_dim(x_all, start, k * batch)
-        yb = jax.lax.dynamic_slice_in_dim(y_all, start, k * batch)
-        g = jax.lax.optimization_barrier(jax.grad(loss_fn)(p, xb, yb))
-        u, o = tx.update(g, o, p)
-        return (optax.apply_updates(p, u), o), None
-
-    def run(p, o):
+    def run(p, o, xs, ys):
+        def step(carry, t):
+            p, o = carry
+            start = (t * k * batch) % max(1, xs.shape[0] - k * batch + 1)
+            xb = jax.lax.dynamic_slice_in_dim(xs, start, k * batch)
+            yb = jax.lax.dynamic_slice_in_dim(ys, start, k * batch)
+            g = jax.lax.optimization_barrier(jax.grad(loss_fn)(p, xb, yb))
+            u, o = tx.update(g, o, p)
+            return (optax.apply_updates(p, u), o), None
         return jax.lax.scan(step, (p, o), jnp.arange(steps))[0]
 
-    compiled = jax.jit(run).lower(params, opt).compile(compiler_options=compiler_options(smoke))
-    flops = _cost(jax.jit(lambda p, o: step((p, o), 0)[0]).lower(params, opt), "flops") * steps
-    return (lambda: compiled(params, opt)), flops
+    compiled = jax.jit(run).lower(params, opt, x_all, y_all).compile(compiler_options=compiler_options(smoke))
+    flops = shared_step_flops(backbone, task, tx, train.x.shape[1:], k * batch) * steps
+    return (lambda: compiled(params, opt, x_all, y_all)), flops
 
 
 class _Cache:
@@ -288,9 +419,10 @@ def sequential_per_client(update, state, train, timed: int) -> float:
 
 
 def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
-              cache: Optional[_Cache] = None) -> Dict[str, Any]:
+              cache: Optional[_Cache] = None, decisions: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     cache = cache or _Cache()
-    alg = build_algorithm(row, smoke)
+    formulation = formulation_for(decisions, row.workload) if decisions else None
+    alg = build_algorithm(row, smoke, formulation)
     fed = random_federation(row.clients, row.samples)
     train = jax.device_put(fed)
     if row.fused_rounds > 1:
@@ -313,7 +445,8 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
     with concurrent.futures.ThreadPoolExecutor(min(3, os.cpu_count() or 1)) as pool:
         shared_job = None
         if shared_key not in cache.shared:
-            shared_job = pool.submit(shared_model_round, make_backbone(row, smoke), classification(NUM_CLASSES),
+            shared_job = pool.submit(shared_model_round, make_backbone(row, smoke, formulation),
+                                     classification(NUM_CLASSES),
                                      optax.sgd(0.01), fed, row.local_steps, row.batch, smoke=smoke)
         state = federated.init(alg, jax.random.key(0), train)
         round_job = pool.submit(compile_round, state)
@@ -350,6 +483,8 @@ def bench_one(row: Row, *, smoke: bool, repeats: int, seq_clients: int,
         "peak_fraction": tflops / peak_tflops if peak_tflops else None,
         "peak_bytes": peak, "device": kind, "backend": jax.default_backend(),
         "date": datetime.date.today().isoformat(),
+        "formulation": formulation or "library defaults",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if row.workload == "resnet18" and row.clients == 20:
         rec["table1_run_min"] = table1_minutes(engine_s, row.local_steps)
@@ -379,13 +514,21 @@ def _uniform_markdown(records: List[Dict[str, Any]]) -> str:
             continue
         frac = r.get("peak_fraction")
         lines.append(
-            f"| {r['workload']} | {r['algorithm']} | {r['variant']} | {r['clients']} | {r['local_steps']} | "
+            f"| {r['workload']} | {r['algorithm']} | {_variant_cell(r)} | {r['clients']} | {r['local_steps']} | "
             f"{r['engine_s']:.4f} | {r['client_steps_per_s']:.0f} | {r['sequential_s']:.3f} | "
             f"{r['speedup']:.1f}x | {r['shared_s']:.4f} | {r['engine_over_shared']:.2f} | "
             f"{_fmt(r['tflops'], '.3f')} | {_fmt(None if frac is None else 100 * frac, '.1f')}"
             f"{'%' if frac is not None else ''} | {r['peak_bytes'] / 2**20:.0f} | "
             f"{_fmt(r.get('table1_run_min'), '.1f')} |")
     return "\n".join(lines + _footer(records, "Sequential times: the first clients timed, scaled to all."))
+
+
+def _variant_cell(r: Dict[str, Any]) -> str:
+    """The variant, plus the formulation when one was set (``--formulation``) and command buffers."""
+    f = r.get("formulation")
+    extra = [f"{k}={v}" for k, v in f.items()] if isinstance(f, dict) else []
+    extra += ["cmdbuf"] if "command_buffer" in r.get("xla_flags", "") else []
+    return r["variant"] + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _footer(records: List[Dict[str, Any]], note: str) -> List[str]:
@@ -587,18 +730,25 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 1 with --smoke)")
     p.add_argument("--seq-clients", type=int, default=20, help="clients timed on the sequential path")
     p.add_argument("--only", default=None,
-                   help="comma-separated substrings: run only the jobs whose label holds one "
-                        "(e.g. 'powerlaw10k participation=0.1,resnet18/fedavg clients=20')")
+                   help="comma-separated substrings: run only the jobs whose label holds one, in the "
+                        "order given; one ending in '$' must end the label "
+                        "(e.g. 'powerlaw10k participation=0.1,resnet18/fedavg clients=20 float32$')")
+    p.add_argument("--formulation", default=None, metavar="JSON",
+                   help="measure in the formulation formulations.py picked: its JSON's decisions (conv, "
+                        "norm_dtype, downsample per workload; cmdbuf via XLA_FLAGS when 'on' overall)")
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3
+    decisions = json.loads(Path(args.formulation).read_text())["decisions"] if args.formulation else None
+    if decisions:
+        apply_cmdbuf(decisions)
     groups = [g for g in args.workloads.split(",") if g]
     rows = plan(args.smoke, [g for g in groups if g != "heterogeneous"])
     cache = _Cache()
     jobs = [(f"{row.workload}/{row.algorithm} clients={row.clients} {row.variant}",
              {"workload": row.workload, "algorithm": row.algorithm, "variant": row.variant, "clients": row.clients},
              functools.partial(bench_one, row, smoke=args.smoke, repeats=args.repeats, seq_clients=args.seq_clients,
-                               cache=cache),
+                               cache=cache, decisions=decisions),
              lambda r: (f"engine {r['engine_s']:.4f}s  sequential {r['sequential_s']:.3f}s  "
                         f"shared {r['shared_s']:.4f}s  (compile {r['compile_s']:.1f}s)"))
             for row in rows]
@@ -611,11 +761,21 @@ def main(argv=None) -> int:
                              f"eval {r['eval_s']:.3f}s vs {r['plain_eval_s']:.3f}s"))
                  for h in hetero_plan(args.smoke)]
     if args.only:
-        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-        jobs = [j for j in jobs if any(w in j[0] for w in wanted)]
+        jobs = select_jobs(jobs, args.only)
         if not jobs:
             p.error(f"--only {args.only!r} matches no job")
     return run_jobs(jobs, to_markdown, json_path=args.json, md_path=args.md)
+
+
+def select_jobs(jobs, only: str):
+    """The jobs whose label holds one of ``only``'s comma-separated substrings (one ending in
+    ``$`` must end the label), in the order of the substrings: the first one's jobs run first."""
+    picked = []
+    for w in (w.strip() for w in only.split(",")):
+        if w:
+            hit = (lambda label: label.endswith(w[:-1])) if w.endswith("$") else (lambda label: w in label)
+            picked += [j for j in jobs if hit(j[0]) and j not in picked]
+    return picked
 
 
 def run_jobs(jobs, to_md: Callable[[List[Dict[str, Any]]], str], *, json_path: Optional[str],
