@@ -283,3 +283,15 @@ def test_slice_shortcut_equals_the_strided_one(size):
     np.testing.assert_allclose(float(vb), float(va), rtol=1e-5)
     for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-5)
+
+
+def test_downsample_auto_follows_the_backend(monkeypatch):
+    """``downsample="auto"``: the strided convolution on CPU, the slice on accelerators (the
+    H200 measurement); explicit values pass through, unknown ones are refused."""
+    from omnifm_jax.models import resnet
+    assert resnet.resolve_downsample("auto") == "conv"  # this suite runs on CPU
+    monkeypatch.setattr(resnet.jax, "default_backend", lambda: "gpu")
+    assert resnet.resolve_downsample("auto") == "slice"
+    assert resnet.resolve_downsample("conv") == "conv" and resnet.resolve_downsample("slice") == "slice"
+    with pytest.raises(ValueError, match="unknown downsample 'pool'"):
+        resnet.resolve_downsample("pool")
