@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,36 @@ def test_formulation_picks_reach_the_backbone():
     assert (backbone.conv, backbone.downsample, backbone.norm_dtype) == ("per_client", "slice", "float32")
     assert rs.make_backbone(rs.Row("cnn", "fedavg", 2, 8, 4), True, {"conv": "xla"}).conv == "xla"
     assert rs.apply_cmdbuf(decisions) is False
+
+
+def test_gpu_session_orchestrates_both_steps(tmp_path):
+    """gpu_session.sh with a stand-in python: step 1 runs once and its JSON reaches step 2 as
+    --formulation; a second call reuses it and merges the new rows with the first call's."""
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "py"
+    stub.write_text(f"""#!/bin/bash
+if [ "$1" = "-c" ]; then case "$2" in *device_kind*) echo cpu_smoke ;; *) echo stub env ;; esac; exit 0; fi
+if [ "$1" != "-m" ]; then exec {sys.executable} "$@"; fi
+echo "$@" >> {log}
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--json" ] && out="$a"; prev="$a"; done
+case "$2" in
+  *formulations) echo '{{"decisions": {{"overall": {{"conv": "xla"}}}}}}' > "$out" ;;
+  *round_speed) n=$(wc -l < {log}); echo "[{{\\"workload\\": \\"cnn\\", \\"algorithm\\": \\"fedavg\\", \\"variant\\": \\"v$n\\", \\"clients\\": 4, \\"error\\": \\"stub\\"}}]" > "$out" ;;
+esac
+""")
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    script = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "gpu_session.sh"
+    env = dict(os.environ, PYTHON=str(stub), JAX_PLATFORMS="cpu")
+    for _ in range(2):
+        run = subprocess.run(["bash", str(script), str(out), "5", "5", "", "--smoke"], cwd=script.parents[2],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    calls = log.read_text().splitlines()
+    assert sum("experiments.benchmarks.formulations" in c for c in calls) == 1
+    speed = [c for c in calls if "experiments.benchmarks.round_speed" in c]
+    assert len(speed) == 2 and all(f"--formulation {out}/formulations_cpu_smoke.json" in c for c in speed)
+    merged = json.loads((out / "round_speed_cpu_smoke.json").read_text())
+    assert sorted(r["variant"] for r in merged) == ["v2", "v3"]
+    assert "failed: stub" in (out / "round_speed_cpu_smoke.md").read_text()

@@ -10,7 +10,9 @@
 #    at most ROUND_SPEED_S seconds (default 230). Its records are written after each row, so
 #    a cut-short run keeps what it measured; the markdown is rendered from them at the end.
 # A formulations JSON already in OUT_DIR (from an earlier call on this machine) is reused
-# and step 1 skipped, so a second call only continues step 2 (give it the rows left).
+# and step 1 skipped, so a second call only continues step 2 (give it the rows left);
+# FORMULATIONS_S=0 skips step 1 too and uses the committed results/formulations_<tag>.json
+# when there is one (the library's defaults follow it once it is applied).
 # Writes into OUT_DIR: env.txt (device, driver, versions), formulations_<tag>.{json,md},
 # round_speed_<tag>.{json,md} and a log of each step; <tag> is gpu_<device> (e.g. gpu_h200),
 # or cpu_smoke with --smoke (tiny sizes: a check that the session runs end to end).
@@ -36,8 +38,14 @@ print('cpu_smoke' if d.platform == 'cpu' else 'gpu_' + re.sub(r'[^a-z0-9]+', '_'
 } > "$out/env.txt" 2>&1
 echo "device tag: $tag" >&2
 fj="$out/formulations_$tag.json"
+committed="experiments/benchmarks/results/formulations_$tag.json"
+if [ ! -s "$fj" ] && [ "$f_s" = 0 ] && [ -s "$committed" ]; then
+  cp "$committed" "$fj"
+fi
 if [ -s "$fj" ]; then
   echo "reusing $fj" >&2
+elif [ "$f_s" = 0 ]; then
+  echo "formulations skipped (FORMULATIONS_S=0): the library's defaults" >&2
 else
   timeout "$f_s" "$py" -m experiments.benchmarks.formulations $smoke --repeats 3 --json "$fj" \
     --md "$out/formulations_$tag.md" > "$out/formulations.log" 2>&1
