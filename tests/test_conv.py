@@ -65,7 +65,7 @@ def _explicit(xs, ws, strides, padding):
     return padding
 
 
-@pytest.mark.parametrize("path", ["canonical", "per_client"])
+@pytest.mark.parametrize("path", ["canonical", "per_client", "patches"])
 @pytest.mark.parametrize("xs,ws,strides,padding", CASES)
 def test_conv_paths_equal_numpy_under_vmap(path, xs, ws, strides, padding):
     """Forward and both gradients of every client's convolution, with per-client kernels
@@ -88,7 +88,7 @@ def test_conv_paths_equal_numpy_under_vmap(path, xs, ws, strides, padding):
         np.testing.assert_allclose(np.asarray(grads[1][k]), dw_ref, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("path", ["canonical", "per_client"])
+@pytest.mark.parametrize("path", ["canonical", "per_client", "patches"])
 def test_dilated_and_grouped_convolutions_keep_xlas_formulation(path):
     """Dilations and feature groups (none of the backbones uses them) go to XLA's own
     convolution unchanged: values and gradients under vmap equal lax's."""
@@ -130,7 +130,7 @@ def test_per_client_grads_with_shared_operands_and_nested_maps(batched):
             np.testing.assert_allclose(np.asarray(grads[1][r, k]), dw_ref, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("path", ["canonical", "per_client"])
+@pytest.mark.parametrize("path", ["canonical", "per_client", "patches"])
 def test_conv_paths_in_bfloat16(path):
     """bf16 operands: forward and gradients stay bf16 and agree with the float64 reference to
     bf16's precision."""
@@ -220,13 +220,22 @@ def test_round_weight_gradients_are_batch_grouped_with_the_per_client_conv():
     assert all(bg == 1 for _, bg, shape in convs["per_client"] if shape not in stacked)
 
 
+def test_patches_round_has_no_convolution_left():
+    """``conv="patches"``: the vmapped ResNet round (3 clients) lowers to matrix products only:
+    no convolution, grouped or not, in the forward pass or either gradient."""
+    backbone = ResNet18(width=4, norm="group", stage_sizes=(1, 1), conv="patches")
+    round_fn, state, train = _tiny_round(backbone, clients=3)
+    text = round_fn.lower(state, train).as_text()
+    assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
+
+
 def test_per_client_round_equals_the_plain_round():
     """One FedAvg round of a FedAvgCNN with each formulation: the same server parameters."""
     outs = {}
     for path in CONV_PATHS[1:]:
         round_fn, state, train = _tiny_round(FedAvgCNN(hidden=16, conv=path), image=16)
         outs[path] = round_fn(state, train)[0].server.params
-    for path in ("canonical", "per_client"):
+    for path in ("canonical", "per_client", "patches"):
         diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), outs[path], outs["xla"])
         assert max(jax.tree_util.tree_leaves(diff)) < 1e-5, (path, diff)
 

@@ -55,7 +55,9 @@ def test_every_planned_row_is_there_with_finite_numbers(smoke):
             for key in ("round_s", "ms_per_step", "over_floor", "tflops", "flops"):
                 assert math.isfinite(r[key]) and r[key] > 0, (name, r["row"], key)
             if r["kind"] == "round":
-                assert r["peak_bytes"] > 0 and r["convs"]["total"] > 0 and r["transpose"] >= 0 and r["copy"] >= 0
+                assert r["peak_bytes"] > 0 and r["transpose"] >= 0 and r["copy"] >= 0
+                # patches x matrix leaves no convolution at all; every other row has some
+                assert (r["convs"]["total"] == 0) if "patches" in r["row"] else (r["convs"]["total"] > 0)
             assert (r["table1_run_min"] > 0) if name == "resnet18" else ("table1_run_min" not in r)
         assert rows["floor_f32"]["over_floor"] == pytest.approx(1.0)
         meta = data["meta"]
@@ -95,7 +97,9 @@ def test_per_client_rows_agree_with_todays_engine(smoke):
         for n in F32_PER_CLIENT:
             if n in rows:
                 assert rows[n]["ref"] == "xla" and rows[n]["max_param_diff"] < 1e-4, (name, n)
-        for n in ("bf16_per_client", "bf16_per_client_norm32"):
+        if "patches" in rows:
+            assert rows["patches"]["ref"] == "xla" and rows["patches"]["max_param_diff"] < 1e-4, name
+        for n in ("bf16_per_client", "bf16_per_client_norm32", "bf16_patches"):
             if n in rows:
                 assert rows[n]["ref"] == "bf16_xla" and rows[n]["max_param_diff"] < 1e-2, (name, n)
         assert rows["xla"]["max_param_diff"] == 0.0
@@ -150,6 +154,20 @@ def test_rules_pick_as_stated():
     # slice not faster: conv; command buffers 4% faster: off
     picks = fm.decide(_resnet(slice=8.0, per_client_cmdbuf=7.7))["per_workload"]["resnet18"]
     assert picks["downsample"]["pick"] == "conv" and picks["cmdbuf"]["pick"] == "off"
+
+
+def test_conv_rule_picks_the_fastest_agreeing_candidate():
+    """patches vs per_client: the faster of the two that beat xla by >5% and agree; a faster
+    patches row whose parameters disagree loses to per_client; the barrier is then judged on
+    per_client's pair (there is no patches row without it)."""
+    recs = _resnet() + [_rec("resnet18", "patches", 6.0)]
+    d = fm.decide(recs)["per_workload"]["resnet18"]
+    assert d["conv"]["pick"] == "patches" and "patches +66.7% vs xla" in d["conv"]["why"]
+    assert d["barrier"]["pick"] == "off" and "per_client without barrier" in d["barrier"]["why"]
+    recs[-1]["max_param_diff"] = 5e-4
+    assert fm.decide(recs)["per_workload"]["resnet18"]["conv"]["pick"] == "per_client"
+    slow = _resnet(per_client=9.9) + [_rec("resnet18", "patches", 9.8)]
+    assert fm.decide(slow)["per_workload"]["resnet18"]["conv"]["pick"] == "xla"
 
 
 def test_agreement_tolerance_follows_the_device_rounding():

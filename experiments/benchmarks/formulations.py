@@ -30,6 +30,9 @@ Rows of each workload (``ROWS``; ``name``: what differs from the plain-XLA engin
                             shortcut as x[:, ::2, ::2] then a 1x1 stride-1 conv);
   no_norm                   ResNet-18 only: per_client with norm="none" (an upper bound: another
                             model, so no parameter difference);
+  patches, bf16_patches     conv="patches" (every convolution as patches times a matrix: batched
+                            matrix products under the client vmap, no grouped convolution), f32
+                            and bfloat16;
   per_client_cmdbuf         per_client (f32) rerun in a CHILD process whose XLA_FLAGS add
                             ``CMDBUF_FLAG`` (command buffers / CUDA graphs for fusions, library
                             calls, WHILE and CONDITIONAL; ignored on CPU).
@@ -82,10 +85,11 @@ it agrees, else "mixed"; "faster by >5%" means t_old / t_new > 1.05):
                compiled with other fusions, so their difference is the device's own rounding;
                on the H200 it was 3.9e-4 for ResNet-18 (20 SGD steps), so a fixed 1e-4 (the
                first version of this rule) rejected every reformulation there;
-  conv         "per_client" on accelerators if per_client is faster than xla by >5% AND its
-               parameters agree with xla's; else "xla";
-  barrier      for the picked conv path: drop the barrier ("off") if the row without it is
-               not slower by >5% (t_without <= 1.05 t_with) and its parameters agree; else "on";
+  conv         the fastest of "per_client" and "patches" among those faster than xla by >5%
+               whose parameters agree with xla's; else "xla";
+  barrier      for the picked conv path (per_client's pair when patches is picked): drop the
+               barrier ("off") if the row without it is not slower by >5% (t_without <=
+               1.05 t_with) and its parameters agree; else "on";
   norm_dtype   (ResNet-18) "compute" (the norm fix) if bf16_per_client is faster than or equal
                to bf16_per_client_norm32 (equal: within 2% timing noise); else "float32";
   downsample   (ResNet-18) "slice" if the slice row is faster than per_client and its
@@ -138,6 +142,7 @@ WORKLOADS = ("resnet18", "cnn")
 # XLA's debug_options_flags.cc (CommandBufferCmdType); XLA:CPU parses and ignores it.
 CMDBUF_FLAG = ("--xla_gpu_enable_command_buffer="
                "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL")
+CONV_CANDIDATES = ("per_client", "patches")  # the conv rule's candidates against xla
 SPEEDUP = 0.05      # "faster by >5%"
 NOISE = 0.02        # "equal" for the norm rule: within 2%
 AGREE_F32 = 1e-4    # parameters agree after one round (float32), unless the device's rounding is larger:
@@ -145,9 +150,10 @@ NOISE_FACTOR = 2.0  # ... then within twice the difference the SAME math shows u
 RULES = [
     "agree: parameters within max(1e-4, 2 x the difference between xla and xla_nobarrier) after one round "
     "(f32); xla_nobarrier is the same math under another fusion, so its difference is the device's rounding",
-    "conv: per_client if it is faster than xla by >5% and its parameters agree with xla's; else xla",
-    "barrier: for the picked conv path, off if the row without the barrier is not slower by >5% and its "
-    "parameters agree; else on",
+    "conv: the fastest of per_client and patches among those faster than xla by >5% whose parameters agree "
+    "with xla's; else xla",
+    "barrier: for the picked conv path (per_client's pair when patches is picked), off if the row without the "
+    "barrier is not slower by >5% and its parameters agree; else on",
     "norm_dtype (ResNet-18): compute (the norm fix) if bf16 with it is faster or equal (within 2%) to "
     "bf16 with norm_dtype=float32; else float32",
     "downsample (ResNet-18): slice if the slice row is faster than per_client and its parameters agree "
@@ -212,6 +218,9 @@ ROWS = (
     Variant("slice", "per-client conv, slice downsample", downsample="slice", resnet_only=True),
     Variant("no_norm", "per-client conv, no norm (upper bound)", norm="none", ref=None, resnet_only=True),
     Variant("per_client_cmdbuf", "per-client conv + command buffers (child)", child=True),
+    Variant("patches", "convolutions as patches x matrix (barrier, f32)", conv="patches"),
+    Variant("bf16_patches", "convolutions as patches x matrix, bf16", conv="patches", dtype="bfloat16",
+            ref="bf16_xla"),
 )
 ROW_BY_NAME = {v.name: v for v in ROWS}
 
@@ -622,15 +631,17 @@ def decide(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         agree = lambda n: rows[n].get("max_param_diff") is not None and rows[n]["max_param_diff"] < tol
         tolerance[wname] = {"value": tol, "why": _tolerance_why(rows, tol)}
         d: Dict[str, Dict[str, str]] = {}
-        if {"xla", "per_client"} <= rows.keys():
-            gain = t("xla") / t("per_client") - 1
-            ok = _faster(t("xla"), t("per_client")) and agree("per_client")
-            d["conv"] = {"pick": "per_client" if ok else "xla",
-                         "why": f"per_client {100 * gain:+.1f}% vs xla, max |diff| "
-                                f"{rows['per_client'].get('max_param_diff')}"}
+        candidates = [n for n in CONV_CANDIDATES if n in rows]
+        if "xla" in rows and candidates:
+            ok = [n for n in candidates if _faster(t("xla"), t(n)) and agree(n)]
+            d["conv"] = {"pick": min(ok, key=t) if ok else "xla",
+                         "why": ", ".join(f"{n} {100 * (t('xla') / t(n) - 1):+.1f}% vs xla, max |diff| "
+                                          f"{rows[n].get('max_param_diff')}" for n in candidates)}
         else:
-            d["conv"] = {"pick": "n/a", "why": "xla or per_client not measured"}
+            d["conv"] = {"pick": "n/a", "why": "xla or every candidate not measured"}
         base = d["conv"]["pick"] if d["conv"]["pick"] != "n/a" else "per_client"
+        if f"{base}_nobarrier" not in rows and base != "xla":
+            base = "per_client"  # no patches row without the barrier: judged on per_client's pair
         nb = f"{base}_nobarrier"
         if {base, nb} <= rows.keys():
             ok = t(nb) <= (1 + SPEEDUP) * t(base) and agree(nb)

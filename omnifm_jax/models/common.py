@@ -163,11 +163,49 @@ def _grads_for(strides, pads):
 _per_client_conv2d = _conv_with_backward(lambda strides, pads, x, w, g: _grads_for(strides, pads)(x, w, g))
 
 
+# ----------------------------------------------------------------------------- convolution as patches
+#
+# On one H200 the per-client round's weight gradients ran as cuDNN backward-filter
+# convolutions, but every forward and input-gradient convolution stayed FEATURE-grouped (one
+# group per client): 2.1x the shared-model floor, and no faster in bf16, whose dense floor ran
+# 1.66x faster. Written as patches times a matrix, a convolution has no groups to form: under
+# the client vmap the forward pass and both gradients are batched matrix products (the
+# clients as their batch dimension), and the patches' gradient is a sum of shifted slices.
+# The price is memory: the patches hold kh x kw times the input.
+
+
+def _patches_conv2d(x, w, strides, pads):
+    """NHWC x HWIO convolution as ``patches(x) @ w``: the ``kh * kw`` shifted, strided views
+    of the padded input concatenated on the channel axis (kernel-row, kernel-column, channel
+    order, as ``w.reshape(kh * kw * C, F)`` reads them), then one matrix product."""
+    kh, kw, c, f = w.shape
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    views = [xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    return lax.dot_general(patches, w.reshape(kh * kw * c, f), (((3,), (0,)), ((), ())))
+
+
+def _patches_path(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
+    """Plain 2-D NHWC convolutions with non-negative padding as patches times a matrix (see
+    ``_patches_conv2d``); every other convolution with XLA's own."""
+    if _is_simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                       batch_group_count, preferred_element_type):
+        strides, pads = _static_pads(lhs, rhs, window_strides, padding)
+        if all(p >= 0 for pair in pads for p in pair):
+            return _patches_conv2d(lhs, rhs.astype(lhs.dtype), strides, pads)
+    return _xla_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count, batch_group_count, precision, preferred_element_type)
+
+
 #: How a backbone computes its convolutions (the backbones' ``conv`` attribute).
-CONV_PATHS = ("auto", "xla", "canonical", "per_client")
+CONV_PATHS = ("auto", "xla", "canonical", "per_client", "patches")
 _PATHS = {"xla": _xla_conv,
           "canonical": _custom_path(_canonical_conv2d, "XLA:CPU's fast form (see conv_general_dilated)"),
-          "per_client": _custom_path(_per_client_conv2d, "per-client weight gradients batch-grouped under vmap")}
+          "per_client": _custom_path(_per_client_conv2d, "per-client weight gradients batch-grouped under vmap"),
+          "patches": _patches_path}
 
 
 def _check_conv_path(path: str) -> None:
@@ -182,8 +220,12 @@ def resolve_conv_path(path: str) -> str:
     * ``canonical``: gradients as canonical NHWC convolutions with explicit transposes
       (XLA:CPU runs only that form fast inside loops; see :func:`conv_general_dilated`);
     * ``per_client``: gradients with a batching rule that keeps per-client weight gradients
-      batch-grouped (cuDNN's backward-filter convolution on GPU) under the client ``vmap``.
-    All three give the same values (tests compare forward and gradients, under ``vmap`` and
+      batch-grouped (cuDNN's backward-filter convolution on GPU) under the client ``vmap``;
+    * ``patches``: the convolution as patches times a matrix, so that under the client
+      ``vmap`` the forward pass and both gradients are batched matrix products (no grouped
+      convolution at all); kh x kw times the input's memory for the patches. A candidate for
+      accelerators, not yet measured on one (``experiments/benchmarks/formulations.py``).
+    All four give the same values (tests compare forward and gradients, under ``vmap`` and
     ``jit``). Forward-mode differentiation (``jax.jvp``) of ``canonical`` and ``per_client``
     raises JAX's custom-VJP error; use ``xla`` for it.
     """
