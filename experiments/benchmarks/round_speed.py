@@ -61,7 +61,6 @@ import concurrent.futures
 import datetime
 import functools
 import json
-import math
 import os
 import statistics
 import sys
@@ -185,7 +184,7 @@ def formulation_for(decisions: Dict[str, Any], workload: str) -> Dict[str, str]:
         pick = own.get(rule, {}).get("pick", "n/a")
         if pick == "n/a":  # not measured on this workload
             pick = decisions.get("overall", {}).get(rule, "n/a")
-        if pick not in ("n/a",) and not pick.startswith("mixed"):
+        if pick != "n/a" and not pick.startswith("mixed"):
             out[rule] = pick
     return out
 
@@ -245,13 +244,12 @@ def matmul_flops(fn, *args) -> float:
     the lowered, backend-neutral analysis is not offered there. The jaxpr is the same on every
     backend; elementwise work (a few percent for these models) and padding are left out, as in
     XLA's count on CPU (the test checks FedAvgCNN's against a hand count)."""
-    import numpy as _np
     from jax.extend import core as jcore
 
     def taps(size_in: int, size_out: int, k: int, stride: int, pad_lo: int, ld: int, rd: int) -> int:
         """(output, kernel) position pairs of one spatial dimension that read a real input
         element (not padding, not a hole of the input's dilation), as XLA counts them."""
-        p = _np.arange(size_out)[:, None] * stride + _np.arange(k)[None, :] * rd - pad_lo
+        p = np.arange(size_out)[:, None] * stride + np.arange(k)[None, :] * rd - pad_lo
         return int(((p >= 0) & (p <= (size_in - 1) * ld) & (p % ld == 0)).sum())
 
     def conv(e) -> float:
@@ -260,7 +258,7 @@ def matmul_flops(fn, *args) -> float:
         dn, prm = e.params["dimension_numbers"], e.params
         n = len(dn.lhs_spec) - 2
         ld, rd = prm["lhs_dilation"] or (1,) * n, prm["rhs_dilation"] or (1,) * n
-        valid = _np.prod([taps(lhs.shape[dn.lhs_spec[2 + i]], out.shape[dn.out_spec[2 + i]],
+        valid = np.prod([taps(lhs.shape[dn.lhs_spec[2 + i]], out.shape[dn.out_spec[2 + i]],
                                rhs.shape[dn.rhs_spec[2 + i]], prm["window_strides"][i], prm["padding"][i][0],
                                ld[i], rd[i]) for i in range(n)])
         # per output batch element and feature: valid taps x the kernel's input features
@@ -270,7 +268,7 @@ def matmul_flops(fn, *args) -> float:
     def dot(e) -> float:
         (lc, _), _ = e.params["dimension_numbers"]
         lhs = e.invars[0].aval
-        return 2.0 * _np.prod(e.outvars[0].aval.shape) * _np.prod([lhs.shape[d] for d in lc])
+        return 2.0 * np.prod(e.outvars[0].aval.shape) * np.prod([lhs.shape[d] for d in lc])
 
     def subjaxprs(value):
         if isinstance(value, jcore.ClosedJaxpr):
@@ -303,22 +301,6 @@ def matmul_flops(fn, *args) -> float:
     except (ImportError, AttributeError, TypeError):  # private API moved: count without DCE
         pass
     return float(walk(jaxpr))
-
-
-def _cost(stage, key: str) -> float:
-    """XLA's cost analysis of a lowered function; from its compiled form where the lowered
-    one has none (XLA:GPU answers only after compilation)."""
-    for analysis in (stage.cost_analysis, lambda: stage.compile().cost_analysis()):
-        try:
-            cost = analysis()
-            if isinstance(cost, (list, tuple)):
-                cost = cost[0]
-            value = float(cost.get(key, float("nan"))) if cost else float("nan")
-        except Exception:  # backends without cost analysis
-            continue
-        if math.isfinite(value):
-            return value
-    return float("nan")
 
 
 def _round_bytes(compiled) -> int:
