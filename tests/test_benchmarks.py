@@ -227,7 +227,8 @@ def test_formulation_picks_reach_the_backbone():
 
 def test_gpu_session_orchestrates_both_steps(tmp_path):
     """gpu_session.sh with a stand-in python: step 1 runs once and its JSON reaches step 2 as
-    --formulation; a second call reuses it and merges the new rows with the first call's."""
+    --formulation (with FORMULATIONS_ROWS as its --rows); a second call reuses it and merges the
+    new rows with the first call's."""
     log = tmp_path / "calls.log"
     stub = tmp_path / "py"
     stub.write_text(f"""#!/bin/bash
@@ -244,13 +245,14 @@ esac
     stub.chmod(0o755)
     out = tmp_path / "out"
     script = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "gpu_session.sh"
-    env = dict(os.environ, PYTHON=str(stub), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHON=str(stub), JAX_PLATFORMS="cpu", FORMULATIONS_ROWS="xla,patches")
     for _ in range(2):
         run = subprocess.run(["bash", str(script), str(out), "5", "5", "", "--smoke"], cwd=script.parents[2],
                              env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
     calls = log.read_text().splitlines()
-    assert sum("experiments.benchmarks.formulations" in c for c in calls) == 1
+    formulations = [c for c in calls if "experiments.benchmarks.formulations" in c]
+    assert len(formulations) == 1 and "--rows xla,patches" in formulations[0]
     speed = [c for c in calls if "experiments.benchmarks.round_speed" in c]
     assert len(speed) == 2 and all(f"--formulation {out}/formulations_cpu_smoke.json" in c for c in speed)
     merged = json.loads((out / "round_speed_cpu_smoke.json").read_text())

@@ -13,6 +13,8 @@
 # and step 1 skipped, so a second call only continues step 2 (give it the rows left);
 # FORMULATIONS_S=0 skips step 1 too and uses the committed results/formulations_<tag>.json
 # when there is one (the library's defaults follow it once it is applied).
+# FORMULATIONS_ROWS (environment, optional): formulations.py's --rows, to measure only the rows
+# a question needs (rules whose rows are missing pick "n/a" and keep the library's default).
 # Writes into OUT_DIR: env.txt (device, driver, versions), formulations_<tag>.{json,md},
 # round_speed_<tag>.{json,md} and a log of each step; <tag> is gpu_<device> (e.g. gpu_h200),
 # or cpu_smoke with --smoke (tiny sizes: a check that the session runs end to end).
@@ -48,6 +50,7 @@ elif [ "$f_s" = 0 ]; then
   echo "formulations skipped (FORMULATIONS_S=0): the library's defaults" >&2
 else
   timeout "$f_s" "$py" -m experiments.benchmarks.formulations $smoke --repeats 3 --json "$fj" \
+    ${FORMULATIONS_ROWS:+--rows "$FORMULATIONS_ROWS"} \
     --md "$out/formulations_$tag.md" > "$out/formulations.log" 2>&1
   echo "formulations exit $?" >&2
   tail -n 12 "$out/formulations.log" >&2
