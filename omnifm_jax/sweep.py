@@ -3,12 +3,20 @@
 Runs that differ only in values that do not change any array shape (the training seed,
 the learning rate, an algorithm's float hyper-parameters such as ``lambda_align`` or
 ``mu``) share one program: the whole federated state gets a leading run axis and the round
-is ``jax.vmap``-ed over it, with each run's values as traced scalars. One compile serves
-all runs, and on an accelerator the runs fill the device together.
+goes over it (below), with each run's values as traced scalars. One compile serves all
+runs, and on an accelerator the batched runs fill the device together.
+
+How the program goes over the run axis (``run_axis``, :data:`RUN_AXES`): ``"vmap"`` batches
+the runs (every operation once for all of them: what fills an accelerator); ``"map"`` steps
+through them one after another inside the same program (``jax.lax.map``: still one compile,
+each run's operations as in a single run). ``"auto"`` takes ``"map"`` on CPU, ``"vmap"``
+elsewhere: on XLA:CPU a batched run axis turns every convolution into a grouped one, which
+it runs slower than the runs one by one (EDSR on BreaKHis, 2 seeds: the vmapped round loop
+1.19x slower than two separate runs; ``experiments/benchmarks/sweep_speed.py``).
 
 What varies with the run axis, and what does not:
 
-* Each run equals ``experiment.run`` of its config up to float rounding: a vmapped
+* Each run equals ``experiment.run`` of its config up to float rounding: the one
   program may fuse and order operations differently, so parameters agree to ~1e-6 after a
   few rounds (tested), and training can amplify such differences over many rounds. A run's
   result is reproducible bit for bit for the same program (the same set of runs).
@@ -39,7 +47,8 @@ from omnifm_jax import algorithms, experiment, federated, finetune
 from omnifm_jax import config as config_lib
 from omnifm_jax.checks import ConfigError
 
-__all__ = ["SWEEPABLE_TOP_LEVEL", "sweepable_keys", "group_runs", "run_sweep"]
+__all__ = ["SWEEPABLE_TOP_LEVEL", "RUN_AXES", "sweepable_keys", "group_runs", "resolve_run_axis", "over_runs",
+           "run_sweep"]
 
 #: Top-level keys that may differ between the runs of one program.
 SWEEPABLE_TOP_LEVEL = ("seed", "lr")
@@ -119,8 +128,34 @@ def _run_configs(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]]) -> Tuple[L
     return cfgs, varying
 
 
+#: How :func:`run_sweep`'s program goes over its runs (module docstring).
+RUN_AXES = ("auto", "vmap", "map")
+
+
+def resolve_run_axis(run_axis: str) -> str:
+    """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` on accelerators; the others unchanged."""
+    if run_axis not in RUN_AXES:
+        raise ConfigError(f"run_axis={run_axis!r}; choose from {RUN_AXES}")
+    if run_axis == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return run_axis
+
+
+def over_runs(fn: Callable, run_axis: str, shared: int = 0) -> Callable:
+    """``fn`` over a leading run axis of all but its last ``shared`` arguments (those are
+    passed whole to every run): ``jax.vmap`` or ``jax.lax.map`` (:func:`resolve_run_axis`)."""
+    vmapped = resolve_run_axis(run_axis) == "vmap"
+
+    def over(*args):
+        per_run, whole = args[:len(args) - shared], args[len(args) - shared:]
+        if vmapped:
+            return jax.vmap(lambda *a: fn(*a, *whole))(*per_run)
+        return jax.lax.map(lambda a: fn(*a, *whole), per_run)
+    return over
+
+
 def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: bool = False,
-              log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+              log: Callable[[str], None] = print, run_axis: str = "auto") -> List[Dict[str, Any]]:
     """Train ``len(runs)`` variants of ``cfg`` as ONE compiled program.
 
     Args:
@@ -130,6 +165,8 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
         only :func:`sweepable_keys` may appear.
       progress: a tqdm bar over rounds.
       log: where the result table of each run goes.
+      run_axis: ``"vmap"``, ``"map"`` or ``"auto"`` (:func:`resolve_run_axis`): how the one
+        program goes over the runs; every choice gives each run's result up to float rounding.
 
     Returns:
       One summary per run, in order, with the keys of ``experiment.run``'s summary
@@ -144,6 +181,7 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
 
     cfg = _with_data_seed(cfg)
     config_lib.validate(cfg)
+    resolve_run_axis(run_axis)  # a bad choice fails before any work
     cfgs, varying = _run_configs(cfg, runs)
     if cfg["shard_clients"]:
         raise ConfigError("shard_clients splits the client axis over devices; a sweep's run axis is not sharded")
@@ -174,13 +212,13 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
         return federated.round_body(build(values), fed.train, **round_kw)(state, data)
 
     # Compiled like a single run's init (federated.init_compiler_options), once for all runs.
-    states = jax.jit(jax.vmap(init_one)).lower(hp, keys).compile(
+    states = jax.jit(over_runs(init_one, run_axis)).lower(hp, keys).compile(
         compiler_options=federated.init_compiler_options())(hp, keys)
     if prepared.init is not None:  # fine-tuning: every run's fresh state gets the loaded parameters
         source, mapping = prepared.init
         states = jax.vmap(lambda s: finetune.apply_init(s, source, mapping))(states)
         log(finetune.describe(sorted(mapping), source, cfg["init_from"]))
-    round_fn = jax.jit(jax.vmap(round_one, in_axes=(0, 0, None)), donate_argnums=(1,))
+    round_fn = jax.jit(over_runs(round_one, run_axis, shared=1), donate_argnums=(1,))
     evaluation_line, baseline_of = experiment.make_evaluation(cfg, template, task, fed, train, test)
     num = len(cfgs)
     run_state = lambda i: jax.tree_util.tree_map(lambda a: a[i], states)  # noqa: E731

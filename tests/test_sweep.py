@@ -27,13 +27,15 @@ def _close(a, b):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=2e-5, atol=2e-6)
 
 
-def test_sweep_equals_runs_one_by_one():
-    """Seeds, lr and FedProx's mu vary in ONE program; each run's metrics and final state
-    equal experiment.run of its config on the same data split."""
+@pytest.mark.parametrize("run_axis", ["vmap", "map"])
+def test_sweep_equals_runs_one_by_one(run_axis):
+    """Seeds, lr and FedProx's mu vary in ONE program, batched (vmap) or stepped through
+    (map); each run's metrics and final state equal experiment.run of its config on the
+    same data split."""
     cfg = tiny_cfg()
     runs = [{"seed": 0, "lr": 0.05, "algorithm_kwargs.mu": 0.0},
             {"seed": 1, "lr": 0.2, "algorithm_kwargs.mu": 0.5}]
-    out = sweep.run_sweep(cfg, runs, log=lambda s: None)
+    out = sweep.run_sweep(cfg, runs, log=lambda s: None, run_axis=run_axis)
     assert [o["runs_in_program"] for o in out] == [2, 2]
     for i, run in enumerate(runs):
         c = dict(tiny_cfg(data_seed=0, seed=run["seed"], lr=run["lr"]),
@@ -51,6 +53,26 @@ def test_sweep_equals_runs_one_by_one():
         _close(out[i]["state"].clients, single["state"].clients)
     # the runs really differ: a sweep that ran one configuration three times would pass the above
     assert len({o["params_sha256"] for o in out}) == 2
+
+
+def test_the_run_axis_is_chosen_by_backend_and_a_bad_one_is_refused_before_any_work():
+    assert sweep.resolve_run_axis("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert [sweep.resolve_run_axis(a) for a in ("vmap", "map")] == ["vmap", "map"]
+    with pytest.raises(ConfigError, match=r"run_axis='pmap'; choose from \('auto', 'vmap', 'map'\)"):
+        sweep.run_sweep(tiny_cfg(), [{"seed": 0}], run_axis="pmap")
+
+
+def test_over_runs_maps_and_vmaps_alike_and_passes_shared_arguments_whole():
+    """Both run axes give fn of each run's slice, with the shared argument unbatched, on
+    fresh random inputs against a NumPy loop."""
+    rng = np.random.default_rng()
+    a, b = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
+    shared = rng.normal(size=(4, 2)).astype(np.float32)
+    fn = lambda x, s, w: (x * s) @ w  # noqa: E731
+    ref = np.stack([(a[i].astype(np.float64) * b[i]) @ shared for i in range(3)])
+    for axis in ("vmap", "map"):
+        got = jax.jit(sweep.over_runs(fn, axis, shared=1))(a, b, shared)
+        np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_keys_that_change_the_program_are_refused_before_any_work():
