@@ -11,8 +11,9 @@ the runs (every operation once for all of them: what fills an accelerator); ``"m
 through them one after another inside the same program (``jax.lax.map``: still one compile,
 each run's operations as in a single run). ``"auto"`` takes ``"map"`` on CPU, ``"vmap"``
 elsewhere: on XLA:CPU a batched run axis turns every convolution into a grouped one, which
-it runs slower than the runs one by one (EDSR on BreaKHis, 2 seeds: the vmapped round loop
-1.19x slower than two separate runs; ``experiments/benchmarks/sweep_speed.py``).
+it runs slower than the runs one by one (EDSR on BreaKHis, 2 seeds x 3 rounds: the vmapped
+round loop at 0.77x the speed of two separate runs, the mapped one at 1.53x;
+``experiments/benchmarks/results/sweep_speed_sr_breakhis_cpu.md``).
 
 What varies with the run axis, and what does not:
 
@@ -181,7 +182,7 @@ def run_sweep(cfg: Dict[str, Any], runs: Sequence[Dict[str, Any]], *, progress: 
 
     cfg = _with_data_seed(cfg)
     config_lib.validate(cfg)
-    resolve_run_axis(run_axis)  # a bad choice fails before any work
+    run_axis = resolve_run_axis(run_axis)  # a bad choice fails before any work
     cfgs, varying = _run_configs(cfg, runs)
     if cfg["shard_clients"]:
         raise ConfigError("shard_clients splits the client axis over devices; a sweep's run axis is not sharded")

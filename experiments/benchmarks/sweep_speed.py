@@ -42,9 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     args = p.parse_args(argv)
-    axes = [a for a in args.run_axis.split(",") if a]
-    for a in axes:
-        sweep.resolve_run_axis(a)  # validates
+    axes = [sweep.resolve_run_axis(a) for a in args.run_axis.split(",") if a]  # validates; "auto" resolved
     cfg = config_lib.apply_overrides(config_lib.load_config(args.config),
                                      [f"rounds={args.rounds}", "checkpoint_every=0", "data_seed=0"] + args.set)
     seeds = list(range(args.seeds))
