@@ -50,7 +50,7 @@ CELLS = tuple(_cells())
 #: local epoch, every client of the TCGA-LGG federation, evaluated every round (the convergence
 #: rule reads the last 10 evaluated rounds). ~10 s per round of one run on 2 cores (measured:
 #: FedAvg, 4 rounds, evaluation included), ~35 min per seed for the four methods.
-#: Measured: experiments/results/reproduce/table6/ (29 min for seed 0 on 2 shared cores).
+#: Measured: experiments/results/reproduce/table6/ (3 seeds: 29 min for seed 0, 36 min for seeds 1-2, 2 cores).
 CPU = Scale({"seg_lgg_sites": (Setting("seg_lgg_sites", RUN + ("eval_train_loss=False",), "lgg",
                                        "FeTS2022 is not available; TCGA-LGG FLAIR-abnormality slices (64x64), clients "
                                        "= hospitals, MONAI UNet at half the tutorial widths"),)},
