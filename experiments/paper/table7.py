@@ -72,8 +72,8 @@ PAPER_ROWS = tuple(method(n).key for n in METHODS)
 #: The CPU scale: 64x64 pairs, the config's small U2Fusion, 60 rounds x 1 local epoch at batch 4,
 #: evaluated every 2 rounds (the convergence rule reads the last 10 evaluated rounds: rounds
 #: 40-60). ~12 s per round of one run on 2 cores (measured: FedAvg at 2 local epochs, 23-27 s),
-#: ~50 min per seed for the four methods. experiments/results/table7_fusion_smoke.md is the
-#: earlier 8-round smoke run (2 local epochs).
+#: ~50 min per seed for the four methods. Measured: experiments/results/reproduce/table7/ (3 seeds
+#: as one mapped program per method: 1.7 h on 2 cores, ~7 s per round of one run).
 CPU = Scale({"fusion_harvard": (Setting("fusion_harvard", RUN + (
     "dataset_kwargs.image_size=64", "local_epochs=1", "batch_size=4", "eval_every=2", "eval_train_loss=False"),
     "harvard", "the real Harvard pairs at 64x64, U2Fusion at the config's widths, 1 local epoch at batch 4"),)},
