@@ -337,14 +337,19 @@ def launch(cfg: dict, out: Path, *, nodes: int, round_timeout: float = 120.0, lo
             link = start("superlink", [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
                                        str(port), "--disable-runtime-dependency-installation"])
             _wait_port(port, link, 60)
+            started, taken = [], {port}  # all nodes start together, then each is waited for: start-ups overlap
             for i in range(nodes):
                 node_port = _free_port()
+                while node_port in taken:  # no node listens yet, so the OS may hand out a port twice
+                    node_port = _free_port()
+                taken.add(node_port)
                 node_config = f"partition-id={i} num-partitions={nodes}"
                 for key, value in ((node_configs or {}).get(i) or {}).items():
                     node_config += f' {key}="{value}"'
-                node = start(f"supernode-{i}", [tool("flower-supernode"), "--insecure", "--superlink",
-                                                f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port", str(node_port),
-                                                "--node-config", node_config])
+                started.append((node_port, start(f"supernode-{i}", [
+                    tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
+                    "--port", str(node_port), "--node-config", node_config])))
+            for node_port, node in started:
                 _wait_port(node_port, node, 60)
             log(f"SuperLink on 127.0.0.1:{port}, {nodes} SuperNodes; running the app")
             (out / RESULT_FILE).unlink(missing_ok=True)

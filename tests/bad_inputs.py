@@ -229,10 +229,10 @@ CASES = [
      "that upload is left out of the round (weight 0) and the server logs: round 1: rejected the upload of node "
      "N: site 1 sent shared/params/… as float64[…], expected float32[…]",
      ("test_deploy.py::test_a_malformed_upload_is_refused_naming_the_site",
-      "test_flower.py::test_a_killed_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_and_the_run_ends")),
+      "test_flower.py::test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_and_the_run_ends")),
     ("run", "a deployment node that dies or never answers",
      "its client gets weight 0 for the round (no reply after --round-timeout or Flower's node-unavailable "
      "error); the run ends and writes its outputs",
      ("test_deploy.py::test_a_dead_site_gets_weight_zero_and_the_round_completes",
-      "test_flower.py::test_a_killed_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_and_the_run_ends")),
+      "test_flower.py::test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_and_the_run_ends")),
 ]
