@@ -26,7 +26,8 @@ def test_notebook_is_thin():
     assert "from omnifm_jax" in source
 
 
-def test_notebook_runs(tmp_path):
+def test_notebook_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's tempfile outputs go with the test's folder
     nb = nbformat.read(NOTEBOOK, as_version=4)
     first = nb.cells[[c.cell_type for c in nb.cells].index("code")]
     for name, value in TINY.items():
@@ -55,6 +56,7 @@ def test_reproduce_notebook_runs(tmp_path, monkeypatch):
     """notebooks/reproduce.ipynb at a tiny size (synthetic data, 2 clients, 1 round, 2 seeds, one program)."""
     # The kernel is a fresh process: make it import this checkout, not whatever is installed.
     monkeypatch.setenv("PYTHONPATH", str(REPRODUCE.parents[1]))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's tempfile outputs go with the test's folder
     nb = nbformat.read(REPRODUCE, as_version=4)
     first = nb.cells[[c.cell_type for c in nb.cells].index("code")]
     for name, value in REPRODUCE_TINY.items():

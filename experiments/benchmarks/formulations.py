@@ -114,6 +114,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -440,12 +441,15 @@ class Child:
             return None, None, "child timed out"
         finally:
             self.log.close()
-        if self.proc.returncode != 0 or not self.out.exists():
-            return None, None, f"child failed ({self.proc.returncode}): {self._tail()}"
-        rec = json.loads(self.out.read_text())
-        with np.load(self.params) as z:
-            params = [z[f"arr_{i}"] for i in range(len(z.files))]
-        return rec, params, None
+        try:
+            if self.proc.returncode != 0 or not self.out.exists():
+                return None, None, f"child failed ({self.proc.returncode}): {self._tail()}"
+            rec = json.loads(self.out.read_text())
+            with np.load(self.params) as z:
+                params = [z[f"arr_{i}"] for i in range(len(z.files))]
+            return rec, params, None
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)  # what it says is returned; nothing left in /tmp
 
     def kill(self):
         if self.proc.poll() is None:
@@ -453,6 +457,7 @@ class Child:
             self.proc.wait()
         if not self.log.closed:
             self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_child_row(args) -> int:
