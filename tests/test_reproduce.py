@@ -442,6 +442,25 @@ def test_columns_without_paper_numbers_and_reference_rows():
     assert f"test patches: {labels['patient']} 30.50, {labels['image']} 33.50\n" in sr
 
 
+def test_every_cell_builds_its_algorithm_on_its_task_before_any_work():
+    """Cells on one federation load it once, and each still builds its own task and algorithm:
+    an algorithm setting the task refuses is named with its cell before anything trains. The
+    activated OmniFM of Table 8 / Fig. 5 uploads per class on CLS and per client on SR."""
+    plan = R.build_plan("table8", scale="tiny", seeds=(0,), rows=["omnifm", "omnifm_activated"], cols=["CLS", "SR"])
+    uploads = {(pc.cell.row_key, pc.cell.col_key): pc.configs[0]["algorithm_kwargs"].get("upload")
+               for pc in plan.cells}
+    assert uploads == {("omnifm", "CLS"): "mean", ("omnifm", "SR"): "mean",
+                       ("omnifm_activated", "CLS"): "class_means", ("omnifm_activated", "SR"): "mean"}
+    R.check_data(plan)
+    fig5 = R.build_plan("fig5", scale="tiny", seeds=(0,), rows=["activated_k=3"], cols=["CLS", "SR"])
+    assert [pc.configs[0]["algorithm_kwargs"]["upload"] for pc in fig5.cells] == ["class_means", "mean"]
+    sr = [pc for pc in plan.cells if pc.cell.col_key == "SR"]
+    sr[1].configs[0]["algorithm_kwargs"]["upload"] = "class_means"   # the second cell on the SR federation
+    with pytest.raises(ConfigError, match=re.escape("table8 cell (OmniFM (activated), SR (PSNR dB, ×4)): "
+                                                    "upload='class_means' needs a classification task")):
+        R.check_data(plan)
+
+
 def test_references_are_computed_on_each_columns_federation(tmp_path):
     """Table 7's average fusion on the smoke stand-in (the synthetic pairs where the Harvard
     files are absent): one value per client column and their mean, in the table's units."""

@@ -20,7 +20,7 @@ def _cells():
     none = dict.fromkeys(MEASURED)
     for prefix, suffix, variant in VARIANTS:
         for col in COLUMNS:
-            base = variant + col.overrides
+            base = variant + col.overrides + (col.activated if prefix else ())
             for lam in LAMBDAS:
                 yield Cell(f"λ = {lam:g}{suffix}", col.label, f"{prefix}lambda={lam:g}", col.key, col.config,
                            base + (f"algorithm_kwargs.lambda_align={lam}",), none,
@@ -61,4 +61,5 @@ TABLE = Table(
            "'k = 2 yields the most effective global spectral retrieval'). The paper's default λ is not stated; "
            "this library's default is 0.1 (and top_k = 2).",
            "λ = 0.1 with top-k = 2 is one configuration: it runs once and fills both series.",
-           "The '(activated)' series are ours: OmniFM with its mechanism switches on (configs/real4_mechanism.py)."))
+           "The '(activated)' series are ours: OmniFM with its mechanism switches on (configs/real4_mechanism.py); "
+           "on SR it uploads one embedding per client (upload=mean): its per-class upload needs classes."))

@@ -104,18 +104,24 @@ def check_data(plan: Plan) -> List[Dict[str, Any]]:
     for ci, pc in enumerate(plan.cells):
         cfg = pc.configs[0]
         key = _data_key(cfg)
-        if key in seen:
-            seen[key]["cells"].append(f"{pc.cell.row} / {pc.cell.col}")
-            seen[key]["cell_indices"].append(ci)
-            _check_clients(plan, ci, seen[key]["_fed"])
-            continue
         kept = all((ci, si) in plan.done for si in range(len(plan.seeds)))
         if cfg.get("init_from") in pending or kept:  # pretrained later (dry run), or not run: check all else now
             cfg = dict(cfg, init_from=None, init_params=None)
+        where = f"{plan.table.name} cell ({pc.cell.row}, {pc.cell.col})"
+        if key in seen:  # the data are loaded once; the cell's own task and algorithm are built on them
+            seen[key]["cells"].append(f"{pc.cell.row} / {pc.cell.col}")
+            seen[key]["cell_indices"].append(ci)
+            _check_clients(plan, ci, seen[key]["_fed"])
+            if not kept:
+                try:
+                    experiment.setup(cfg, fed=seen[key]["_fed"])
+                except (ValueError, FileNotFoundError, ConfigError) as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+            continue
         try:
             prepared = experiment.setup(cfg)
         except (ValueError, FileNotFoundError, ConfigError) as exc:
-            raise ConfigError(f"{plan.table.name} cell ({pc.cell.row}, {pc.cell.col}): data: {exc}") from None
+            raise ConfigError(f"{where}: data: {exc}") from None
         fed = prepared.fed
         _check_clients(plan, ci, fed)
         try:
