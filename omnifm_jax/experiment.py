@@ -615,5 +615,8 @@ def plot_curves(history, path: Path, *, title: str = "") -> None:
         ax.set_title(name)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins in inches (tick labels, axis titles, the suptitle): tight_layout measured every
+    # text first and took as long as saving the PNG (~0.4 s), once per run
+    width = 4 * len(names)
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.15 / width, bottom=0.5 / 3, top=1 - 0.6 / 3, wspace=0.35)
     fig.savefig(path, dpi=100)

@@ -55,22 +55,6 @@ def test_a_round_waits_while_replies_keep_coming_and_ends_a_timeout_after_the_la
     assert 2.1 + 1.0 <= took < 2.1 + 1.0 + 2.0, took  # one timeout after the last reply (slack for a busy machine)
 
 
-@pytest.mark.slow
-def test_a_local_flower_deployment_ends_on_the_engines_state(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "omnifm_jax.cli", "flower", "--config", "default", "--nodes", "2",
-                           "--set", "num_clients=2", "--set", "rounds=1", "--set", "algorithm=fedper", "--set", "dataset_kwargs.image_size=16",
-                           "--set", "backbone_kwargs.hidden=16", "--out", str(out), "--check",
-                           "--round-timeout", "300"],  # all nodes live: no round waits it out
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "engine comparison: max |difference| = 0" in proc.stdout
-    for name in ("summary.json", "metrics.jsonl", "config.json", "server_state.npz"):
-        assert (out / name).is_file(), name
-    leftover = subprocess.run(["pgrep", "-f", "flower-supernode|flower-superlink"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", "processes left running: " + leftover.stdout
-
-
 def _stop_node(partition: int, nodes: int) -> list:
     """Stop (SIGTERM) the SuperNode holding ``partition`` of a ``nodes``-node deployment."""
     import os
@@ -87,19 +71,18 @@ def _stop_node(partition: int, nodes: int) -> list:
     return pids
 
 
-@pytest.mark.slow
-def test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_and_the_run_ends(tmp_path):
+def _fault_deployment(root):
     """One 2-round deployment of 3 nodes (one deployment for three faults: each costs ~30-60 s of
     process start-up and compilation on 2 cores, and every node a process per message): node 1
     uploads an array in the wrong dtype in round 1 and is stopped after it, node 2 built another
-    model (it refuses the server state). Each is left out naming it, and the run ends with its
-    outputs (node 0's).
+    model (it refuses the server state).
 
     The stopped SuperNode leaves the federation, so Flower answers round 2's message to it with an
     error at once and the round waits no timeout (checked). A node that dies without leaving
     (SIGKILL) is silent instead: it costs one ``round-timeout`` after the last reply, or Flower's
     heartbeat patience (2 x 30 s) if that comes first; the fake-grid test above pins that clock,
-    and a real one would hold this test ~50 s longer for the same branch (no reply: missing)."""
+    and a real one would hold the deployment a whole timeout longer for the same branch (no reply:
+    missing)."""
     import json
     import time
 
@@ -108,7 +91,7 @@ def test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out
     cfg = config_lib.apply_overrides(config_lib.load_config("default"),
                                      ["num_clients=3", "rounds=2", "algorithm=fedavg", "dataset_kwargs.image_size=16",
                                       "backbone_kwargs.hidden=16"])
-    own = tmp_path / "site2.json"
+    own = root / "site2.json"
     own.write_text(json.dumps(config_lib.apply_overrides(cfg, ["backbone_kwargs.hidden=8"])))
     logged, stopped, at = [], [], {}
 
@@ -118,13 +101,66 @@ def test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out
         if line.startswith("round 1:") and not stopped:
             stopped.extend(_stop_node(1, 3))  # gone before it can answer round 2
 
-    out = tmp_path / "run"
-    result = flower.launch(cfg, out, nodes=3, round_timeout=50, log=log,
+    out = root / "faults"
+    result = flower.launch(cfg, out, nodes=3, round_timeout=FAULT_TIMEOUT, log=log,
                            node_configs={1: {"fault": "malformed-upload"}, 2: {"config-path": str(own)}})
-    text = "\n".join(logged)
-    assert stopped, text
+    flower.write_outputs(cfg, out, result, nodes=3)
+    return {"result": result, "text": "\n".join(logged), "stopped": stopped, "at": at, "out": out}
+
+
+#: The fault deployment's round timeout: generous, since no round of it waits one out (its lost
+#: node left the federation) while its first replies wait for processes that start up beside
+#: the other deployment's.
+FAULT_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def deployments(tmp_path_factory):
+    """Both local deployments at once: each is mostly processes starting up and waiting on each
+    other, and one after the other they held a worker for about two minutes. The engine check
+    runs as ``omnifm flower`` (2 nodes, FedPer) beside the fault deployment (3 nodes, in this
+    process); their node configs differ (``num-partitions``), so stopping a node of one cannot
+    touch the other. The processes left running are looked for once both have ended."""
+    root = tmp_path_factory.mktemp("flower")
+    cli_out = root / "cli"
+    cli = subprocess.Popen([sys.executable, "-m", "omnifm_jax.cli", "flower", "--config", "default", "--nodes", "2",
+                            "--set", "num_clients=2", "--set", "rounds=1", "--set", "algorithm=fedper",
+                            "--set", "dataset_kwargs.image_size=16", "--set", "backbone_kwargs.hidden=16",
+                            "--out", str(cli_out), "--check",
+                            "--round-timeout", "300"],  # all nodes live: no round waits it out
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        faults = _fault_deployment(root)
+        stdout, stderr = cli.communicate(timeout=600)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    leftover = subprocess.run(["pgrep", "-f", "flower-supernode|flower-superlink"], capture_output=True, text=True)
+    return {"cli": (cli.returncode, stdout, stderr, cli_out), "faults": faults, "leftover": leftover.stdout.strip()}
+
+
+@pytest.mark.slow
+def test_a_local_flower_deployment_ends_on_the_engines_state(deployments):
+    returncode, stdout, stderr, out = deployments["cli"]
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "engine comparison: max |difference| = 0" in stdout
+    for name in ("summary.json", "metrics.jsonl", "config.json", "server_state.npz"):
+        assert (out / name).is_file(), name
+    assert deployments["leftover"] == "", "processes left running: " + deployments["leftover"]
+
+
+@pytest.mark.slow
+def test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out_and_the_run_ends(deployments):
+    """Each fault of :func:`_fault_deployment` is left out naming it, and the run ends with its
+    outputs (node 0's)."""
+    import json
+
+    d = deployments["faults"]
+    text, result, at = d["text"], d["result"], d["at"]
+    assert d["stopped"], text
     assert "client 1: no result" in text, text
-    assert at["round 2"] - at["round 1"] < 50, (at, text)  # a node that left costs no timeout
+    assert at["round 2"] - at["round 1"] < FAULT_TIMEOUT / 2, (at, text)  # a node that left costs no timeout
     assert "rejected the upload of node" in text and "site 1 sent" in text and "as float64" in text, text
     assert "client 2: no result" in text and "the coordinator sent params/params/backbone/fc1" in text, text
     first, second = result["history"]
@@ -132,8 +168,6 @@ def test_a_stopped_node_a_malformed_upload_and_a_misconfigured_site_are_left_out
     assert second["rejected"] == [] and second["missing"] == [1, 2], second
     assert "round 2: participants [0, 1, 2], no reply [1, 2]" in text, text
     assert result["evaluated_clients"] == [0]  # the stopped and the misconfigured node evaluate nothing
-    flower.write_outputs(cfg, out, result, nodes=3)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((d["out"] / "summary.json").read_text())
     assert summary["evaluated_clients"] == [0] and summary["rounds"] == 2
-    leftover = subprocess.run(["pgrep", "-f", "flower-supernode|flower-superlink"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", "processes left running: " + leftover.stdout
+    assert deployments["leftover"] == "", "processes left running: " + deployments["leftover"]
