@@ -324,22 +324,24 @@ def runs(tmp_path_factory):
     killed = root / "killed"
     proc = subprocess.Popen(_train_cmd(config, killed), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    r = 2
-    while not (killed / "checkpoints" / str(r)).is_dir():
-        assert proc.poll() is None, "the run ended before round %d was checkpointed" % r
-        assert time.time() - t < 300
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    timings["until_killed"] = time.time() - t
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "summary.json").exists()  # it really did not finish
     try:
+        r = 2
+        while not (killed / "checkpoints" / str(r)).is_dir():
+            assert proc.poll() is None, "the run ended before round %d was checkpointed" % r
+            assert time.time() - t < 300
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        timings["until_killed"] = time.time() - t
+        assert proc.returncode == -signal.SIGKILL
+        assert not (killed / "summary.json").exists()  # it really did not finish
         full.wait(timeout=600)
-    finally:
-        if full.poll() is None:
-            full.kill()
+    finally:  # neither run outlives the fixture, also when a check above fails
+        for p in (proc, full):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        proc.stderr.close()
     assert full.returncode == 0, full_log.read_text()[-3000:]
     timings["uninterrupted"] = time.time() - t
     steps_at_kill = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())

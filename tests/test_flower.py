@@ -133,9 +133,8 @@ def deployments(tmp_path_factory):
         faults = _fault_deployment(root)
         stdout, stderr = cli.communicate(timeout=600)
     finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.communicate()
+        if cli.poll() is None:  # the fault deployment failed: stop the CLI and the Flower processes it started
+            flower._stop([cli])
     leftover = subprocess.run(["pgrep", "-f", "flower-supernode|flower-superlink"], capture_output=True, text=True)
     return {"cli": (cli.returncode, stdout, stderr, cli_out), "faults": faults, "leftover": leftover.stdout.strip()}
 
