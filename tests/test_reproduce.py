@@ -9,6 +9,7 @@ import textwrap
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from omnifm_jax import cli, sweep
@@ -488,6 +489,18 @@ def test_small_margins_keep_two_significant_digits():
     assert "removing PSP lowers SR (PSNR dB, ×4): **holds weakly** (+0.0027 ± 0.0021 vs w/o PSP" in md
     assert writers._fmt(-0.0001, 2, sign=True) == "+0.00"    # no "-0.00"
 
+
+
+def test_a_sweep_flat_within_the_tolerance_is_drawn_flat():
+    """Fig. 5's lines: a y range at least twice the convergence tolerance wide, centred on the
+    points, so 0.003 dB of spread is not drawn as a peak; a wide spread keeps its own range."""
+    rng = np.random.default_rng()
+    ys = list(26.6 + 0.003 * rng.random(5))
+    lo, hi = writers.line_ylim(ys, [0.0] * 5, 0.2)
+    assert hi - lo == pytest.approx(0.22) and (lo + hi) / 2 == pytest.approx((min(ys) + max(ys)) / 2)
+    ys, es = [90.0, 95.0, 92.0], [0.5, 1.0, 0.0]
+    lo, hi = writers.line_ylim(ys, es, 2.0)
+    assert lo < 89.5 and hi > 96.0 and hi - lo == pytest.approx(1.1 * 6.5)
 
 # ----------------------------------------------------------------------------- a table file of one's own
 

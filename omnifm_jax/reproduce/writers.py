@@ -11,7 +11,7 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omnifm_jax import config as config_lib
 from omnifm_jax.reproduce.plan import Plan
@@ -19,7 +19,7 @@ from omnifm_jax.reproduce.settings import H100_MINUTES_PER_100_ROUNDS
 from omnifm_jax.reproduce.spec import Table
 from omnifm_jax.reproduce.stats import aggregate, convergence_rule, evaluate_claims, mean_std, unconverged
 
-__all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "estimate_text",
+__all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "line_ylim", "protocol_text", "estimate_text",
            "with_earlier_sittings"]
 
 References = Mapping[str, Mapping[str, Mapping[str, float]]]
@@ -185,6 +185,15 @@ def write_markdown(table: Table, records, path: Path, **kw) -> str:
     return text
 
 
+def line_ylim(ys: Sequence[float], errs: Sequence[float], min_span: float) -> Tuple[float, float]:
+    """The y range of a sweep's line: the points with their error bars, 10 % margin, and at
+    least ``min_span`` wide around their middle (twice the convergence tolerance: 2 points, 0.2
+    dB), so that a sweep flat within run-to-run noise is drawn flat, not as a peak."""
+    lo, hi = min(y - e for y, e in zip(ys, errs)), max(y + e for y, e in zip(ys, errs))
+    half = 0.55 * max(hi - lo, min_span)
+    return (lo + hi) / 2 - half, (lo + hi) / 2 + half
+
+
 def write_plot(table: Table, records: Sequence[Mapping[str, Any]], path: Path, *, rule: str = "best") -> None:
     """Bars of measured (mean ± std) next to the paper's number per cell and metric, or for
     ``plot="lines"`` (Fig. 5) lines of the metric against each cell's ``x``. A standalone
@@ -207,10 +216,14 @@ def write_plot(table: Table, records: Sequence[Mapping[str, Any]], path: Path, *
                 ys = [a[metric][0] for _, a in pts]
                 es = [0.0 if math.isnan(a[metric][1]) else a[metric][1] for _, a in pts]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
+                m = table.metric(metric)
+                if ys:
+                    ax.set_ylim(*line_ylim(ys, es, 2 * m.tolerance * m.factor))
+                ax.ticklabel_format(axis="y", useOffset=False)
                 if ser.startswith("λ"):
                     ax.set_xscale("log")
                 ax.set_xlabel(ser)
-                ax.set_ylabel(table.metric(metric).label)
+                ax.set_ylabel(m.label)
                 ax.set_title(next(c.col for c in cells if c.col_key == ck))
                 ax.grid(alpha=0.3)
     else:
