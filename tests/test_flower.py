@@ -28,6 +28,17 @@ def test_named_arrays_cross_flowers_records_unchanged():
         np.testing.assert_array_equal(back[k], v)
 
 
+def test_the_app_module_loads_without_jax():
+    """Flower loads the app in a new process for every message; the partition query, each
+    node's first, must not pay for importing JAX and the engine (they load with the first
+    training or evaluation message)."""
+    code = ("import sys\nfrom omnifm_jax import flower\n"
+            "assert flower.client_app and flower.server_app\nprint(sorted(m for m in sys.modules if m == 'jax'"
+            " or m.startswith(('jax.', 'flax', 'omnifm_jax.deploy', 'omnifm_jax.federated'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
 def test_a_round_waits_while_replies_keep_coming_and_ends_a_timeout_after_the_last():
     """Replies 0.7 s apart with a 1 s timeout all count (a deadline from the start would lose the
     third); the silent client costs one timeout after the last reply, not more."""

@@ -32,6 +32,8 @@ BLOCK = textwrap.dedent(f"""
 def test_cli_runs_without_optional_packages(tmp_path):
     script = BLOCK + textwrap.dedent(f"""
         import json, sys
+        import omnifm_jax
+        lazy = "jax" not in sys.modules  # the package loads its modules (and JAX) on first use
         from omnifm_jax import cli
         out = {str(tmp_path / "run")!r}
         codes = {{
@@ -44,7 +46,7 @@ def test_cli_runs_without_optional_packages(tmp_path):
             "reproduce list": cli.main(["reproduce", "list"]),
         }}
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {OPTIONAL!r})
-        print("RESULT", json.dumps({{"codes": codes, "loaded": loaded}}))
+        print("RESULT", json.dumps({{"codes": codes, "loaded": loaded, "lazy": lazy}}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
@@ -52,7 +54,7 @@ def test_cli_runs_without_optional_packages(tmp_path):
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["codes"] == {"train": 0, "algorithms": 0, "describe": 0, "reproduce list": 0}, proc.stderr[-3000:]
-    assert result["loaded"] == []
+    assert result["loaded"] == [] and result["lazy"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["last"]["round"] == 1
 
