@@ -18,7 +18,11 @@ import pytest
 #    bit-exact checks compare two programs compiled the same way). Library users get the default.
 #  * One persistent compilation cache for the whole session (both xdist workers and every
 #    subprocess): a program compiled by one test (the CLI run of a config, a conformance round)
-#    is loaded, not recompiled, by the next test that builds the same program.
+#    is loaded, not recompiled, by the next test that builds the same program. Every program
+#    is kept, however fast it compiled: most of the suite's thousands of compilations are small
+#    helpers (initialisers, metrics, reshapes) that take ~16 ms each to compile and ~1 ms to load
+#    (with JAX's default of caching only programs over 1 s, or 0.2 s, compiling them was a
+#    sixth of the suite's warm time).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 #  * Tests marked ``optimized`` run many compiled steps (training to a quality bar, end-to-end
 #    runs, deployments): for them the unoptimised code costs more than compiling it well (FedAvg's
@@ -29,7 +33,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(tempfile.gettempdir()) / f"omnifm-jax-test-xla-cache-{getpass.getuser()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
@@ -74,6 +78,15 @@ def _optimized_when_marked(request):
         yield
 
 
+#: Modules whose shared fixture runs processes of its own (two JAX processes joined in one run,
+#: a run killed and resumed beside an uninterrupted one) and Flower's deployments (xdist group
+#: "processes", tests/test_flower.py): one worker runs them one after another. Side by side
+#: they put 4-8 busy processes on the 2 cores, and the two-process run, whose processes wait on
+#: each other at every collective, then took twice as long.
+PROCESS_GROUP = "processes"
+PROCESS_FIXTURE_MODULES = {"tests/test_checkpoint.py", "tests/test_distributed.py"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Keep each expensive shared setup on ONE xdist worker.
@@ -83,7 +96,8 @@ def pytest_collection_modifyitems(config, items):
     session-scoped fixture of a test module (a trained run, a traced round) is built once per
     worker that needs it, so every test of a module that uses such a fixture is put in that
     module's group (a test already in a group keeps it; tests/test_conformance.py groups its
-    checks by algorithm). Without xdist the marks do nothing.
+    checks by algorithm; :data:`PROCESS_FIXTURE_MODULES` share one group). Without xdist the
+    marks do nothing.
     """
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
@@ -94,5 +108,6 @@ def pytest_collection_modifyitems(config, items):
         for defs in info.name2fixturedefs.values():
             fixture = defs[-1]
             if fixture.scope != "function" and fixture.baseid.endswith(".py"):
-                item.add_marker(pytest.mark.xdist_group(fixture.baseid))
+                group = PROCESS_GROUP if fixture.baseid in PROCESS_FIXTURE_MODULES else fixture.baseid
+                item.add_marker(pytest.mark.xdist_group(group))
                 break

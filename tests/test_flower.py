@@ -13,8 +13,9 @@ flwr = pytest.importorskip("flwr", reason="the Flower tests need the flower extr
 from omnifm_jax import flower  # noqa: E402
 
 # One xdist worker runs these one after another: each checks the Flower processes it started,
-# and a concurrent deployment's processes would look like leftovers.
-pytestmark = pytest.mark.xdist_group("flower")
+# and a concurrent deployment's processes would look like leftovers. The same worker runs the
+# other tests that start processes of their own (tests/conftest.py: PROCESS_GROUP).
+pytestmark = pytest.mark.xdist_group("processes")
 
 
 def test_named_arrays_cross_flowers_records_unchanged():
