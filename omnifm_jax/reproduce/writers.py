@@ -216,14 +216,14 @@ def write_plot(table: Table, records: Sequence[Mapping[str, Any]], path: Path, *
                 ys = [a[metric][0] for _, a in pts]
                 es = [0.0 if math.isnan(a[metric][1]) else a[metric][1] for _, a in pts]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
-                m = table.metric(metric)
+                spec = table.metric(metric)
                 if ys:
-                    ax.set_ylim(*line_ylim(ys, es, 2 * m.tolerance * m.factor))
+                    ax.set_ylim(*line_ylim(ys, es, 2 * spec.tolerance * spec.factor))
                 ax.ticklabel_format(axis="y", useOffset=False)
                 if ser.startswith("λ"):
                     ax.set_xscale("log")
                 ax.set_xlabel(ser)
-                ax.set_ylabel(m.label)
+                ax.set_ylabel(spec.label)
                 ax.set_title(next(c.col for c in cells if c.col_key == ck))
                 ax.grid(alpha=0.3)
     else:
