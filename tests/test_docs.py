@@ -142,6 +142,31 @@ def test_readme_is_a_front_page():
     assert block == QUICKSTART  # .ci/run runs lines 1 and 2 of this block as written
 
 
+def _table_blocks(text: str):
+    """Runs of consecutive lines starting with ``|`` outside fenced code, with their first line number."""
+    blocks, fenced, run = [], False, []
+    for number, line in enumerate(text.splitlines() + [""], 1):
+        fenced ^= line.startswith("```")
+        if line.startswith("|") and not fenced:
+            run.append((number, line))
+        elif run:
+            blocks.append(run)
+            run = []
+    return blocks
+
+
+def test_every_markdown_table_has_a_header_and_no_row_cut_off():
+    """A blank line inside a table cuts the rows after it off into a paragraph of pipes."""
+    pages = [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "experiments").rglob("README.md"))]
+    bad = []
+    for page in pages:
+        for block in _table_blocks(page.read_text()):
+            if len(block) < 2 or not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", block[1][1].strip()):
+                bad.append(f"{page.relative_to(ROOT)}:{block[0][0]}")
+    assert not bad, f"tables without a header row and separator (a row cut off by a blank line?): {bad}"
+
+
 def _tracked_top_level() -> set:
     try:
         out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
