@@ -4,10 +4,10 @@
                [--coordinator HOST:PORT --num-processes N --process-id I]   one run over N processes
   omnifm data describe --dataset NAME --clients K [...]
   omnifm algorithms            every algorithm, its reference and its hyper-parameters
-  omnifm reproduce TABLE [--scale smoke|paper] [--out DIR] [--seeds 0,1,2] [--only ROWS] [...]
+  omnifm reproduce TABLE [--scale smoke|cpu|paper] [--out DIR] [--resume | --overwrite] [--seeds 0,1,2] [...]
                                a table of the paper, measured vs the paper's numbers
   omnifm docs [--check]        regenerate the lists in the docs that come from the code
-  omnifm flower --nodes N [--config NAME] [--set ...] [--check]
+  omnifm flower --nodes N [--config NAME] [--set ...] [--out DIR] [--overwrite] [--check]
                                the config as a Flower deployment on this machine (the flower extra)
 """
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _saved_config(out: Path) -> dict:
 
 def _flower(args) -> int:
     from omnifm_jax import config as config_lib
+    from omnifm_jax import rundir
 
     try:
         from omnifm_jax import flower
@@ -89,9 +90,10 @@ def _flower(args) -> int:
     cfg = config_lib.apply_overrides(config_lib.load_config(args.config), [f"num_clients={args.nodes}"] + args.set)
     config_lib.validate(cfg)
     out = Path(args.out or _new_run_dir(cfg["algorithm"] + "-flower"))
-    result = flower.launch(cfg, out, nodes=args.nodes, round_timeout=args.round_timeout,
-                           log=lambda line: print(line, flush=True))
-    flower.write_outputs(cfg, out, result, nodes=args.nodes)
+    with rundir.RunDirectory(out, overwrite=args.overwrite):  # as a run's: never into another run's outputs
+        result = flower.launch(cfg, out, nodes=args.nodes, round_timeout=args.round_timeout,
+                               log=lambda line: print(line, flush=True))
+        flower.write_outputs(cfg, out, result, nodes=args.nodes)
     print(f"deployment: {json.dumps(result['metrics'], default=float)}")
     if args.check:
         diff = flower.engine_difference(cfg, out)
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     fl.add_argument("--nodes", type=int, required=True, help="SuperNodes to start, one per client (sets num_clients)")
     fl.add_argument("--out", default=None, help="output directory (default runs/<algorithm>-flower-<time>)")
+    fl.add_argument("--overwrite", action="store_true",
+                    help="replace the outputs of an earlier run in --out (without it, such a directory is refused)")
     fl.add_argument("--round-timeout", type=float, default=120.0,
                     help="seconds a round waits with no new reply before the clients still silent count as missing")
     fl.add_argument("--check", action="store_true",

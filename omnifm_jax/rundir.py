@@ -17,6 +17,11 @@ Rules (:func:`experiment.run` follows them; so can any code that writes a run's 
   file and renaming it over the old one, so no line another run wrote can be lost or
   interleaved.
 
+The same rules hold for any set of outputs under its own lock: ``omnifm flower`` claims its
+``--out`` as a run does (its outputs are among :data:`OUTPUTS`), and ``omnifm reproduce`` claims
+one table's files in its ``--out`` (``outputs=`` the table's file names, ``lock_name=`` one lock
+per table, so tables can share a folder).
+
 Every failure a user can cause here (the directory is a file, cannot be created or written,
 is held by a live run, holds an earlier run) raises :class:`RunDirError` (a
 :class:`~omnifm_jax.checks.ConfigError`: the CLI prints one line and exits with 2).
@@ -29,7 +34,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from omnifm_jax.checks import ConfigError
 
@@ -43,16 +48,22 @@ except ImportError:  # pragma: no cover - not on Linux or macOS
 
 LOCK_NAME = ".omnifm.lock"
 #: What a run writes into its directory.
-OUTPUTS = ("config.json", "metrics.jsonl", "timings.jsonl", "summary.json", "curves.png", "checkpoints")
+OUTPUTS = ("config.json", "metrics.jsonl", "timings.jsonl", "summary.json", "curves.png", "checkpoints",
+           "deployment.json", "server_state.npz")  # the last two: a Flower deployment's (omnifm flower)
 
 
 class RunDirError(ConfigError):
     """The output directory cannot be used by this run (the message says why and what to do)."""
 
 
-def existing_outputs(out: Path) -> List[str]:
-    """The names of :data:`OUTPUTS` present in ``out``."""
-    return [name for name in OUTPUTS if (Path(out) / name).exists()]
+def existing_outputs(out: Path, outputs: Sequence[str] = OUTPUTS) -> List[str]:
+    """The names of ``outputs`` (default :data:`OUTPUTS`) present in ``out``."""
+    return [name for name in outputs if (Path(out) / name).exists()]
+
+
+def _earlier(out: Path, present: List[str], what: str) -> RunDirError:
+    return RunDirError(f"--out {out} already holds the outputs of {what} ({', '.join(present)}); "
+                       "continue it with --resume, replace it with --overwrite, or choose another directory")
 
 
 def _holder(lock_path: Path) -> str:
@@ -100,8 +111,12 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse ``out`` before any work if this run could not own it; writes nothing."""
+def check(out: str | Path, *, resume: bool = False, overwrite: bool = False, outputs: Sequence[str] = OUTPUTS,
+          lock_name: str = LOCK_NAME, what: str = "an earlier run") -> None:
+    """Refuse ``out`` before any work if this run could not own it; writes nothing.
+
+    ``outputs``: the names whose presence means an earlier run's results are there; ``lock_name``:
+    the lock file that one live run holds; ``what``: how the message names the earlier run."""
     out = Path(out)
     if resume and overwrite:
         raise RunDirError("--resume continues the run in --out and --overwrite replaces it: choose one")
@@ -113,14 +128,13 @@ def check(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> 
     if not os.access(base, os.W_OK | os.X_OK):
         what = "is not writable" if base == out.absolute() else f"cannot be created: {base} is not writable"
         raise RunDirError(f"--out {out} {what} (read-only file system or no permission?); choose another directory")
-    lock_path = out / LOCK_NAME
+    lock_path = out / lock_name
     if _held_by_live_run(lock_path):
         raise RunDirError(f"--out {out} is in use by {_holder(lock_path)}; wait for it to finish or choose "
                           "another output directory")
-    present = existing_outputs(out) if out.is_dir() else []
+    present = existing_outputs(out, outputs) if out.is_dir() else []
     if present and not resume and not overwrite:
-        raise RunDirError(f"--out {out} already holds the outputs of an earlier run ({', '.join(present)}); "
-                          "continue it with --resume, replace it with --overwrite, or choose another directory")
+        raise _earlier(out, present, what)
 
 
 class RunDirectory:
@@ -129,18 +143,24 @@ class RunDirectory:
     ``RunDirectory(out, resume=..., overwrite=...).acquire()`` creates ``out``, takes the lock,
     checks again (another run may have started since :func:`check`) and, with ``overwrite``,
     removes the earlier outputs as a whole. :meth:`release` (or leaving the ``with`` block)
-    lets the lock go.
+    lets the lock go. ``outputs``, ``lock_name``, ``what``: as in :func:`check`.
     """
 
-    def __init__(self, out: str | Path, *, resume: bool = False, overwrite: bool = False):
+    def __init__(self, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 outputs: Sequence[str] = OUTPUTS, lock_name: str = LOCK_NAME, what: str = "an earlier run"):
         self.out = Path(out)
         self.resume = resume
         self.overwrite = overwrite
+        self._names = dict(outputs=tuple(outputs), lock_name=lock_name, what=what)
         self._fd: Optional[int] = None
 
+    def check(self) -> None:
+        """:func:`check` of this claim's directory, outputs and lock (writes nothing)."""
+        check(self.out, resume=self.resume, overwrite=self.overwrite, **self._names)
+
     def acquire(self) -> "RunDirectory":
-        check(self.out, resume=self.resume, overwrite=self.overwrite)
-        lock_path = self.out / LOCK_NAME
+        self.check()
+        lock_path = self.out / self._names["lock_name"]
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -154,11 +174,9 @@ class RunDirectory:
         self._fd = fd
         try:
             # Checked again under the lock: a run that finished between check() and now.
-            present = existing_outputs(self.out)
+            present = existing_outputs(self.out, self._names["outputs"])
             if present and not self.resume and not self.overwrite:
-                raise RunDirError(f"--out {self.out} already holds the outputs of an earlier run "
-                                  f"({', '.join(present)}); continue it with --resume, replace it with "
-                                  "--overwrite, or choose another directory")
+                raise _earlier(self.out, present, self._names["what"])
             if present and self.overwrite:
                 self._remove_outputs(present)
             os.ftruncate(fd, 0)

@@ -117,6 +117,19 @@ CASES = [
      "RunDirError: --out OUT is in use by run pid 4146 on HOST (started ...); wait for it to finish or choose "
      "another output directory",
      (_RD + "test_a_directory_held_by_a_live_run_is_refused_and_a_killed_runs_lock_is_not_stale",)),
+    ("run", "`omnifm flower --out` of an earlier run or of a live one",
+     "RunDirError, as for a run (already holds the outputs of an earlier run ... / is in use by run pid ...), "
+     "before any Flower process starts; `--overwrite` replaces the earlier outputs",
+     (_RD + "test_a_flower_deployment_is_refused_an_earlier_runs_directory_before_it_starts_anything",)),
+    ("run", "`omnifm reproduce TABLE` again into a folder with that table's files, without `--resume` or "
+            "`--overwrite`",
+     "RunDirError: --out OUT already holds the outputs of an earlier sitting of TABLE (TABLE.md, TABLE.csv, ...); "
+     "continue it with --resume, replace it with --overwrite, or choose another directory",
+     ("test_reproduce.py::test_resume_runs_only_the_cells_that_did_not_finish",)),
+    ("run", "a second sitting of one table on one folder while the first runs (another table may share it)",
+     "RunDirError: --out OUT is in use by run pid 4146 on HOST (started ...); wait for it to finish or choose "
+     "another output directory",
+     ("test_reproduce.py::test_a_second_sitting_of_a_table_on_one_folder_is_refused_while_the_first_runs",)),
     ("run", "`--out` is a file / lies below a file",
      "RunDirError: --out OUT exists and is not a directory / …/file is not a directory, so OUT cannot be created",
      (_RD + "test_out_is_a_file",)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import textwrap
 import types
@@ -608,8 +609,32 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert len(json.loads((out / "toy.json").read_text())["commands"]) == 1
     assert calls == [("fedavg", 2, 2), ("local", 2, 2)] and {r["rounds"] for r in R.read_csv(out / "toy.csv")} == {"2"}
     calls.clear()
-    assert cli.main(base + ["--only", "local"]) == 0                      # without --resume: a fresh table
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert cli.main(base + ["--only", "local"]) == 2                      # neither --resume nor --overwrite
+    err = capsys.readouterr().err
+    assert "already holds the outputs of an earlier sitting of toy (toy.md, toy.csv" in err and "--overwrite" in err
+    assert calls == [] and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # untouched
+    assert cli.main(base + ["--only", "local", "--overwrite"]) == 0       # a fresh table in place of the old one
     assert calls == [("local", 1, 2)] and len(R.read_csv(out / "toy.csv")) == 4
+    assert len(R.read_jsonl(out / "toy_cells.jsonl")) == 4 and "Earlier sittings" not in (out / "toy_protocol.md").read_text()
+
+
+def test_a_second_sitting_of_a_table_on_one_folder_is_refused_while_the_first_runs(toy_dir, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Another table may share the folder; the same table may not, even with --resume, until the
+    first sitting ends (its lock goes with it, however it ends)."""
+    out = tmp_path / "shared"
+    base = ["reproduce", "toy", "--tables", str(toy_dir), "--seeds", "0", "--out", str(out), "--quiet"]
+    calls = []
+    monkeypatch.setattr(sweep, "run_sweep", _fake_sweep(calls))
+    with R.claim("toy", out) as first:
+        assert cli.main(base + ["--resume"]) == 2
+        assert f"--out {out} is in use by run pid {os.getpid()}" in capsys.readouterr().err
+        assert calls == [] and not (out / "toy_cells.jsonl").exists()
+        with R.claim("other", out):                                       # another table's claim: no conflict
+            pass
+    assert first._fd is None                                              # released on leaving the block
+    assert cli.main(base) == 0 and len(R.read_csv(out / "toy.csv")) == 4
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -69,6 +69,28 @@ def test_a_finished_run_is_never_overwritten_silently_and_overwrite_replaces_it_
     assert not [p for p in out.iterdir() if p.name.startswith(".replaced")]
 
 
+def test_a_flower_deployment_is_refused_an_earlier_runs_directory_before_it_starts_anything(tmp_path, capsys,
+                                                                                           monkeypatch):
+    pytest.importorskip("flwr", reason="omnifm flower needs the flower extra")
+    from omnifm_jax import flower
+
+    out = tmp_path / "f"
+    code, err = train(capsys, out)
+    assert code == 0, err
+    before = digest(out)
+    started = []
+    monkeypatch.setattr(flower, "launch", lambda *a, **k: started.append(a) or {})
+    args = ["flower", "--nodes", "2", "--set", "dataset_kwargs.image_size=16", "--out", str(out)]
+    code, err = cli.main(args), capsys.readouterr().err
+    assert_one_line_error(code, err, r"--out .*f already holds the outputs of an earlier run \(config\.json, "
+                                     r"metrics\.jsonl.*--overwrite")
+    assert started == [] and digest(out) == before
+    with rundir.RunDirectory(tmp_path / "held"):  # a directory a live run holds
+        code, err = cli.main(args[:-1] + [str(tmp_path / "held")]), capsys.readouterr().err
+    assert_one_line_error(code, err, r"is in use by run pid")
+    assert started == []
+
+
 HOLD = textwrap.dedent("""
     import sys, time
     from omnifm_jax import rundir

@@ -1,4 +1,4 @@
-"""``omnifm reproduce TABLE [--scale S] [--out DIR] [--resume] [--tables DIR] ...`` and
+"""``omnifm reproduce TABLE [--scale S] [--out DIR] [--resume | --overwrite] [--tables DIR] ...`` and
 ``omnifm reproduce list`` (added to the ``omnifm`` command by :func:`add_parser`)."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _main_args(args) -> int:
               rows=split(args.only), cols=split(args.cols), overrides=args.set, rule=args.eval,
               progress=not args.quiet, log=lambda s: print(s, flush=True),
               command="omnifm " + shlex.join(getattr(args, "argv", None) or sys.argv[1:]),
-              dry_run=args.dry_run, tables=tables, resume=args.resume)
+              dry_run=args.dry_run, tables=tables, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -69,6 +69,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="keep the cells that <out>/<table>_cells.jsonl holds (finished with the same config) and "
                         "run only the others")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the table's files in --out (without --resume or --overwrite, a folder that "
+                        "holds them is refused)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--render-only", action="store_true",

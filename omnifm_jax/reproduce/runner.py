@@ -6,6 +6,13 @@ A table writes under ``out``: ``<table>.md``, ``.csv``, ``.png``, ``.json``,
 appended as each compiled program finishes. ``resume=True`` keeps the finished cells whose
 config is the one planned now and runs only the others, so a table can be built over
 several sittings (and an interrupted run continues where it stopped).
+
+A table's files in ``out`` belong to one sitting at a time (the rules of
+:mod:`omnifm_jax.rundir`): a sitting holds a lock of its own table (``.omnifm-<table>.lock``)
+from before its first write to its end, so a second sitting of the same table on the same folder
+is refused while the first runs; and a folder that already holds the table's files is refused
+unless the sitting continues them (``resume``) or replaces them as a whole (``overwrite``), so
+a command run again without ``--resume`` cannot wipe the cells of hours of earlier sittings.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from omnifm_jax import rundir
 from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import registry
 from omnifm_jax.reproduce.execution import check_data, execute, pretrain_state, run_pretrains
@@ -32,7 +40,7 @@ from omnifm_jax.reproduce.spec import Table
 from omnifm_jax.reproduce.stats import evaluate_claims
 from omnifm_jax.reproduce.writers import estimate_text, protocol_text, with_earlier_sittings, write_markdown, write_plot
 
-__all__ = ["output_files", "reproduce", "render", "table_listing"]
+__all__ = ["output_files", "claim", "reproduce", "render", "table_listing"]
 
 Dirs = Sequence[Union[str, Path]]
 
@@ -43,6 +51,13 @@ def output_files(table: str, out: Path) -> List[Path]:
     so tables can share an ``out``."""
     return [out / f"{table}.md", out / f"{table}.csv", out / f"{table}.png", out / f"{table}.json",
             out / f"{table}_protocol.md", out / f"{table}_cells.jsonl"]
+
+
+def claim(table: str, out: Path, *, resume: bool = False, overwrite: bool = False) -> rundir.RunDirectory:
+    """The claim of one sitting of ``table`` on its files in ``out`` (not yet acquired)."""
+    return rundir.RunDirectory(out, resume=resume, overwrite=overwrite,
+                               outputs=[f.name for f in output_files(table, out)],
+                               lock_name=f".omnifm-{table}.lock", what=f"an earlier sitting of {table}")
 
 
 def _sorted(table: Table, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -75,7 +90,7 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
               cols: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), rule: Optional[str] = None,
               progress: bool = False, log: Callable[[str], None] = print, command: Optional[str] = None,
               dry_run: bool = False, data_root: Optional[Path] = None, tables: Dirs = (),
-              resume: bool = False) -> Dict[str, Any]:
+              resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
     """Run a table and write its outputs (:func:`output_files`) under ``out`` (default
     ``runs/reproduce/<table>``).
 
@@ -83,8 +98,11 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     checked before any training. ``dry_run`` stops after the checks and the plan.
     ``resume``: keep the finished cells of ``<table>_cells.jsonl`` (same scale and config)
     and run the others; a folder without it (a committed table: md, csv, json, png, protocol)
-    resumes from the records of ``<table>.json``, e.g. to add seeds to it. ``tables``: folders of
-    table files besides the default ones.
+    resumes from the records of ``<table>.json``, e.g. to add seeds to it. ``overwrite``: replace
+    the table's files in ``out`` (all of them, before anything is written). Without either, a
+    folder that holds the table's files is refused (:class:`~omnifm_jax.rundir.RunDirError`),
+    and so is one another sitting of the table is writing to. ``tables``: folders of table
+    files besides the default ones.
     Returns ``{"out", "files", "records", "claims", "plan", "markdown"}``.
     """
     t = table if isinstance(table, Table) else registry.get_table(table, tables)
@@ -93,7 +111,9 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     files = output_files(name, out)
     cells_path = files[5]
     scale_name = t.default_scale if scale is None else scale
-    old, source = _finished_records(files, write=not dry_run) if resume else ([], cells_path)
+    sitting = claim(name, out, resume=resume, overwrite=overwrite)
+    sitting.check()  # before any work
+    old, source = _finished_records(files, write=False) if resume else ([], cells_path)
     old = [r for r in old if r.get("scale") == scale_name]
     plan = build_plan(t, scale=scale, seeds=seeds, rows=rows, cols=cols, rounds=rounds, overrides=overrides,
                       rule=rule, data_root=data_root, done={record_key(r): r.get("config_sha") for r in old},
@@ -115,13 +135,25 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     for pp in plan.pretrains_to_run():
         log(f"  pretrain {pp.pretrain.key} ({pp.config['rounds']} rounds, seed {pp.config['seed']}) -> {pp.path}: "
             f"{pp.pretrain.note} [{pretrain_state(pp.path, pp.config)}]")
-    if plan.pretrains_to_run() and not dry_run:
+    if dry_run:
+        check_data(plan)
+        return {"out": out, "files": [], "records": [], "claims": [], "plan": plan, "markdown": ""}
+    with sitting:
+        return _sitting(t, plan, files, old, source, sitting=sitting, command=command, estimate=estimate,
+                        progress=progress, log=log)
+
+
+def _sitting(t: Table, plan, files: List[Path], old: List[Dict[str, Any]], source: Path, *,
+             sitting: rundir.RunDirectory, command: str, estimate: str, progress: bool,
+             log: Callable[[str], None]) -> Dict[str, Any]:
+    """The part of :func:`reproduce` that writes: runs under the table's claim on ``out``."""
+    name, out, cells_path, resume = t.name, sitting.out, files[5], sitting.resume
+    if resume and source != cells_path:  # a committed table: its records go into a new _cells.jsonl first
+        _finished_records(files, write=True)
+    if plan.pretrains_to_run():
         run_pretrains(plan, progress=progress, log=log)
     data = check_data(plan)
     references = references_from(plan, data)
-    if dry_run:
-        return {"out": out, "files": [], "records": [], "claims": [], "plan": plan, "markdown": ""}
-    out.mkdir(parents=True, exist_ok=True)
     if not resume:
         cells_path.write_text("")  # a fresh table
     new: List[Dict[str, Any]] = []
