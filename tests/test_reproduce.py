@@ -156,8 +156,12 @@ def test_every_cell_config_loads_and_validates():
                 cfg["lr"], cfg["local_epochs"], cfg["backbone"]) == ("real4", 20, 60, 1, 32, 0.05, 1, "cnn")
         estimate = writers.estimate_text(plan)
         assert "54 run(s), 3240 run-rounds, plus 1 pretraining run(s)" in estimate   # one seed
-        per_round = R.TABLES["table1"].scales["cpu"].cpu_s_per_round                  # the measured figure
-        assert per_round >= 4 and f"~{3300 * per_round / 3600:.1f} h on a 2-core CPU" in estimate
+        per_round = R.TABLES["table1"].scales["cpu"].cpu_s_per_round   # the measured figures, by participation
+        assert per_round({"participation": 0.2}) == pytest.approx(5.0)
+        assert per_round({"participation": 1.0}) == pytest.approx(8.7)
+        assert 5.0 < per_round({"participation": 0.5}) < 8.7
+        seconds = 60 * (42 * 5.0 + 12 * 8.7) + 60 * per_round(plan.pretrains[0].config)   # 42 cells at 20%, 12 at 100%
+        assert f"~{seconds / 3600:.1f} h on a 2-core CPU" in estimate, estimate
         assert [pp.pretrain.key for pp in plan.pretrains] == ["cls_pretrain"]
         assert plan.pretrains[0].config["dataset"] == "histo_derm_mri" and plan.pretrains[0].config["num_clients"] == 1
 

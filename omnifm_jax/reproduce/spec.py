@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["Metric", "PLATEAU", "paper_metric", "METRICS", "PRETRAINED",
            "Cell", "Claim", "Setting", "Scale", "Reference", "Pretrain", "PrintedRow",
@@ -161,14 +161,15 @@ class Scale:
     (row_key, col_key) cells added to that default selection (when the command names
     neither rows nor columns), e.g. a few methods at one more participation;
     ``cpu_s_per_round``: the expected 2-core CPU seconds per round of one run, for the
-    ``--dry-run`` estimate (None: the smoke rule of thumb)."""
+    ``--dry-run`` estimate: a number, or a function of the run's config (e.g. of its
+    participation) where runs of the scale cost differently (None: the smoke rule of thumb)."""
     settings: Mapping[str, Tuple[Setting, ...]]
     rows: Optional[Tuple[str, ...]] = None
     cols: Optional[Tuple[str, ...]] = None
     rounds: Optional[int] = None
     note: str = ""
     also: Tuple[Tuple[str, str], ...] = ()
-    cpu_s_per_round: Optional[float] = None
+    cpu_s_per_round: Union[None, float, Callable[[Mapping[str, Any]], float]] = None
 
 
 @dataclass(frozen=True)

@@ -349,14 +349,19 @@ def estimate_text(plan: Plan) -> str:
     """The expected wall time at the paper's scale, from the README's measured H100 figures
     (a Table-1 ResNet-18 run: ~83 min per 100 rounds at 100% participation; scaled by
     rounds x participation, times the seeds: a sweep shares compilation, not training)."""
-    runs = sum(len(p.runs) for p in plan.programs)
-    run_rounds = sum(int(r.get("rounds", p.base["rounds"])) for p in plan.programs for r in p.runs)
-    cost = f"{len(plan.programs)} program(s), {runs} run(s), {run_rounds} run-rounds"
+    configs = [{**p.base, **r} for p in plan.programs for r in p.runs]
+    run_rounds = sum(int(c["rounds"]) for c in configs)
+    cost = f"{len(plan.programs)} program(s), {len(configs)} run(s), {run_rounds} run-rounds"
     to_run = plan.pretrains_to_run()
     if to_run:  # counted whether or not they are kept from an earlier sitting (an upper bound)
-        run_rounds += sum(int(pp.config["rounds"]) for pp in to_run)
+        configs += [pp.config for pp in to_run]
+        run_rounds = sum(int(c["rounds"]) for c in configs)
         cost += f", plus {len(to_run)} pretraining run(s) ({run_rounds} run-rounds in all)"
     per_round = plan.table.scales[plan.scale].cpu_s_per_round
+    if callable(per_round):  # the scale's figure depends on the run (e.g. its participation)
+        seconds = sum(float(per_round(c)) * int(c["rounds"]) for c in configs)
+        return (f"expected wall time: ~{seconds / 3600:.1f} h on a 2-core CPU ({cost}; "
+                f"~{seconds / max(run_rounds, 1):.1f} s per round of one run on average, the scale's figures)")
     if per_round is not None:
         return (f"expected wall time: ~{run_rounds * per_round / 3600:.1f} h on a 2-core CPU ({cost}; "
                 f"~{per_round:g} s per round of one run, the scale's figure)")
