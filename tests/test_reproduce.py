@@ -623,6 +623,22 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert len(R.read_jsonl(out / "toy_cells.jsonl")) == 4 and "Earlier sittings" not in (out / "toy_protocol.md").read_text()
 
 
+def test_each_program_says_how_long_the_rest_will_take_at_the_pace_so_far(toy_dir, tmp_path, monkeypatch, capsys):
+    from omnifm_jax.reproduce.execution import time_left
+
+    assert time_left(20.0, 10, 30, 3) == "; ~60 s left for 3 program(s) at this sitting's pace"
+    assert time_left(600.0, 10, 100, 1) == "; ~1.7 h left for 1 program(s) at this sitting's pace"   # 6,000 s
+    assert time_left(120.0, 4, 10, 2) == "; ~5 min left for 2 program(s) at this sitting's pace"     # 300 s
+    assert time_left(50.0, 10, 0, 0) == ""
+    calls = []
+    monkeypatch.setattr(sweep, "run_sweep", _fake_sweep(calls))
+    assert cli.main(["reproduce", "toy", "--tables", str(toy_dir), "--seeds", "0", "--out", str(tmp_path / "p"),
+                     "--quiet"]) == 0
+    done = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("done in")]
+    assert len(done) == len(calls) == 2
+    assert "left for 1 program(s) at this sitting's pace" in done[0] and "left" not in done[1]
+
+
 def test_a_second_sitting_of_a_table_on_one_folder_is_refused_while_the_first_runs(toy_dir, tmp_path, monkeypatch,
                                                                                    capsys):
     """Another table may share the folder; the same table may not, even with --resume, until the

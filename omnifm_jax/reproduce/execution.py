@@ -19,7 +19,7 @@ from omnifm_jax.checks import ConfigError
 from omnifm_jax.reproduce import plan as plan_lib
 from omnifm_jax.reproduce.plan import Plan, Program
 
-__all__ = ["check_data", "execute", "run_program", "pretrain_state", "run_pretrains"]
+__all__ = ["check_data", "execute", "run_program", "pretrain_state", "run_pretrains", "time_left"]
 
 Results = Dict[Tuple[int, int], Dict[str, Any]]
 
@@ -169,6 +169,8 @@ def execute(plan: Plan, *, progress: bool = False, log: Callable[[str], None] = 
     gets each program's results as soon as it finishes."""
     out: Results = {}
     total = len(plan.programs)
+    run_rounds = [sum(int({**prog.base, **r}["rounds"]) for r in prog.runs) for prog in plan.programs]
+    began = time.time()
     for pi, prog in enumerate(plan.programs):
         names = sorted({f"{plan.cells[ci].cell.row} / {plan.cells[ci].cell.col}"
                         for ms in prog.members for ci, _ in ms})
@@ -185,5 +187,20 @@ def execute(plan: Plan, *, progress: bool = False, log: Callable[[str], None] = 
         out.update(done)
         if on_program is not None:
             on_program(plan, done)
-        log(f"    done in {prog.wall_time_s:.1f} s")
+        log(f"    done in {prog.wall_time_s:.1f} s" + time_left(time.time() - began, sum(run_rounds[:pi + 1]),
+                                                               sum(run_rounds[pi + 1:]), total - pi - 1))
     return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def time_left(elapsed_s: float, done_run_rounds: int, left_run_rounds: int, left_programs: int) -> str:
+    """``"; ~X left ..."``: the programs still to run at this sitting's pace so far (seconds per
+    run-round), or ``""`` when none is left."""
+    if not left_programs or done_run_rounds <= 0:
+        return ""
+    return (f"; ~{_duration(elapsed_s / done_run_rounds * left_run_rounds)} left for {left_programs} program(s) "
+            "at this sitting's pace")
