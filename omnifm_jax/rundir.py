@@ -126,8 +126,8 @@ def check(out: str | Path, *, resume: bool = False, overwrite: bool = False, out
     if not base.is_dir():
         raise RunDirError(f"--out {out}: {base} is not a directory, so {out} cannot be created")
     if not os.access(base, os.W_OK | os.X_OK):
-        what = "is not writable" if base == out.absolute() else f"cannot be created: {base} is not writable"
-        raise RunDirError(f"--out {out} {what} (read-only file system or no permission?); choose another directory")
+        why = "is not writable" if base == out.absolute() else f"cannot be created: {base} is not writable"
+        raise RunDirError(f"--out {out} {why} (read-only file system or no permission?); choose another directory")
     lock_path = out / lock_name
     if _held_by_live_run(lock_path):
         raise RunDirError(f"--out {out} is in use by {_holder(lock_path)}; wait for it to finish or choose "
