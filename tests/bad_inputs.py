@@ -99,6 +99,10 @@ CASES = [
     ("files", "a file in an image folder that is not an image",
      "DataFileError: data set 'BreaKHis': …/SOB_B_A-14-22549AB-40-001.png is not a readable image: "
      "UnidentifiedImageError: …", (_RD + "test_a_non_image_in_an_image_folder",)),
+    ("files", "`--config real4` without its four files (no real-data folder here)",
+     "DatasetNotFoundError: real 4-modality set incomplete in ROOT; missing: …. Put the files there, set "
+     "OMNIFM_REAL_DATA to the real-data folder that holds them (…), or pass dataset_kwargs.root=FOLDER",
+     (_RD + "test_the_real4_files_missing_says_where_it_looked_and_how_to_point_elsewhere",)),
     ("files", "MedMNIST file with a wrong MD5", "ChecksumError naming the file and both hashes",
      ("test_data_medmnist.py::test_corrupted_copy_is_caught",)),
     ("files", "MedMNIST file missing, offline", "DatasetNotFoundError naming the URL and the path to put the file at",

@@ -199,6 +199,16 @@ def test_a_truncated_npz_in_the_real_data_folder(tmp_path, capsys, real_data_dir
     assert not (tmp_path / "r").exists()
 
 
+def test_the_real4_files_missing_says_where_it_looked_and_how_to_point_elsewhere(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OMNIFM_REAL_DATA", raising=False)
+    (tmp_path / "medmnist").mkdir()
+    code, err = cli.main(["train", "--config", "real4", "--set", f"dataset_kwargs.root={tmp_path}", "--quiet"]), \
+        capsys.readouterr().err
+    assert_one_line_error(code, err, rf"real 4-modality set incomplete in {tmp_path}; missing: "
+                                     rf"{tmp_path}/blood_pbc/pbc_bloodmnist_style_28\.npz, .*breastmnist\.npz\. "
+                                     r"Put the files there, set OMNIFM_REAL_DATA .*dataset_kwargs\.root=FOLDER")
+
+
 def test_a_non_image_in_an_image_folder(tmp_path, capsys):
     bogus = tmp_path / "SOB_B_A-14-22549AB-40-001.png"
     bogus.write_text("this is not a PNG")

@@ -45,7 +45,10 @@ def load_real4(root: str | os.PathLike, *, splits: Sequence[str] = SPLITS) -> La
     root = Path(root).expanduser()
     missing = [str(root / rel) for _, rel in REAL4_MODALITIES if not (root / rel).is_file()]
     if missing:
-        raise DatasetNotFoundError(f"real 4-modality set incomplete; missing: {', '.join(missing)}")
+        raise DatasetNotFoundError(
+            f"real 4-modality set incomplete in {root}; missing: {', '.join(missing)}. Put the files there, set "
+            "OMNIFM_REAL_DATA to the real-data folder that holds them (the default is ../shared/data/real from "
+            "the current directory), or pass dataset_kwargs.root=FOLDER")
     blood = load_npz_images(
         root / REAL4_MODALITIES[0][1],
         class_names=BLOODMNIST_CLASSES,
