@@ -42,14 +42,8 @@ images (leaks slides between train and test)."""
 
 
 def default_breakhis_root() -> Path:
-    """Where BreaKHis is looked for: ``default_real_data_dir() / "breakhis"``; when that folder
-    is absent and ``$OMNIFM_REAL_DATA`` is unset, ``shared/data/real/breakhis`` beside the
-    package's repository if that exists."""
-    first = default_real_data_dir() / "breakhis"
-    if os.environ.get("OMNIFM_REAL_DATA") or first.is_dir():
-        return first
-    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "breakhis"
-    return beside if beside.is_dir() else first
+    """Where BreaKHis is looked for: ``default_real_data_dir() / "breakhis"``."""
+    return default_real_data_dir() / "breakhis"
 
 
 def _group_key(rec: BreakHisRecord, split_by: str) -> str:

@@ -12,9 +12,16 @@ __all__ = ["default_data_dir", "default_real_data_dir", "real_data_root"]
 
 
 def default_real_data_dir() -> Path:
-    """``$OMNIFM_REAL_DATA`` or ``../shared/data/real`` relative to the current directory."""
+    """``$OMNIFM_REAL_DATA``; else ``../shared/data/real`` relative to the current directory
+    if that folder exists; else ``shared/data/real`` beside the checkout this package runs from
+    (``<checkout>/../shared/data/real``) if that exists, so that a command works from any
+    directory of a checkout; else the first (for the error message that names it)."""
     env = os.environ.get("OMNIFM_REAL_DATA")
-    return Path(env).expanduser() if env else Path.cwd().parent / "shared" / "data" / "real"
+    if env:
+        return Path(env).expanduser()
+    here = Path.cwd().parent / "shared" / "data" / "real"
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+    return beside if not here.is_dir() and beside.is_dir() else here
 
 
 def real_data_root(root: str | os.PathLike | None = None, *parts: str) -> Path:

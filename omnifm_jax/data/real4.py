@@ -48,7 +48,7 @@ def load_real4(root: str | os.PathLike, *, splits: Sequence[str] = SPLITS) -> La
         raise DatasetNotFoundError(
             f"real 4-modality set incomplete in {root}; missing: {', '.join(missing)}. Put the files there, set "
             "OMNIFM_REAL_DATA to the real-data folder that holds them (the default is ../shared/data/real from "
-            "the current directory), or pass dataset_kwargs.root=FOLDER")
+            "the current directory or from the checkout), or pass dataset_kwargs.root=FOLDER")
     blood = load_npz_images(
         root / REAL4_MODALITIES[0][1],
         class_names=BLOODMNIST_CLASSES,
