@@ -31,7 +31,7 @@ from omnifm_jax.reproduce.methods import METHODS, Method, method
 from omnifm_jax.reproduce.plan import Plan, PlannedCell, Program, build_plan, cell_config
 from omnifm_jax.reproduce.records import read_csv, read_jsonl, records_from, references_from, write_csv
 from omnifm_jax.reproduce.registry import TABLES, available_tables, find_tables, get_table, load_dir
-from omnifm_jax.reproduce.runner import claim, output_files, render, reproduce, table_listing
+from omnifm_jax.reproduce.runner import output_files, render, reproduce, table_claim, table_listing
 from omnifm_jax.reproduce.settings import standard_scales
 from omnifm_jax.reproduce.spec import (
     METRICS,
@@ -68,5 +68,5 @@ __all__ = ["METRICS", "Metric", "paper_metric", "Cell", "Claim", "Setting", "Sca
            "build_plan", "cell_config", "check_data", "execute", "records_from", "references_from", "read_csv",
            "read_jsonl", "write_csv", "mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims",
            "PLATEAU_ROUNDS", "converged", "unconverged",
-           "format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "claim", "output_files",
-           "reproduce", "render", "table_listing", "parse_seeds", "add_parser"]
+           "format_measured", "markdown", "write_markdown", "write_plot", "protocol_text", "table_claim",
+           "output_files", "reproduce", "render", "table_listing", "parse_seeds", "add_parser"]

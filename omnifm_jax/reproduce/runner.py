@@ -40,7 +40,7 @@ from omnifm_jax.reproduce.spec import Table
 from omnifm_jax.reproduce.stats import evaluate_claims
 from omnifm_jax.reproduce.writers import estimate_text, protocol_text, with_earlier_sittings, write_markdown, write_plot
 
-__all__ = ["output_files", "claim", "reproduce", "render", "table_listing"]
+__all__ = ["output_files", "table_claim", "reproduce", "render", "table_listing"]
 
 Dirs = Sequence[Union[str, Path]]
 
@@ -53,8 +53,9 @@ def output_files(table: str, out: Path) -> List[Path]:
             out / f"{table}_protocol.md", out / f"{table}_cells.jsonl"]
 
 
-def claim(table: str, out: Path, *, resume: bool = False, overwrite: bool = False) -> rundir.RunDirectory:
-    """The claim of one sitting of ``table`` on its files in ``out`` (not yet acquired)."""
+def table_claim(table: str, out: Path, *, resume: bool = False, overwrite: bool = False) -> rundir.RunDirectory:
+    """The claim of one sitting of ``table`` on its files in ``out`` (a :class:`~omnifm_jax.rundir.RunDirectory`,
+    not yet acquired; not to be confused with the paper's claims, :class:`Claim`)."""
     return rundir.RunDirectory(out, resume=resume, overwrite=overwrite,
                                outputs=[f.name for f in output_files(table, out)],
                                lock_name=f".omnifm-{table}.lock", what=f"an earlier sitting of {table}")
@@ -111,7 +112,7 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     files = output_files(name, out)
     cells_path = files[5]
     scale_name = t.default_scale if scale is None else scale
-    sitting = claim(name, out, resume=resume, overwrite=overwrite)
+    sitting = table_claim(name, out, resume=resume, overwrite=overwrite)
     sitting.check()  # before any work
     old, source = _finished_records(files, write=False) if resume else ([], cells_path)
     old = [r for r in old if r.get("scale") == scale_name]
