@@ -355,16 +355,14 @@ def estimate_text(plan: Plan) -> str:
     to_run = plan.pretrains_to_run()
     if to_run:  # counted whether or not they are kept from an earlier sitting (an upper bound)
         configs += [pp.config for pp in to_run]
-        run_rounds = sum(int(c["rounds"]) for c in configs)
+        run_rounds += sum(int(pp.config["rounds"]) for pp in to_run)
         cost += f", plus {len(to_run)} pretraining run(s) ({run_rounds} run-rounds in all)"
     per_round = plan.table.scales[plan.scale].cpu_s_per_round
-    if callable(per_round):  # the scale's figure depends on the run (e.g. its participation)
-        seconds = sum(float(per_round(c)) * int(c["rounds"]) for c in configs)
-        return (f"expected wall time: ~{seconds / 3600:.1f} h on a 2-core CPU ({cost}; "
-                f"~{seconds / max(run_rounds, 1):.1f} s per round of one run on average, the scale's figures)")
-    if per_round is not None:
-        return (f"expected wall time: ~{run_rounds * per_round / 3600:.1f} h on a 2-core CPU ({cost}; "
-                f"~{per_round:g} s per round of one run, the scale's figure)")
+    if per_round is not None:  # a number, or a function of the run's config (e.g. of its participation)
+        seconds = sum((per_round(c) if callable(per_round) else per_round) * int(c["rounds"]) for c in configs)
+        figure = (f"~{seconds / max(run_rounds, 1):.1f} s per round of one run on average, the scale's figures"
+                  if callable(per_round) else f"~{per_round:g} s per round of one run, the scale's figure")
+        return f"expected wall time: ~{seconds / 3600:.1f} h on a 2-core CPU ({cost}; {figure})"
     if plan.scale != "paper":
         return (f"expected wall time: ~{len(plan.programs)} min on a 2-core CPU ({cost}; the smoke defaults "
                 "measured 0.5-2 min per program of 3-6 runs, compilation included)")
