@@ -138,6 +138,7 @@ def test_bad_finetuning_settings(override, message):
         config_lib.validate(cfg_of(override))
 
 
+@pytest.mark.optimized  # trains many steps: tests/conftest.py
 def test_a_sweep_of_fine_tuning_runs_equals_the_runs_one_by_one(source):
     """Seeds of a fine-tuning run as one program: each run starts from the loaded parameters
     (its head, not in the source, from its own seed) and ends where the single run ends."""
