@@ -396,6 +396,25 @@ def test_claims_pair_seeds_pick_the_best_other_and_respect_lower_is_better():
     assert l1["paper_margin"] == pytest.approx(0.147 - 0.145)   # the paper's best of FedAvg / MOON is FedAvg
 
 
+def test_a_best_claim_judged_on_some_of_its_compared_cells_says_how_many():
+    """A "highest" verdict read off a column where few of the compared methods ran says so in
+    the table; with every compared cell measured nothing is added."""
+    table = R.TABLES["table1"]
+    claim = next(c for c in table.claims if c.text.startswith("OmniFM has the highest Acc (%) in Scenario 1 (Hard), 20%"))
+    few = _records("table1", {("omnifm", "s1-20"): {"acc": [90.0]}, ("fedavg", "s1-20"): {"acc": [80.0]},
+                              ("fedper", "s1-20"): {"acc": [85.0]}})
+    every = _records("table1", {(rk, "s1-20"): {"acc": [90.0 if rk == "omnifm" else 80.0]}
+                                for rk in ["omnifm"] + [o[0] for o in claim.others]})
+    for recs, compared in ((few, (2, len(claim.others))), (every, (len(claim.others),) * 2)):
+        c = next(c for c in R.evaluate_claims(table, recs) if c["claim"] == claim.text)
+        assert c["compared"] == compared
+        line = next(l for l in R.markdown(table, recs).splitlines() if l.startswith(f"- {claim.text}:"))
+        if compared[0] < compared[1]:
+            assert f"vs FedPer, against the 2 of its {len(claim.others)} compared cells that ran, 1 seed" in line
+        else:
+            assert "compared cells" not in line and "vs " in line
+
+
 def test_contrast_claim_and_last_round_rule():
     recs = _records("table1", {("omnifm", "s1-20"): {"acc": [95.0, 95.0]}, ("omnifm", "s1-100"): {"acc": [96.0, 96.0]},
                                ("fedper", "s1-20"): {"acc": [80.0, 81.0]}, ("fedper", "s1-100"): {"acc": [90.0, 90.0]}})

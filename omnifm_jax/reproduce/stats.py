@@ -125,7 +125,9 @@ def verdict(margins: Sequence[float]) -> Tuple[str, float, float, int]:
 def evaluate_claims(table: Table, records: Sequence[Mapping[str, Any]], rule: str = "best") -> List[Dict[str, Any]]:
     """Each claim of the table whose cells were measured: verdict, margin (vs the measured
     best of the compared cells, paired by seed), and the margin on the paper's numbers over
-    the same compared cells (vs the paper's best of them)."""
+    the same compared cells (vs the paper's best of them). A "beats" claim is judged on the
+    compared cells that ran; ``compared`` is ``(measured, in the claim)``, so that a verdict
+    read off a few of them says so."""
     values = per_seed(records, rule)
     paper = {(c.row_key, c.col_key): c for c in table.cells}
     labels = {(c.row_key, c.col_key): (c.row, c.col) for c in table.cells}
@@ -148,6 +150,7 @@ def evaluate_claims(table: Table, records: Sequence[Mapping[str, Any]], rule: st
             pm = None if pw is None or any(v is None for v in po) else min(sign * (pw - v) for v in po)
             (wr, wc), (orow, ocol) = labels[claim.winner], labels[best_other]
             vs = ocol if orow == wr else orow if ocol == wc else f"{orow} / {ocol}"
+            compared = (len(others), len(claim.others))
         else:
             series = [(c, get((r, k))) for c, r, k in claim.terms]
             if not all(v for _, v in series):
@@ -156,9 +159,9 @@ def evaluate_claims(table: Table, records: Sequence[Mapping[str, Any]], rule: st
             margins = [sign * sum(c * v[s] for c, v in series) for s in seeds]
             pv = [paper[(r, k)].paper_value(claim.metric) for _, r, k in claim.terms]
             pm = None if any(v is None for v in pv) else sign * sum(c * v for (c, _, _), v in zip(claim.terms, pv))
-            vs = ""
+            vs, compared = "", None
         label, mean, std, n = verdict(margins)
         out.append({"claim": claim.text, "metric": claim.metric, "verdict": label, "margin": mean, "std": std,
-                    "n": n, "vs": vs, "paper_margin": pm,
+                    "n": n, "vs": vs, "compared": compared, "paper_margin": pm,
                     "paper_verdict": None if pm is None else ("holds" if pm > 0 else "does not hold")})
     return out
