@@ -71,14 +71,15 @@ CELLS = tuple(_cells())
 PAPER_ROWS = tuple(method(n).key for n in METHODS)
 #: The CPU scale: 64x64 pairs, the config's small U2Fusion, 60 rounds x 1 local epoch at batch 4,
 #: evaluated every 2 rounds (the convergence rule reads the last 10 evaluated rounds: rounds
-#: 40-60). ~12 s per round of one run on 2 cores (measured: FedAvg at 2 local epochs, 23-27 s),
-#: ~50 min per seed for the four methods. Measured: experiments/results/reproduce/table7/ (3 seeds
-#: as one mapped program per method: 1.7 h on 2 cores, ~7 s per round of one run).
+#: 40-60). ~7 s per round of one run on 2 cores, measured on the first four rows (3 seeds as one
+#: mapped program per method: 1.7 h on 2 cores; experiments/results/reproduce/table7/); the
+#: paper's other four rows (FedProx, Ditto, FedDyn, MOON) were added afterwards.
 CPU = Scale({"fusion_harvard": (Setting("fusion_harvard", RUN + (
     "dataset_kwargs.image_size=64", "local_epochs=1", "batch_size=4", "eval_every=2", "eval_train_loss=False"),
     "harvard", "the real Harvard pairs at 64x64, U2Fusion at the config's widths, 1 local epoch at batch 4"),)},
-            rows=("omnifm", "fedavg", "fedper", "local"), rounds=60, cpu_s_per_round=12.0,
-            note="cpu: ~12 s per round of one run (3 clients, 64x64 pairs, 1 local epoch)")
+            rows=("omnifm", "fedavg", "fedprox", "ditto", "feddyn", "moon", "fedper", "local"), rounds=60,
+            cpu_s_per_round=7.0,
+            note="cpu: ~7 s per round of one run, measured (3 clients, 64x64 pairs, 1 local epoch)")
 TABLE = Table(
     "table7", "Table 7: federated multi-modal fusion (Harvard atlas)", ("vif", "fssim", "l1"), CELLS,
     tuple(beats_all(CELLS, m, "omnifm", key, f"OmniFM has the best {METRICS[m].label} ({label})", rows=PAPER_ROWS)
