@@ -670,7 +670,7 @@ def test_a_second_sitting_of_a_table_on_one_folder_is_refused_while_the_first_ru
         assert cli.main(base + ["--resume"]) == 2
         assert f"--out {out} is in use by run pid {os.getpid()}" in capsys.readouterr().err
         assert calls == [] and not (out / "toy_cells.jsonl").exists()
-        with R.table_claim("other", out):                                       # another table's claim: no conflict
+        with R.table_claim("other", out):                                 # another table's claim: no conflict
             pass
     assert first._fd is None                                              # released on leaving the block
     assert cli.main(base) == 0 and len(R.read_csv(out / "toy.csv")) == 4

@@ -88,7 +88,7 @@ def _claim_lines(table: Table, claims: List[Dict[str, Any]]) -> List[str]:
         d = _margin_digits([c["margin"], c["std"]], metric.decimals)
         margin = _fmt(c["margin"], d, sign=True) + ("" if math.isnan(c["std"]) else f" ± {_fmt(c['std'], d)}")
         vs = f" vs {c['vs']}" if c["vs"] else ""
-        ran, of = c.get("compared") or (0, 0)   # claims written before it was recorded: not said
+        ran, of = c["compared"] or (0, 0)   # None for a contrast claim
         if ran < of:
             vs += f", against the {ran} of its {of} compared cells that ran"
         paper_part = ("" if c["paper_margin"] is None else
