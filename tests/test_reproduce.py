@@ -640,6 +640,12 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert cli.main(base + ["--only", "local", "--overwrite"]) == 0       # a fresh table in place of the old one
     assert calls == [("local", 1, 2)] and len(R.read_csv(out / "toy.csv")) == 4
     assert len(R.read_jsonl(out / "toy_cells.jsonl")) == 4 and "Earlier sittings" not in (out / "toy_protocol.md").read_text()
+    capsys.readouterr()
+    calls.clear()
+    assert cli.main(base + ["--only", "fedavg", "--resume"]) == 0         # another row beside the kept ones
+    assert calls == [("fedavg", 1, 2)] and len(R.read_csv(out / "toy.csv")) == 8
+    assert ("resuming: 0 of 4 (cell, seed) pair(s) finished in " in (log := capsys.readouterr().out)
+            and "are kept; 4 finished pair(s) of other rows, columns or seeds stay in the table" in log)
 
 
 def test_each_program_says_how_long_the_rest_will_take_at_the_pace_so_far(toy_dir, tmp_path, monkeypatch, capsys):

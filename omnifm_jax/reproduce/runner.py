@@ -126,8 +126,11 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
     log(f"{t.title}: {len(plan.cells)} cells x {len(plan.seeds)} seeds at scale {plan.scale!r}, "
         f"{len(plan.programs)} compiled program(s)")
     if resume:
+        mine = {(pc.cell.row_key, pc.cell.col_key, s) for pc in plan.cells for s in plan.seeds}
+        others = len({record_key(r) for r in old} - mine)   # e.g. the rows an `--only` leaves out
         log(f"  resuming: {len(plan.done)} of {len(plan.cells) * len(plan.seeds)} (cell, seed) pair(s) finished "
-            f"in {source} are kept")
+            f"in {source} are kept" + (f"; {others} finished pair(s) of other rows, columns or seeds stay in the "
+                                       f"table" if others else ""))
     for note in plan.notes:
         log(f"  {note}")
     for paper_cfg, s in dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells):
