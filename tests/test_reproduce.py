@@ -646,6 +646,10 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert calls == [("fedavg", 1, 2)] and len(R.read_csv(out / "toy.csv")) == 8
     assert ("resuming: 0 of 4 (cell, seed) pair(s) finished in " in (log := capsys.readouterr().out)
             and "are kept; 4 finished pair(s) of other rows, columns or seeds stay in the table" in log)
+    assert cli.main(base[:4] + ["--seeds", "2"] + base[6:] + ["--only", "fedavg", "--resume"]) == 0  # a later seed
+    md = (out / "toy.md").read_text()
+    assert "seeds [0, 1, 2])" in md and json.loads((out / "toy.json").read_text())["seeds"] == [0, 1, 2]
+    assert R.render("toy", out, tables=[toy_dir]) == md                  # the re-render is the same table
 
 
 def test_each_program_says_how_long_the_rest_will_take_at_the_pace_so_far(toy_dir, tmp_path, monkeypatch, capsys):
