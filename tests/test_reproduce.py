@@ -415,6 +415,20 @@ def test_a_best_claim_judged_on_some_of_its_compared_cells_says_how_many():
             assert "compared cells" not in line and "vs " in line
 
 
+def test_a_best_claim_over_cells_with_other_seeds_is_judged_against_the_hardest_paired_opponent():
+    """Table 1 at 100% with OmniFM and FedPer at seeds 0-2 and the activated variant at seed 0
+    only: FedPer leads OmniFM in every seed, so the claim does not hold, although the activated
+    cell's one seed has the higher mean and OmniFM's seed 0 beats it by 0.02."""
+    table = R.TABLES["table1"]
+    claim = next(c for c in table.claims if c.text.startswith("OmniFM has the highest Acc (%) in Scenario 1 (Hard), 100%"))
+    recs = _records("table1", {("omnifm", "s1-100"): {"acc": [93.37, 93.11, 93.02]},
+                               ("fedper", "s1-100"): {"acc": [93.49, 93.21, 93.16]},
+                               ("omnifm_activated", "s1-100"): {"acc": [93.35]}})
+    c = next(c for c in R.evaluate_claims(table, recs) if c["claim"] == claim.text)
+    assert c["vs"] == "FedPer" and c["verdict"] == "does not hold here" and c["n"] == 3
+    assert c["margin"] == pytest.approx(np.mean([-0.12, -0.10, -0.14]))
+
+
 def test_contrast_claim_and_last_round_rule():
     recs = _records("table1", {("omnifm", "s1-20"): {"acc": [95.0, 95.0]}, ("omnifm", "s1-100"): {"acc": [96.0, 96.0]},
                                ("fedper", "s1-20"): {"acc": [80.0, 81.0]}, ("fedper", "s1-100"): {"acc": [90.0, 90.0]}})

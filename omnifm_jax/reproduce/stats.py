@@ -2,7 +2,7 @@
 
 * Cells report mean ± sample std (ddof=1) over the seeds (:func:`mean_std`, :func:`aggregate`).
 * Verdicts (:func:`verdict`): per seed, the margin of the claim (e.g. OmniFM's accuracy
-  minus the best other method's, paired by seed); "holds" when the mean margin is positive
+  minus the hardest other method's, paired by seed); "holds" when the mean margin is positive
   and at least 2 sample std of the per-seed margins; "holds weakly" when it is positive but
   smaller than 2 std (or only one seed ran); "does not hold here" when it is zero or
   negative. Each claim is also checked on the paper's own numbers.
@@ -141,9 +141,12 @@ def evaluate_claims(table: Table, records: Sequence[Mapping[str, Any]], rule: st
             others = [(o, get(o)) for o in claim.others if get(o)]
             if not win or not others:
                 continue
-            best_other, ov = max(others, key=lambda t: sign * mean_std(list(t[1].values()))[0])
-            seeds = sorted(set(win) & set(ov))
-            margins = [sign * (win[s] - ov[s]) for s in seeds]
+            # The hardest opponent is the one with the smallest mean margin paired by seed (with
+            # equal seeds, the best by mean; ties: the first): cells run with other seeds (seed 0
+            # of a row, 0-2 of another) are each compared on the seeds they share with the winner.
+            paired = [(o, [sign * (win[s] - ov[s]) for s in sorted(set(win) & set(ov))]) for o, ov in others]
+            best_other, margins = min((t for t in paired if t[1]), key=lambda t: round(mean_std(t[1])[0], 9),
+                                      default=(others[0][0], []))
             # On the paper's numbers: the winner vs the paper's best of the same compared cells.
             pw = paper[claim.winner].paper_value(claim.metric)
             po = [paper[o].paper_value(claim.metric) for o, _ in others]
