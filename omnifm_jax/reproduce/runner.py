@@ -67,8 +67,9 @@ def _sorted(table: Table, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]
 
 
 def _seeds(plan_seeds: Sequence[int], records: Sequence[Dict[str, Any]]) -> List[int]:
-    """Every seed of the table, in order: a sitting that adds seeds 1-2 to a table of seed 0 lists
-    [0, 1, 2], as :func:`render` does from the records, so a re-render is byte-identical."""
+    """Every seed of the table, in order (a sitting and :func:`render` both list them with this,
+    so a sitting that adds seeds 1-2 to a table of seed 0 lists [0, 1, 2] and a re-render is
+    byte-identical)."""
     return sorted(set(plan_seeds) | {int(r["seed"]) for r in records})
 
 
@@ -227,7 +228,7 @@ def render(table: Union[str, Table], out: Union[str, Path], *, rule: Optional[st
         records = _sorted(t, merge_records([], read_jsonl(cells)))
     else:
         raise FileNotFoundError(f"{path} not found: run `omnifm reproduce {name} --out {out}` first")
-    seeds = sorted({int(r["seed"]) for r in records})
+    seeds = _seeds((), records)
     scale = records[0].get("scale") if records else ""
     meta = out / f"{name}.json"
     data = json.loads(meta.read_text()) if meta.is_file() else {}
