@@ -248,6 +248,34 @@ def test_cells_read_a_client_or_a_round_of_the_run():
     assert recs["c1"]["acc_baseline"] == pytest.approx(30.0) and "gain_baseline" not in recs["c1"]
 
 
+def test_convergence_is_judged_on_the_first_metric_the_run_logs():
+    """A table reporting accuracy and PSNR judges its SR cells (no accuracy in their history)
+    on PSNR and its classification cells on accuracy, per client too; a run logging neither
+    gets no mark."""
+    table = R.Table("t", "T", ("acc", "psnr"), (
+        R.Cell("A", "CLS", "a", "cls", "default", ()), R.Cell("A", "SR", "a", "sr", "default", ()),
+        R.Cell("A", "SR client 0", "a", "sr0", "default", (), client=0)))
+    rng = np.random.default_rng()
+    flat_db = list(20.0 + rng.uniform(0.0, 0.05, 12))          # within 0.1 dB: plateaued
+    rising_acc = [0.1 + 0.02 * i for i in range(12)]          # +20 points over the last 10: not
+    sr = [{"round": i, "psnr": v, "clients": [{"psnr": v}]} for i, v in enumerate(flat_db)]
+    cls = [{"round": i, "accuracy": v, "clients": [{"accuracy": v}]} for i, v in enumerate(rising_acc)]
+    summaries = [{"best": cls[-1], "last": cls[-1], "history": cls}] + [
+        {"best": sr[-1], "last": sr[-1], "history": sr, "last_clients": sr[-1]["clients"]}] * 2
+    planned = [R.PlannedCell(c, R.Setting("default"), [{"dataset": "d", "algorithm": "a", "rounds": 11, "seed": 0}])
+               for c in table.cells]
+    plan = R.Plan(table, "tiny", (0,), planned, [])
+    recs = {r["col_key"]: r for r in R.records_from(plan, {(i, 0): s for i, s in enumerate(summaries)})}
+    assert {k: r["converged"] for k, r in recs.items()} == {"cls": False, "sr": True, "sr0": True}
+    assert recs["sr"]["acc_best"] is None and recs["sr"]["psnr_best"] == pytest.approx(flat_db[-1])
+    # the same SR history rising by 0.2 dB over the last 10 rounds has not converged
+    rising_db = [{"round": i, "psnr": 20.0 + 0.02 * i} for i in range(12)]
+    recs = R.records_from(plan, {(1, 0): {"best": rising_db[-1], "last": rising_db[-1], "history": rising_db}})
+    assert recs[0]["converged"] is False
+    recs = R.records_from(plan, {(1, 0): {"best": {}, "last": {}, "history": [{"round": 0, "loss": 1.0}]}})
+    assert recs[0]["converged"] is None
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs, message", [

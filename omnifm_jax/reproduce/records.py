@@ -4,7 +4,7 @@ hold them (pure functions and file I/O; nothing is run here).
 A record holds the measured value of each metric under both evaluation rules
 (``<metric>_best``, ``<metric>_last``), the paper's number (``<metric>_paper``), the task's
 model-free baseline (``<metric>_baseline``, e.g. bicubic for SR), whether the run had
-plateaued on the cell's primary metric (``converged``, the rule of
+plateaued on the first of the cell's metrics that the run logs (``converged``, the rule of
 :func:`omnifm_jax.reproduce.stats.converged`; None without a round history), and how it was
 run (config, overrides, program, ``config_sha`` for ``--resume``).
 """
@@ -56,6 +56,21 @@ def _value(line: Optional[Mapping[str, Any]], metric: Metric, base: Optional[Map
     return float(v) * metric.factor
 
 
+def _judged_metric(history: Optional[Sequence[Mapping[str, Any]]], metrics: Sequence[Metric],
+                   client: Optional[int]) -> Optional[Metric]:
+    """The metric a run's convergence is judged on: the first of the cell's reported
+    ``metrics`` that its round history holds (an SR run in a table that also reports
+    accuracy is judged on PSNR, not on the accuracy it never logs); None without a history
+    or when it holds none of them."""
+    for metric in metrics:
+        for line in history or ():
+            if client is not None:
+                line = client_entry(line.get("clients"), client) or {}
+            if line.get(metric.key) is not None:
+                return metric
+    return None
+
+
 def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """One record per cell and seed that ``results`` holds, metrics in the paper's units."""
     recs = []
@@ -77,8 +92,8 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
                 base = client_entry(s.get("baseline_clients"), cell.client)
             reported = cell.reports(t.metrics)
             history = s.get("history")
-            rec["converged"] = (converged(history, t.metric(reported[0]), cell.client)
-                                if history and reported else None)
+            judged = _judged_metric(history, [t.metric(m) for m in reported], cell.client)
+            rec["converged"] = converged(history, judged, cell.client) if judged is not None else None
             for m in reported:
                 metric = t.metric(m)
                 for which in ("best", "last"):
