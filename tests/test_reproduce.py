@@ -2,6 +2,7 @@
 discovery of table files, plans, verdicts, writers, resume, one tiny run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -246,6 +247,42 @@ def test_cells_read_a_client_or_a_round_of_the_run():
     assert got == {"all": (60.0, 40.0, 15.0), "c1": (70.0, 60.0, 30.0), "r1": (60.0, 60.0, 35.0),
                    "c0r1": (50.0, 50.0, 30.0)}
     assert recs["c1"]["acc_baseline"] == pytest.approx(30.0) and "gain_baseline" not in recs["c1"]
+
+
+@pytest.mark.parametrize("data_seed, overrides, expected", [
+    (0, (), {1: 0, 2: 0}),                          # the table's split, whichever seeds a sitting runs
+    (3, (), {1: 3, 2: 3}),
+    ("seed", (), {1: 1, 2: 2}),                     # one split per seed
+    (0, ("data_seed=5",), {1: 5, 2: 5}),            # --set data_seed=N wins
+])
+def test_the_data_split_does_not_depend_on_the_seeds_a_sitting_runs(data_seed, overrides, expected):
+    t = dataclasses.replace(R.get_table("table8"), data_seed=data_seed)
+    plan = R.build_plan(t, scale="tiny", seeds=(1, 2), rows=["omnifm"], cols=["CLS"], overrides=list(overrides))
+    assert {c["seed"]: c["data_seed"] for c in plan.cells[0].configs} == expected
+
+
+@pytest.mark.parametrize("bad", ["first", -1, 1.0, True])
+def test_a_table_with_a_bad_data_seed_is_refused(bad):
+    with pytest.raises(ValueError, match="data_seed an integer >= 0 or 'seed'"):
+        dataclasses.replace(R.get_table("table8"), data_seed=bad).check()
+
+
+def test_the_table_says_which_split_each_seed_ran_on():
+    table = R.Table("t", "T", ("acc",), (R.Cell("A", "all", "a", "all", "default", ()),
+                                         R.Cell("B", "all", "b", "all", "default", ())))
+
+    def rec(row, seed, data_seed):
+        return {"row_key": row, "col_key": "all", "row": row, "col": "all", "seed": seed, "data_seed": data_seed,
+                "acc_best": 50.0 + seed, "acc_last": 50.0, "best_round": 1}
+
+    one = R.markdown(table, [rec(r, s, 0) for r in "ab" for s in (0, 1, 2)])
+    assert "Data split: `data_seed = 0` for every seed and method." in one
+    two = R.markdown(table, [rec(r, s, 0 if s == 0 else 1) for r in "ab" for s in (0, 1, 2)])
+    assert ("Data splits: seed 0 on `data_seed = 0`; seeds 1, 2 on `data_seed = 1`." in two
+            and "every method ran on the same split" in two)
+    mixed = R.markdown(table, [rec("a", 0, 0), rec("b", 0, 1), rec("a", 1, 1), rec("b", 1, 1)])
+    assert "seed 0 on `data_seed = 0 and 1`" in mixed and "seed(s) 0 ran cells on different splits" in mixed
+    assert "Data split" not in R.markdown(table, [dict(rec("a", 0, 0), data_seed=None)])   # older records
 
 
 def test_convergence_is_judged_on_the_first_metric_the_run_logs():
@@ -691,6 +728,9 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     assert cli.main(base[:4] + ["--seeds", "2"] + base[6:] + ["--only", "fedavg", "--resume"]) == 0  # a later seed
     md = (out / "toy.md").read_text()
     assert "seeds [0, 1, 2])" in md and json.loads((out / "toy.json").read_text())["seeds"] == [0, 1, 2]
+    # the seed added later ran on the split of the first ones, not on a split of its own
+    assert {(r["seed"], r["data_seed"]) for r in R.read_csv(out / "toy.csv")} == {("0", "0"), ("1", "0"), ("2", "0")}
+    assert "Data split: `data_seed = 0` for every seed and method." in md
     assert R.render("toy", out, tables=[toy_dir]) == md                  # the re-render is the same table
 
 

@@ -118,7 +118,8 @@ def _table(config: str, title: str) -> Table:
                "slices first (2 sum I / (sum P + sum T)) and does not reward that. Avg. = mean over clients."
                + (" Dice is the mean of ET, TC and WT." if REGIONS[config] else ""),
                "The server's full-modal patients are held out of every client (used by FedMEPD only); data_seed "
-               "is the first seed, so a column is the same client (and test patients) in every seed."),
+               "is the table's (0) whichever seeds a sitting runs, so a column is the same client (and test "
+               "patients) in every seed."),
         appendix=_summary_lines(), kind="study")
 
 

@@ -2,9 +2,11 @@
 loaded and nothing is trained.
 
 * Seeds. Every cell runs once per seed; the seed sets the model initialisation, the
-  participant draws and the minibatch order. The data split is the same for every seed and
-  every method (``data_seed`` = the first seed; a table with ``data_seed="seed"`` draws one
-  split per seed), as PFLlib repeats runs on one generated data set.
+  participant draws and the minibatch order. The data split is the same for every seed, every
+  method and every sitting (``data_seed`` = the table's, 0 unless it names another, whichever
+  seeds a sitting runs: seeds added in a later sitting share the split of the first ones; a
+  table with ``data_seed="seed"`` draws one split per seed), as PFLlib repeats runs on one
+  generated data set.
 * One compiled program per group of runs that differ only in shape-free values (seed,
   ``lr``, float hyper-parameters such as ``lambda_align``): :func:`omnifm_jax.sweep.group_runs`
   forms the groups over the whole table and :func:`omnifm_jax.sweep.run_sweep` runs each.
@@ -181,7 +183,7 @@ def pretrain_config(p: Pretrain, setting: Setting, *, seed: int, rounds: Optiona
                     overrides: Sequence[str] = (), pretrained_dir: Optional[Path] = None) -> Dict[str, Any]:
     """The full, validated config of a pretraining run: the setting's config and overrides,
     ``p.overrides``, the user's ``overrides``, then its rounds (``p.rounds``, else
-    ``rounds``), ``seed`` = ``data_seed`` = the first seed, and a checkpoint at its last round
+    ``rounds``), ``seed`` = ``data_seed`` = ``seed`` (the table's data seed), and a checkpoint at its last round
     (what ``init_from`` loads)."""
     cfg = config_lib.load_config(setting.config)
     for o in (setting.overrides, p.overrides, overrides):
@@ -259,7 +261,7 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     for cell in selected:
         try:
             setting = resolve_setting(dict(t.scales), scale, cell.config, data_root)
-            cfgs = [cell_config(cell, setting, seed=s, data_seed=seeds[0] if t.data_seed == "first" else s,
+            cfgs = [cell_config(cell, setting, seed=s, data_seed=s if t.data_seed == "seed" else t.data_seed,
                                 rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir) for s in seeds]
         except ConfigError as exc:
             raise ConfigError(f"{name} cell ({cell.row}, {cell.col}): {exc}") from None
@@ -267,7 +269,8 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
                 if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si],
                                                                                           pretrained_dir)}
-    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned], seed=seeds[0],
+    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned],
+                                   seed=seeds[0] if t.data_seed == "seed" else t.data_seed,
                                    rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir)
     to_run = [pc.cell for ci, pc in enumerate(planned) if any((ci, si) not in finished for si in range(len(seeds)))]
     return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,

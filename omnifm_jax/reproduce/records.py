@@ -1,10 +1,10 @@
 """Records: one per cell and seed, in the paper's units, as the CSV and ``<table>_cells.jsonl``
 hold them (pure functions and file I/O; nothing is run here).
 
-A record holds the measured value of each metric under both evaluation rules
-(``<metric>_best``, ``<metric>_last``), the paper's number (``<metric>_paper``), the task's
-model-free baseline (``<metric>_baseline``, e.g. bicubic for SR), whether the run had
-plateaued on the first of the cell's metrics that the run logs (``converged``, the rule of
+A record holds the data split it ran on (``data_seed``), the measured value of each metric
+under both evaluation rules (``<metric>_best``, ``<metric>_last``), the paper's number
+(``<metric>_paper``), the task's model-free baseline (``<metric>_baseline``, e.g. bicubic for
+SR), whether the run had plateaued on the first of the cell's metrics that the run logs (``converged``, the rule of
 :func:`omnifm_jax.reproduce.stats.converged`; None without a round history), and how it was
 run (config, overrides, program, ``config_sha`` for ``--resume``).
 """
@@ -22,8 +22,8 @@ from omnifm_jax.reproduce.stats import client_entry, converged
 __all__ = ["CSV_FIXED", "records_from", "references_from", "write_csv", "read_csv", "append_jsonl", "read_jsonl",
            "record_key", "merge_records"]
 
-CSV_FIXED = ("table", "scale", "row", "col", "row_key", "col_key", "seed", "config", "dataset", "algorithm",
-             "rounds", "best_round", "last_round")
+CSV_FIXED = ("table", "scale", "row", "col", "row_key", "col_key", "seed", "data_seed", "config", "dataset",
+             "algorithm", "rounds", "best_round", "last_round")
 
 
 def _round_line(summary: Mapping[str, Any], r: Any) -> Optional[Mapping[str, Any]]:
@@ -83,7 +83,7 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
                 continue
             cfg = pc.configs[si]
             rec = {"table": t.name, "scale": plan.scale, "row": cell.row, "col": cell.col,
-                   "row_key": cell.row_key, "col_key": cell.col_key, "seed": seed,
+                   "row_key": cell.row_key, "col_key": cell.col_key, "seed": seed, "data_seed": cfg.get("data_seed"),
                    "config": pc.setting.config, "dataset": cfg["dataset"], "algorithm": cfg["algorithm"],
                    "rounds": cfg["rounds"], "best_round": (s.get("best") or {}).get("round"),
                    "last_round": (s.get("last") or {}).get("round")}

@@ -241,8 +241,9 @@ class Table:
     ``metrics``: names in :data:`METRICS` or ``metric_defs`` (the table's own). ``task``: a
     task that must be registered for the table to run. ``plot``: ``"bars"`` (measured next
     to the paper) or ``"lines"`` (against each cell's ``x``, per ``series``). ``rule``: the
-    default evaluation rule (``best`` round or ``last``). ``data_seed``: ``"first"`` (every
-    run splits the data with the first seed) or ``"seed"`` (each seed draws its own split).
+    default evaluation rule (``best`` round or ``last``). ``data_seed``: an integer (every
+    run of every sitting splits the data with it, whichever seeds a sitting runs, so seeds added
+    later share the split of the first ones) or ``"seed"`` (each seed draws its own split).
     ``references``: model-free rows (:class:`Reference`). ``pretrain``: the models that
     cells start from (:class:`Pretrain`, in the order they run). ``appendix``: markdown
     lines after the claims. ``source``: the file it was loaded from (set by the registry).
@@ -257,7 +258,7 @@ class Table:
     task: Optional[str] = None
     plot: str = "bars"
     rule: str = "best"
-    data_seed: str = "first"
+    data_seed: Union[int, str] = 0
     notes: Tuple[str, ...] = ()
     metric_defs: Mapping[str, Metric] = field(default_factory=dict)
     printed: Optional[PaperText] = None
@@ -310,8 +311,10 @@ class Table:
             if wanted is not None and wanted not in defined:
                 raise ValueError(f"table {self.name!r}: cell ({c.row}, {c.col}) starts from pretrain {wanted!r}, "
                                  f"which the table does not define (pretrain: {defined})")
-        if self.rule not in ("best", "last") or self.data_seed not in ("first", "seed"):
-            raise ValueError(f"table {self.name!r}: rule must be best/last and data_seed first/seed")
+        fixed = isinstance(self.data_seed, int) and not isinstance(self.data_seed, bool) and self.data_seed >= 0
+        if self.rule not in ("best", "last") or not (fixed or self.data_seed == "seed"):
+            raise ValueError(f"table {self.name!r}: rule must be best/last and data_seed an integer >= 0 or "
+                             f"'seed' (got {self.data_seed!r})")
 
 
 def beats_all(cells: Sequence[Cell], metric: str, winner_row: str, col_key: str, text: str,

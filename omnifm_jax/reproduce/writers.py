@@ -98,15 +98,55 @@ def _claim_lines(table: Table, claims: List[Dict[str, Any]]) -> List[str]:
     return lines + [""]
 
 
-def _convergence_lines(table: Table, unconv: Mapping[Any, Any], cells: Mapping[Any, Any]) -> List[str]:
+def _judged_metrics(table: Table, records: Sequence[Mapping[str, Any]], cells: Mapping[Any, Any]) -> Dict[Any, str]:
+    """Per cell, the metric its convergence was judged on: the first of its reported metrics
+    that its records hold a value of (as :func:`~omnifm_jax.reproduce.records.records_from`
+    judges: an SR cell of a table that also reports accuracy is judged on PSNR)."""
+    out: Dict[Any, str] = {}
+    for r in records:
+        key = (r["row_key"], r["col_key"])
+        if key in cells and key not in out:
+            m = next((m for m in cells[key].reports(table.metrics) if r.get(f"{m}_best") not in (None, "")), None)
+            if m is not None:
+                out[key] = m
+    return out
+
+
+def _split_lines(records: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Which data split (``data_seed``) each seed ran on, from the records that name it: one
+    line when all share one, else the split of each seed (and a warning for a seed whose cells
+    ran on different splits, whose paired margins then compare different test sets)."""
+    by_seed: Dict[int, set] = {}
+    for r in records:
+        if r.get("data_seed") not in (None, ""):
+            by_seed.setdefault(int(r["seed"]), set()).add(int(r["data_seed"]))
+    splits = sorted({d for ds in by_seed.values() for d in ds})
+    if not splits:
+        return []
+    if len(splits) == 1:
+        return [f"Data split: `data_seed = {splits[0]}` for every seed and method.", ""]
+    groups: Dict[Tuple[int, ...], List[int]] = {}
+    for seed, ds in sorted(by_seed.items()):
+        groups.setdefault(tuple(sorted(ds)), []).append(seed)
+    parts = [f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))} on `data_seed = "
+             f"{' and '.join(map(str, ds))}`" for ds, ss in groups.items()]
+    mixed = [s for s, ds in sorted(by_seed.items()) if len(ds) > 1]
+    return [f"Data splits: {'; '.join(parts)}. Seeds differ in their data split as well as in initialisation"
+            + (f"; seed(s) {', '.join(map(str, mixed))} ran cells on different splits, so their paired margins "
+               "compare different test sets." if mixed else "; at each seed every method ran on the same split, "
+               "so paired margins compare like with like."), ""]
+
+
+def _convergence_lines(table: Table, unconv: Mapping[Any, Any], cells: Mapping[Any, Any],
+                       judged: Mapping[Any, str]) -> List[str]:
     """The footnote of the † marks: per marked cell, how many of its seeds had not plateaued,
-    and the rule (per primary metric of the marked cells)."""
+    and the rule (per metric the marked cells were judged on, ``judged``)."""
     if not unconv:
         return []
     marked = [(cells[k], n) for k, n in unconv.items() if k in cells]
     which = "; ".join(f"{c.row} / {c.col}: {no} of {of} seed{'s' if of != 1 else ''}" for c, (no, of) in marked)
-    rules = list(dict.fromkeys(convergence_rule(table.metric(c.reports(table.metrics)[0])) for c, _ in marked
-                               if c.reports(table.metrics)))
+    rules = list(dict.fromkeys(convergence_rule(table.metric(m)) for m in (judged.get(k) for k in unconv if k in cells)
+                               if m is not None))
     return [f"† Not converged (the run had not plateaued; a longer run may change the value): {which}. "
             f"Rule: {'; '.join(rules)}.", ""]
 
@@ -129,6 +169,7 @@ def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = 
     lines += [f"Scale: `{scale}`. Evaluation: {how}. "
               f"Each measured cell: mean ± sample std over seeds (n in brackets; seeds {list(seeds)}), the paper's "
               "number, and measured − paper, in the paper's units.", ""]
+    lines += _split_lines(records)
     for note in table.notes:
         lines.append(f"- {note}")
     lines.append("")
@@ -169,7 +210,7 @@ def markdown(table: Table, records: Sequence[Mapping[str, Any]], *, rule: str = 
     if rule == "best" and stuck:
         lines += [f"Best round = 0 (no training round beat the untrained model; for SR, the bicubic skip) in some "
                   f"seed of: {'; '.join(stuck)}. Such cells measure the initial model, not training.", ""]
-    lines += _convergence_lines(table, unconv, cells)
+    lines += _convergence_lines(table, unconv, cells, _judged_metrics(table, records, cells))
     skipped = [f"{c.row} / {c.col}" for c in table.cells if (c.row_key, c.col_key) not in agg]
     if skipped:
         lines += [f"Not run here ({len(skipped)} of {len(table.cells)} cells; `--only` / `--cols` select them).", ""]
@@ -313,9 +354,10 @@ def protocol_text(plan: Plan, *, data: Sequence[Mapping[str, Any]], command: str
         lines.append(f"- paper protocol `{paper_cfg}` -> config `{s.config}` with `{' '.join(s.overrides)}`: {s.note}.")
     lines += ["", "Per-cell overrides (algorithm, scenario, participation, ablation switch) follow in the table "
               "below; `<table>.csv` lists every run's full override string.", ""]
-    split = (f"The data split is the same for every seed and every method: `data_seed = {plan.seeds[0]}` (the "
-             "first seed). The seed sets the model initialisation, the participant draws and the batch order."
-             if t.data_seed == "first" else
+    split = (f"The data split is the same for every seed, every method and every sitting: `data_seed = "
+             f"{t.data_seed}` (the table's; `--set data_seed=N` picks another). The seed sets the model "
+             "initialisation, the participant draws and the batch order."
+             if t.data_seed != "seed" else
              "Each seed draws its own data split (`data_seed = seed`), and sets the model initialisation, the "
              "participant draws and the batch order; every method sees the same split at a seed.")
     lines += ["## Splits and seeds", "", f"- {split}",
