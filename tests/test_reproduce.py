@@ -133,6 +133,7 @@ def test_every_cell_config_loads_and_validates():
                 continue
             assert all(pc.configs[0]["checkpoint_every"] == 0 and pc.configs[0]["data_seed"] == 0
                        for pc in plan.cells), (name, scale)
+            assert "expected wall time" in writers.estimate_text(plan)   # the scale's figures know every run
             if scale not in ("smoke", "paper"):
                 continue
             try:
@@ -165,6 +166,18 @@ def test_every_cell_config_loads_and_validates():
         assert f"~{seconds / 3600:.1f} h on a 2-core CPU" in estimate, estimate
         assert [pp.pretrain.key for pp in plan.pretrains] == ["cls_pretrain"]
         assert plan.pretrains[0].config["dataset"] == "histo_derm_mri" and plan.pretrains[0].config["num_clients"] == 1
+
+
+def test_cpu_estimates_of_table8_and_fig5_price_each_column_at_its_own_pace():
+    for name in ("table8", "fig5"):
+        try:
+            cls, sr = (R.build_plan(name, scale="cpu", seeds=(0, 1), cols=[c]) for c in ("CLS", "SR"))
+        except ConfigError as exc:
+            assert "needs data that are not here" in str(exc)
+            continue
+        for plan, pace in ((cls, 14.5), (sr, 2.4)):
+            run_rounds = sum(int(r.get("rounds", p.base["rounds"])) for p in plan.programs for r in p.runs)
+            assert f"~{run_rounds * pace / 3600:.1f} h on a 2-core CPU" in writers.estimate_text(plan), name
 
 
 def test_smoke_defaults_are_a_subset_and_shrink_the_rounds():
