@@ -744,6 +744,12 @@ def test_resume_runs_only_the_cells_that_did_not_finish(toy_dir, tmp_path, monke
     # the seed added later ran on the split of the first ones, not on a split of its own
     assert {(r["seed"], r["data_seed"]) for r in R.read_csv(out / "toy.csv")} == {("0", "0"), ("1", "0"), ("2", "0")}
     assert "Data split: `data_seed = 0` for every seed and method." in md
+    cells = [dict(r, data_seed=1) if r["seed"] == 2 else r for r in R.read_jsonl(out / "toy_cells.jsonl")]
+    (out / "toy_cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cells))   # as if split 1
+    capsys.readouterr()
+    assert cli.main(base[:4] + ["--seeds", "2"] + base[6:] + ["--only", "fedavg", "--resume", "--dry-run"]) == 0
+    assert ("2 finished (cell, seed) pair(s) ran on another data split (data_seed 1) and run again, on data_seed 0"
+            in capsys.readouterr().out)
     assert R.render("toy", out, tables=[toy_dir]) == md                  # the re-render is the same table
 
 

@@ -89,6 +89,19 @@ def _finished_records(files: List[Path], *, write: bool) -> Tuple[List[Dict[str,
     return records, json_path
 
 
+def _resplit(plan, old: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, str, int], int]:
+    """The finished pairs of ``old`` that this plan runs again because they ran on another data
+    split: ``{(row_key, col_key, seed): their data_seed}`` (records without one are not counted)."""
+    planned = {(pc.cell.row_key, pc.cell.col_key, s): cfg.get("data_seed")
+               for pc in plan.cells for s, cfg in zip(plan.seeds, pc.configs)}
+    out = {}
+    for r in old:
+        key = record_key(r)
+        if key in planned and r.get("data_seed") not in (None, "") and int(r["data_seed"]) != planned[key]:
+            out[key] = int(r["data_seed"])
+    return out
+
+
 def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Optional[Union[str, Path]] = None,
               seeds: Sequence[int] = (0, 1, 2), rounds: Optional[int] = None, rows: Optional[Sequence[str]] = None,
               cols: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), rule: Optional[str] = None,
@@ -134,6 +147,11 @@ def reproduce(table: Union[str, Table], *, scale: Optional[str] = None, out: Opt
         log(f"  resuming: {len(plan.done)} of {len(plan.cells) * len(plan.seeds)} (cell, seed) pair(s) finished "
             f"in {source} are kept" + (f"; {others} finished pair(s) of other rows, columns or seeds stay in the "
                                        f"table" if others else ""))
+        resplit = _resplit(plan, old)
+        if resplit:
+            log(f"  {len(resplit)} finished (cell, seed) pair(s) ran on another data split (data_seed "
+                f"{', '.join(map(str, sorted(set(resplit.values()))))}) and run again, on data_seed "
+                f"{', '.join(map(str, sorted({c['data_seed'] for pc in plan.cells for c in pc.configs})))}")
     for note in plan.notes:
         log(f"  {note}")
     for paper_cfg, s in dict.fromkeys((pc.cell.config, pc.setting) for pc in plan.cells):
