@@ -183,8 +183,8 @@ def pretrain_config(p: Pretrain, setting: Setting, *, seed: int, rounds: Optiona
                     overrides: Sequence[str] = (), pretrained_dir: Optional[Path] = None) -> Dict[str, Any]:
     """The full, validated config of a pretraining run: the setting's config and overrides,
     ``p.overrides``, the user's ``overrides``, then its rounds (``p.rounds``, else
-    ``rounds``), ``seed`` = ``data_seed`` = ``seed`` (the table's data seed), and a checkpoint at its last round
-    (what ``init_from`` loads)."""
+    ``rounds``), ``seed`` = ``data_seed`` = ``seed`` (the table's data seed), and a checkpoint
+    at its last round (what ``init_from`` loads)."""
     cfg = config_lib.load_config(setting.config)
     for o in (setting.overrides, p.overrides, overrides):
         cfg = config_lib.apply_overrides(cfg, o)
@@ -261,7 +261,7 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     for cell in selected:
         try:
             setting = resolve_setting(dict(t.scales), scale, cell.config, data_root)
-            cfgs = [cell_config(cell, setting, seed=s, data_seed=s if t.data_seed == "seed" else t.data_seed,
+            cfgs = [cell_config(cell, setting, seed=s, data_seed=t.split_seed(s),
                                 rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir) for s in seeds]
         except ConfigError as exc:
             raise ConfigError(f"{name} cell ({cell.row}, {cell.col}): {exc}") from None
@@ -269,8 +269,7 @@ def build_plan(table: Union[str, Table], *, scale: Optional[str] = None, seeds: 
     finished = {(ci, si) for ci, pc in enumerate(planned) for si, s in enumerate(seeds)
                 if done and done.get((pc.cell.row_key, pc.cell.col_key, s)) == config_sha(pc.configs[si],
                                                                                           pretrained_dir)}
-    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned],
-                                   seed=seeds[0] if t.data_seed == "seed" else t.data_seed,
+    pretrains = _planned_pretrains(t, scale, data_root, [pc.cell for pc in planned], seed=t.split_seed(seeds[0]),
                                    rounds=rounds, overrides=overrides, pretrained_dir=pretrained_dir)
     to_run = [pc.cell for ci, pc in enumerate(planned) if any((ci, si) not in finished for si in range(len(seeds)))]
     return Plan(t, scale, seeds, planned, _programs(planned, finished), rule, notes, tuple(overrides), rounds,

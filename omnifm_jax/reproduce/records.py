@@ -4,9 +4,9 @@ hold them (pure functions and file I/O; nothing is run here).
 A record holds the data split it ran on (``data_seed``), the measured value of each metric
 under both evaluation rules (``<metric>_best``, ``<metric>_last``), the paper's number
 (``<metric>_paper``), the task's model-free baseline (``<metric>_baseline``, e.g. bicubic for
-SR), whether the run had plateaued on the first of the cell's metrics that the run logs (``converged``, the rule of
-:func:`omnifm_jax.reproduce.stats.converged`; None without a round history), and how it was
-run (config, overrides, program, ``config_sha`` for ``--resume``).
+SR), whether the run had plateaued on the metric :func:`~omnifm_jax.reproduce.stats.judged_metric`
+picks (``converged``, the rule of :func:`omnifm_jax.reproduce.stats.converged`; None without a
+round history), and how it was run (config, overrides, program, ``config_sha`` for ``--resume``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omnifm_jax.reproduce.plan import Plan, config_sha
 from omnifm_jax.reproduce.spec import Cell, Metric
-from omnifm_jax.reproduce.stats import client_entry, converged
+from omnifm_jax.reproduce.stats import client_entry, converged, judged_metric
 
 __all__ = ["CSV_FIXED", "records_from", "references_from", "write_csv", "read_csv", "append_jsonl", "read_jsonl",
            "record_key", "merge_records"]
@@ -56,21 +56,6 @@ def _value(line: Optional[Mapping[str, Any]], metric: Metric, base: Optional[Map
     return float(v) * metric.factor
 
 
-def _judged_metric(history: Optional[Sequence[Mapping[str, Any]]], metrics: Sequence[Metric],
-                   client: Optional[int]) -> Optional[Metric]:
-    """The metric a run's convergence is judged on: the first of the cell's reported
-    ``metrics`` that its round history holds (an SR run in a table that also reports
-    accuracy is judged on PSNR, not on the accuracy it never logs); None without a history
-    or when it holds none of them."""
-    for metric in metrics:
-        for line in history or ():
-            if client is not None:
-                line = client_entry(line.get("clients"), client) or {}
-            if line.get(metric.key) is not None:
-                return metric
-    return None
-
-
 def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """One record per cell and seed that ``results`` holds, metrics in the paper's units."""
     recs = []
@@ -92,8 +77,7 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
                 base = client_entry(s.get("baseline_clients"), cell.client)
             reported = cell.reports(t.metrics)
             history = s.get("history")
-            judged = _judged_metric(history, [t.metric(m) for m in reported], cell.client)
-            rec["converged"] = converged(history, judged, cell.client) if judged is not None else None
+            rec["converged"] = None   # judged below, once the metric values are in (the CSV keeps its column order)
             for m in reported:
                 metric = t.metric(m)
                 for which in ("best", "last"):
@@ -101,6 +85,9 @@ def records_from(plan: Plan, results: Mapping[Tuple[int, int], Mapping[str, Any]
                 rec[f"{m}_paper"] = cell.paper_value(m)
                 if base and metric.key in base and not metric.minus_baseline:
                     rec[f"{m}_baseline"] = float(base[metric.key]) * metric.factor
+            judged = judged_metric(reported, rec)
+            if history and judged is not None:
+                rec["converged"] = converged(history, t.metric(judged), cell.client)
             rec.update(program=s.get("program"), runs_in_program=s.get("runs_in_program", 1),
                        program_mode=s.get("program_mode", ""), program_wall_time_s=s.get("wall_time_s"),
                        overrides=";".join(pc.setting.overrides + cell.overrides + plan.overrides

@@ -277,6 +277,10 @@ class Table:
     def cols(self) -> List[Tuple[str, str]]:
         return list(dict.fromkeys((c.col_key, c.col) for c in self.cells))
 
+    def split_seed(self, seed: int) -> int:
+        """The ``data_seed`` of a run at ``seed``: the table's, or ``seed`` itself for ``"seed"``."""
+        return seed if self.data_seed == "seed" else self.data_seed
+
     def metric(self, name: str) -> Metric:
         """The table's metric ``name`` (its own definition, else :data:`METRICS`)."""
         return self.metric_defs[name] if name in self.metric_defs else METRICS[name]

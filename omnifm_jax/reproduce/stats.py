@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from omnifm_jax.reproduce.spec import Metric, Table
 
 __all__ = ["mean_std", "per_seed", "aggregate", "verdict", "evaluate_claims", "PLATEAU_ROUNDS", "converged",
-           "convergence_rule", "unconverged", "client_entry"]
+           "judged_metric", "convergence_rule", "unconverged", "client_entry"]
 
 #: The convergence window: the last this-many evaluated rounds (see :func:`converged`).
 PLATEAU_ROUNDS = 10
@@ -52,6 +52,14 @@ def converged(history: Sequence[Mapping[str, Any]], metric: Metric, client: Opti
         best = pick(best, v)
         best_so_far.append(best)
     return abs(best_so_far[-1] - best_so_far[-1 - PLATEAU_ROUNDS]) < metric.tolerance
+
+
+def judged_metric(reported: Sequence[str], record: Mapping[str, Any]) -> Optional[str]:
+    """The metric a run's convergence is judged on: the first of its cell's ``reported``
+    metrics that its record holds a value of (``<metric>_best``), so an SR run in a table
+    that also reports accuracy is judged on PSNR, not on the accuracy it never logs; None
+    when it holds none."""
+    return next((m for m in reported if record.get(f"{m}_best") not in (None, "")), None)
 
 
 def convergence_rule(metric: Metric) -> str:

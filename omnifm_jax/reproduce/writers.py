@@ -17,7 +17,14 @@ from omnifm_jax import config as config_lib
 from omnifm_jax.reproduce.plan import Plan
 from omnifm_jax.reproduce.settings import H100_MINUTES_PER_100_ROUNDS
 from omnifm_jax.reproduce.spec import Table
-from omnifm_jax.reproduce.stats import aggregate, convergence_rule, evaluate_claims, mean_std, unconverged
+from omnifm_jax.reproduce.stats import (
+    aggregate,
+    convergence_rule,
+    evaluate_claims,
+    judged_metric,
+    mean_std,
+    unconverged,
+)
 
 __all__ = ["format_measured", "markdown", "write_markdown", "write_plot", "line_ylim", "protocol_text", "estimate_text",
            "with_earlier_sittings"]
@@ -99,14 +106,13 @@ def _claim_lines(table: Table, claims: List[Dict[str, Any]]) -> List[str]:
 
 
 def _judged_metrics(table: Table, records: Sequence[Mapping[str, Any]], cells: Mapping[Any, Any]) -> Dict[Any, str]:
-    """Per cell, the metric its convergence was judged on: the first of its reported metrics
-    that its records hold a value of (as :func:`~omnifm_jax.reproduce.records.records_from`
-    judges: an SR cell of a table that also reports accuracy is judged on PSNR)."""
+    """Per cell, the metric its convergence was judged on (:func:`~omnifm_jax.reproduce.stats.judged_metric`
+    of its first record that holds one)."""
     out: Dict[Any, str] = {}
     for r in records:
         key = (r["row_key"], r["col_key"])
         if key in cells and key not in out:
-            m = next((m for m in cells[key].reports(table.metrics) if r.get(f"{m}_best") not in (None, "")), None)
+            m = judged_metric(cells[key].reports(table.metrics), r)
             if m is not None:
                 out[key] = m
     return out
